@@ -1,0 +1,51 @@
+"""`python -m feedbackflow <stage> ...`: every workflow stage runs from the command line too.
+
+Stage modules are imported only when their stage runs, so `--help` is quick. Each stage module has
+`configure(parser)` (its flags) and `main(args)` (the stage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from feedbackflow.errors import ConfigError, DataError
+
+# stage name -> (module, one-line help)
+STAGES: dict[str, tuple[str, str]] = {
+    "make-synthetic-data": ("feedbackflow.synthetic", "write the tiny-scale synthetic raw data sets"),
+    "build-tiny-models": ("feedbackflow.tiny_models", "train a tokenizer and build a tiny causal LM"),
+    "convert-preferences": ("feedbackflow.convert", "DSP / HH / text-score files -> preference-lists Parquet"),
+    "train-reward-model": ("feedbackflow.reward_training", "train a reward model (GRFT or CRFT)"),
+    "evaluate-reward-model": ("feedbackflow.reward_evaluation", "accuracy of a reward model on eval sets"),
+    "collect-metrics": ("feedbackflow.report", "gather per-model metrics into one table, Markdown and a plot"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m feedbackflow", description=__doc__)
+    sub = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
+    for name, (_module, help_text) in STAGES.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in STAGES:
+        build_parser().parse_args(argv)  # prints usage / the list of stages and exits
+        return
+    name, rest = argv[0], argv[1:]
+    module_name, help_text = STAGES[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"python -m feedbackflow {name}", description=help_text)
+    module.configure(parser)
+    args = parser.parse_args(rest)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        module.main(args)
+    except (DataError, ConfigError) as error:
+        logging.getLogger("feedbackflow").error("%s", error)
+        sys.exit(f"error: {error}")

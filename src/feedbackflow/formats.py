@@ -1,0 +1,137 @@
+"""Table schemas (declared once) and atomic writes of Parquet, JSON and model directories.
+
+Every stage writes through these helpers: a file is written under a temporary name in the same folder and renamed
+into place, so a failed stage leaves nothing that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# A list of texts with one score each (the common "text-score" format of SPEC section 4). A DSP pair, an HH
+# chosen/rejected pair and a webgpt comparison are all rows of this table. `source` and `record` say where the
+# row came from (the raw file and the 0-based index of the record in it), so any later error can name them.
+PREFERENCE_LISTS = pa.schema(
+    [
+        pa.field("text", pa.list_(pa.string()), nullable=False),
+        pa.field("score", pa.list_(pa.float64()), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("record", pa.int64(), nullable=False),
+    ]
+)
+
+# Reward-model evaluation: one row per (model, eval set).
+REWARD_METRICS = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("eval_set", pa.string(), nullable=False),
+        pa.field("accuracy", pa.float64()),
+        pa.field("first_two_accuracy", pa.float64()),
+        pa.field("n_pairs", pa.int64(), nullable=False),
+        pa.field("n_first_two", pa.int64(), nullable=False),
+        pa.field("n_lists", pa.int64(), nullable=False),
+    ]
+)
+
+# The reward of every text of every evaluated list.
+REWARD_SCORES = pa.schema(
+    [
+        pa.field("eval_set", pa.string(), nullable=False),
+        pa.field("record", pa.int64(), nullable=False),
+        pa.field("score", pa.list_(pa.float64()), nullable=False),
+        pa.field("reward", pa.list_(pa.float64()), nullable=False),
+    ]
+)
+
+# Training curves: one row per optimiser step.
+TRAINING_LOG = pa.schema(
+    [
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("epoch", pa.int64(), nullable=False),
+        pa.field("loss", pa.float64()),
+        pa.field("ranking_loss", pa.float64()),
+        pa.field("lm_loss", pa.float64()),
+        pa.field("learning_rate", pa.float64()),
+    ]
+)
+
+
+def _temporary_sibling(path: Path, suffix: str = "") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary file path next to `path`; rename it onto `path` only if the block succeeds."""
+    target = Path(path)
+    tmp = _temporary_sibling(target)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are shared like any other file
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary directory next to `path`; move it onto `path` only if the block succeeds."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def write_table(table: pa.Table, path: str | os.PathLike, schema: pa.Schema | None = None) -> None:
+    """Write `table` (cast to `schema` when given) as Parquet, atomically."""
+    if schema is not None:
+        table = table.select(schema.names).cast(schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def write_rows(rows: list[dict], path: str | os.PathLike, schema: pa.Schema) -> None:
+    """Write a list of dicts as Parquet with `schema`, atomically."""
+    write_table(pa.Table.from_pylist(rows, schema=schema), path)
+
+
+def read_table(path: str | os.PathLike, schema: pa.Schema | None = None) -> pa.Table:
+    """Read a Parquet file; with `schema`, check it has the declared columns and cast to their types."""
+    table = pq.read_table(path)
+    if schema is not None:
+        missing = [name for name in schema.names if name not in table.column_names]
+        if missing:
+            raise ValueError(f"{path}: missing columns {missing}; expected {schema.names}")
+        table = table.select(schema.names).cast(schema)
+    return table
+
+
+def write_json(obj, path: str | os.PathLike) -> None:
+    """Write JSON (indented, keys sorted), atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike):
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,26 @@
+"""Shared fixtures: the repository root and the real public data samples in ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data; in CI (CI=true) its absence is a failure, elsewhere the test is skipped."""
+    if not SHARED_DATA.is_dir():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{SHARED_DATA} is missing: CI must have shared/ beside the checkout")
+        pytest.skip(f"{SHARED_DATA} is not here")
+    return SHARED_DATA

@@ -1,0 +1,100 @@
+# Helpers shared by the rule modules: paths of data sets and models, stage hyperparameters as JSON, and the
+# checks of the configuration that the JSON schema cannot express. No rules live here.
+import json
+import os
+
+RESULTS = "results"
+TINY_RAW = f"{RESULTS}/tiny/raw"
+TINY_MODELS = f"{RESULTS}/tiny/models"
+CRFT_VARIANTS = ("crft", "crft_imitation")
+
+
+def check_dataset_ref(ref, where):
+    """A reference is <name> (hh, text_score) or <name>/<domain> (dsp); fail naming the config key."""
+    name, _, domain = ref.partition("/")
+    if name not in config["datasets"]:
+        raise ValueError(f"config {where}: unknown dataset {name!r}; configured: {sorted(config['datasets'])}")
+    fmt = config["datasets"][name]["format"]
+    if fmt == "dsp" and not domain:
+        raise ValueError(f"config {where}: dataset {name!r} is in dsp format; refer to it as {name}/<domain>")
+    if fmt != "dsp" and domain:
+        raise ValueError(f"config {where}: dataset {name!r} ({fmt}) has no domains; refer to it as {name}")
+    return ref
+
+
+def dataset_parquet(ref):
+    """The converted table of a data-set reference."""
+    return f"{RESULTS}/data/{ref}.parquet"
+
+
+def local_input(path):
+    """`path` as a rule input when it is a local file or a pipeline output, nothing when it is a hub id."""
+    return [path] if path.startswith(f"{RESULTS}/") or os.path.exists(path) else []
+
+
+def model_argument(ref):
+    """The --model argument of a stage: the input path when local, else the hub id itself."""
+    return lambda wildcards, input: input.model if input.model else ref
+
+
+def launcher():
+    """How training stages are started: plain python, or accelerate with a config from config/accelerate/."""
+    if config.get("accelerate_config"):
+        return f"accelerate launch --config_file {config['accelerate_config']} -m feedbackflow"
+    return "python -m feedbackflow"
+
+
+def hparams(values):
+    """A stage's hyperparameters as the JSON its CLI takes (`--hparams`); keys sorted, so equal configs match."""
+    return json.dumps(values, sort_keys=True)
+
+
+def reward_training_hparams(variant):
+    """GRFT, CRFT or CRFT-imitation hyperparameters: the section, the reward-model keys and the seed."""
+    dsp = config["dsp"]
+    section = dict(dsp["grft"]) if variant == "grft" else dict(dsp["crft"])
+    if variant == "crft_imitation":
+        section.update(dsp.get("crft_imitation", {}))
+    return hparams({"seed": config["seed"], **dsp["reward_model"], **section})
+
+
+def dsp_model_names():
+    """Every evaluated model: base, grft, crft-<domain>, crft_imitation-<domain>."""
+    domains = config["dsp"]["domains"]
+    return ["base", "grft"] + [f"{variant}-{domain}" for variant in CRFT_VARIANTS for domain in domains]
+
+
+def dsp_model_dir(name):
+    """The directory (or hub id, for base) of an evaluated model."""
+    if name == "base":
+        return config["dsp"]["base_model"]
+    if name == "grft":
+        return f"{RESULTS}/dsp/models/grft"
+    variant, _, domain = name.partition("-")
+    return f"{RESULTS}/dsp/models/{variant}/{domain}"
+
+
+def dsp_eval_inputs():
+    return [dataset_parquet(ref) for ref in config["dsp"]["eval_sets"].values()]
+
+
+def final_outputs():
+    outputs = []
+    if "dsp" in config["experiments"]:
+        outputs += [f"{RESULTS}/dsp/metrics.parquet", f"{RESULTS}/dsp/metrics.md", f"{RESULTS}/dsp/accuracy.png"]
+    return outputs
+
+
+for _ref in config["dsp"]["general_train"]:
+    check_dataset_ref(_ref, "dsp.general_train")
+for _name, _ref in config["dsp"]["eval_sets"].items():
+    check_dataset_ref(_ref, f"dsp.eval_sets.{_name}")
+for _domain in config["dsp"]["domains"]:
+    check_dataset_ref(f"{config['dsp']['domain_train']}/{_domain}", "dsp.domain_train")
+
+
+wildcard_constraints:
+    dataset="[A-Za-z0-9_-]+",
+    domain="[A-Za-z0-9_-]+",
+    variant="|".join(CRFT_VARIANTS),
+    model="|".join(dsp_model_names()),

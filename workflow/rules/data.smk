@@ -1,0 +1,33 @@
+# Conversion of raw preference files (DSP JSON, Anthropic HH JSONL, text-score JSON) to preference-lists Parquet.
+
+
+rule convert_preferences:
+    input:
+        lambda wildcards: config["datasets"][wildcards.dataset]["path"],
+    output:
+        f"{RESULTS}/data/{{dataset}}.parquet",
+    params:
+        format=lambda wildcards: config["datasets"][wildcards.dataset]["format"],
+    log:
+        f"{RESULTS}/logs/data/convert_{{dataset}}.log",
+    conda:
+        "../envs/feedbackflow.yaml"
+    shell:
+        "python -m feedbackflow convert-preferences --input {input:q} --format {params.format} "
+        "--output {output:q} > {log:q} 2>&1"
+
+
+rule convert_dsp_domain:
+    input:
+        lambda wildcards: config["datasets"][wildcards.dataset]["path"],
+    output:
+        f"{RESULTS}/data/{{dataset}}/{{domain}}.parquet",
+    params:
+        format=lambda wildcards: config["datasets"][wildcards.dataset]["format"],
+    log:
+        f"{RESULTS}/logs/data/convert_{{dataset}}_{{domain}}.log",
+    conda:
+        "../envs/feedbackflow.yaml"
+    shell:
+        "python -m feedbackflow convert-preferences --input {input:q} --format {params.format} "
+        "--domain {wildcards.domain} --output {output:q} > {log:q} 2>&1"

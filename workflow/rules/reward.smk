@@ -1,0 +1,51 @@
+# DSP reward-model training: GRFT on the general sets, then CRFT per domain (with and without the LM loss).
+
+
+rule train_grft:
+    input:
+        train=[dataset_parquet(ref) for ref in config["dsp"]["general_train"]],
+        model=local_input(config["dsp"]["base_model"]),
+    output:
+        directory(f"{RESULTS}/dsp/models/grft"),
+    params:
+        model=model_argument(config["dsp"]["base_model"]),
+        hparams=reward_training_hparams("grft"),
+        work_dir=f"{RESULTS}/work/dsp/grft",
+        launcher=launcher(),
+    threads: config.get("threads", 1)
+    resources:
+        mem_mb=8000,
+        runtime=24 * 60,
+    log:
+        f"{RESULTS}/logs/dsp/train_grft.log",
+    conda:
+        "../envs/feedbackflow.yaml"
+    shell:
+        "{params.launcher} train-reward-model --train {input.train:q} --model {params.model:q} "
+        "--output {output:q} --work-dir {params.work_dir:q} --threads {threads} "
+        "--hparams {params.hparams:q} > {log:q} 2>&1"
+
+
+rule train_crft:
+    input:
+        train=lambda wildcards: dataset_parquet(f"{config['dsp']['domain_train']}/{wildcards.domain}"),
+        model=f"{RESULTS}/dsp/models/grft",
+    output:
+        directory(f"{RESULTS}/dsp/models/{{variant}}/{{domain}}"),
+    params:
+        model=lambda wildcards, input: input.model,
+        hparams=lambda wildcards: reward_training_hparams(wildcards.variant),
+        work_dir=lambda wildcards: f"{RESULTS}/work/dsp/{wildcards.variant}/{wildcards.domain}",
+        launcher=launcher(),
+    threads: config.get("threads", 1)
+    resources:
+        mem_mb=8000,
+        runtime=24 * 60,
+    log:
+        f"{RESULTS}/logs/dsp/train_{{variant}}_{{domain}}.log",
+    conda:
+        "../envs/feedbackflow.yaml"
+    shell:
+        "{params.launcher} train-reward-model --train {input.train:q} --model {params.model:q} "
+        "--output {output:q} --work-dir {params.work_dir:q} --threads {threads} "
+        "--hparams {params.hparams:q} > {log:q} 2>&1"
