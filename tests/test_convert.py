@@ -85,12 +85,8 @@ def test_real_dsp_file_gives_four_pairs_per_query(dsp_file: Path, domain: str):
     others = [name for name in record["responses"] if name != domain]
     assert len(others) == 4
     for row, other in zip(pairs, others, strict=True):
-        assert row["text"][0] == (
-            "## Human:\n" + record["query"] + "\n\n## Assistant:\n" + record["responses"][domain]
-        )
-        assert row["text"][1] == (
-            "## Human:\n" + record["query"] + "\n\n## Assistant:\n" + record["responses"][other]
-        )
+        assert row["text"][0] == ("## Human:\n" + record["query"] + "\n\n## Assistant:\n" + record["responses"][domain])
+        assert row["text"][1] == ("## Human:\n" + record["query"] + "\n\n## Assistant:\n" + record["responses"][other])
 
 
 def test_real_dsp_file_converts_to_parquet(dsp_file: Path, tmp_path: Path):
@@ -138,9 +134,7 @@ def test_real_hh_file(hh_file: Path, tmp_path: Path):
 def test_plain_jsonl_hh_file_keeps_line_numbers(tmp_path: Path):
     path = tmp_path / "hh.jsonl"
     lines = [
-        json.dumps(
-            {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go"}
-        ),
+        json.dumps({"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go"}),
         "",
         json.dumps({"chosen": "c2", "rejected": "r2", "extra": 1}),
     ]
@@ -309,9 +303,7 @@ def test_bad_hh_line(tmp_path: Path):
     assert not output.exists()
 
 
-@pytest.mark.parametrize(
-    ("line", "field"), [({"chosen": "c"}, "rejected"), ({"chosen": 1, "rejected": "r"}, "chosen")]
-)
+@pytest.mark.parametrize(("line", "field"), [({"chosen": "c"}, "rejected"), ({"chosen": 1, "rejected": "r"}, "chosen")])
 def test_hh_missing_or_non_string_field(tmp_path: Path, line: dict, field: str):
     path = tmp_path / "hh.jsonl"
     path.write_text(json.dumps(line) + "\n")

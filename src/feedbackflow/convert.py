@@ -65,9 +65,7 @@ def _load_json_list(path: Path) -> list:
     except json.JSONDecodeError as error:
         raise DataError(path, None, None, f"not valid JSON: {error}") from error
     if not isinstance(records, list):
-        raise DataError(
-            path, None, None, f"expected a JSON list of records, got a JSON {_json_kind(records)}"
-        )
+        raise DataError(path, None, None, f"expected a JSON list of records, got a JSON {_json_kind(records)}")
     return records
 
 
@@ -132,9 +130,7 @@ def _dsp_record_rows(record, path: Path, index: int, domain: str) -> list[dict]:
     query = _string(_field(record, "query", path, index), path, index, "query")
     responses = _field(record, "responses", path, index)
     if not isinstance(responses, dict):
-        raise DataError(
-            path, index, "responses", f"expected a JSON object, got a JSON {_json_kind(responses)}"
-        )
+        raise DataError(path, index, "responses", f"expected a JSON object, got a JSON {_json_kind(responses)}")
     if domain not in responses:
         raise DataError(
             path,
@@ -145,9 +141,7 @@ def _dsp_record_rows(record, path: Path, index: int, domain: str) -> list[dict]:
     chosen = dsp_prompt(query, _string(responses[domain], path, index, f"responses.{domain}"))
     others = [name for name in responses if name != domain]
     if not others:
-        raise DataError(
-            path, index, "responses", f"only domain {domain!r} is present: nothing to compare with"
-        )
+        raise DataError(path, index, "responses", f"only domain {domain!r} is present: nothing to compare with")
     source = str(path)
     return [
         {
@@ -192,11 +186,7 @@ def read_hh_pairs(path: str | os.PathLike) -> list[dict]:
     "\\n\\nHuman: ...\\n\\nAssistant: ..." form. `record` is the 0-based line number; blank lines are skipped.
     """
     path = Path(path)
-    rows = [
-        _hh_line_row(line, path, index)
-        for index, line in enumerate(_read_text(path).split("\n"))
-        if line.strip()
-    ]
+    rows = [_hh_line_row(line, path, index) for index, line in enumerate(_read_text(path).split("\n")) if line.strip()]
     return _non_empty(rows, path)
 
 

@@ -21,6 +21,7 @@ from feedbackflow.stage_args import add_dataclass_arguments, dataclass_from_args
 
 log = logging.getLogger("feedbackflow.reward_evaluation")
 
+
 @dataclass
 class RewardEvaluationConfig:
     seed: int = field(default=42, metadata={"help": "seed of the new head when the model is a plain LM"})
@@ -93,7 +94,11 @@ def parse_eval_sets(items: list[str]) -> dict[str, str]:
 
 
 def evaluate_reward_model(
-    model_path: str, model_name: str, eval_sets: dict[str, str], metrics_out: str, rewards_out: str,
+    model_path: str,
+    model_name: str,
+    eval_sets: dict[str, str],
+    metrics_out: str,
+    rewards_out: str,
     config: RewardEvaluationConfig,
 ) -> list[dict]:
     """Score every eval set; write one metrics row per set and every reward, both as Parquet."""

@@ -46,9 +46,7 @@ def pool_hidden_states(hidden: torch.Tensor, attention_mask: torch.Tensor, pooli
     raise ConfigError(f"pooling {pooling!r} is not one of {POOLINGS}")
 
 
-def encode_texts(
-    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int
-) -> list[list[int]]:
+def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> list[list[int]]:
     """Token ids bos + ids + eos for each text, truncated on the left to `max_length` (DSP's rule)."""
     if tokenizer.eos_token_id is None:
         raise ConfigError(f"tokenizer {tokenizer.name_or_path!r} has no eos token")

@@ -159,11 +159,18 @@ def train_reward_model(
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
         ds_config["train_micro_batch_size_per_gpu"] = micro_per_process
         ds_config["train_batch_size"] = micro_per_process * accumulation * world
+        # DeepSpeed clips inside its step (accelerator.clip_grad_norm_ is a no-op there); 0 disables clipping.
+        ds_config["gradient_clipping"] = config.max_grad_norm
 
     texts, scores = load_preference_lists(train_paths)
     model, tokenizer = load_reward_model(model_name_or_path, pooling=config.pooling, seed=config.seed)
     if config.gradient_checkpointing:
         model.lm.gradient_checkpointing_enable()
+    if config.lm_loss_coeff == 0:
+        # Without the LM loss an untied LM head gets no gradient: freeze it, or DDP fails on unused parameters.
+        head = model.lm.get_output_embeddings()
+        if head is not None and head.weight is not model.lm.get_input_embeddings().weight:
+            head.requires_grad_(False)
     token_ids = [encode_texts(tokenizer, group, config.max_length) for group in texts]
     steps_per_epoch = len(scores) // config.batch_size
     if steps_per_epoch == 0:
@@ -173,14 +180,17 @@ def train_reward_model(
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # The scheduler is built on the prepared optimizer: under ZeRO offload DeepSpeed swaps in its own CPU Adam, and
+    # after a resume its param groups are new objects; a scheduler on the original optimizer would stop moving the lr.
     scheduler = get_scheduler(
         config.lr_scheduler,
         optimizer,
         num_warmup_steps=config.warmup_steps,
         num_training_steps=steps_per_epoch * config.num_epochs,
     )
-    model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
 
     store = CheckpointStore(

@@ -1,0 +1,129 @@
+"""The default workflow, run for real with Snakemake in a copy of the project (tiny scale, 2 cores).
+
+One run (module fixture) serves every test: the DSP results it produces, the rerun that must do nothing, the
+dry run that must plan only what a config change invalidates, and the config checks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+PROJECT_ITEMS = ("Snakefile", "workflow", "config", "profiles")
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--profile", "profiles/default", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {args} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    stats = output.split("Job stats:", 1)[1]
+    jobs = {}
+    for line in stats.splitlines()[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        if match.group(1) != "total":
+            jobs[match.group(1)] = int(match.group(2))
+    return jobs
+
+
+def copy_project(repo_root: Path, target: Path) -> Path:
+    for item in PROJECT_ITEMS:
+        source = repo_root / item
+        if source.is_dir():
+            shutil.copytree(source, target / item)
+        else:
+            shutil.copy(source, target / item)
+    return target
+
+
+@pytest.fixture(scope="module")
+def finished_run(repo_root, tmp_path_factory) -> Path:
+    workdir = copy_project(repo_root, tmp_path_factory.mktemp("workflow"))
+    snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+def test_dsp_tiny_run_shows_the_papers_point(finished_run):
+    metrics = pd.read_parquet(finished_run / "results/dsp/metrics.parquet")
+    assert {"model", "eval_set", "accuracy", "first_two_accuracy", "n_pairs"} <= set(metrics.columns)
+    accuracy = metrics.set_index(["model", "eval_set"])["accuracy"]
+    config = yaml.safe_load((finished_run / "config/config.yaml").read_text())
+    domains = config["dsp"]["domains"]
+    assert set(metrics["model"]) == {"base", "grft"} | {
+        f"{variant}-{d}" for variant in ("crft", "crft_imitation") for d in domains
+    }
+    for general in ("helpful", "harmless"):
+        assert accuracy["grft", general] >= 0.8, (general, accuracy["grft", general])
+    for domain in domains:
+        assert accuracy[f"crft-{domain}", domain] > accuracy["grft", domain], domain
+    report = (finished_run / "results/dsp/metrics.md").read_text()
+    assert "crft-academy" in report and "first_two_accuracy" in report
+    assert (finished_run / "results/dsp/accuracy.png").stat().st_size > 1000
+
+
+def test_second_run_does_nothing(finished_run):
+    result = snakemake(finished_run, "-n")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_changing_crft_learning_rate_replans_only_crft_evaluation_and_report(finished_run, tmp_path):
+    config = yaml.safe_load((finished_run / "config/config.yaml").read_text())
+    config["dsp"]["crft"]["learning_rate"] *= 0.5
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    result = snakemake(finished_run, "-n", "--configfile", str(changed))
+    n_domains = len(config["dsp"]["domains"])
+    assert planned_jobs(result.stdout) == {
+        "train_crft": 2 * n_domains,  # CRFT and CRFT with the LM loss share the CRFT learning rate
+        "evaluate_reward_model": 2 * n_domains,
+        "dsp_metrics": 1,
+        "all": 1,
+    }
+
+
+def test_report_renders(finished_run):
+    snakemake(finished_run, "--report", "results/report.html")
+    html = (finished_run / "results/report.html").read_text(errors="replace")
+    assert "accuracy.png" in html and "metrics.html" in html
+
+
+def test_misspelt_config_key_is_named(finished_run, tmp_path):
+    config = yaml.safe_load((finished_run / "config/config.yaml").read_text())
+    config["dsp"]["grft"]["learning_rat"] = config["dsp"]["grft"].pop("learning_rate")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = snakemake(finished_run, "-n", "--configfile", str(bad), check=False)
+    assert result.returncode != 0
+    assert "learning_rat" in result.stdout + result.stderr
+
+
+def test_unknown_dataset_reference_names_the_config_key(finished_run, tmp_path):
+    config = yaml.safe_load((finished_run / "config/config.yaml").read_text())
+    config["dsp"]["eval_sets"]["helpful"] = "hh_helpfull_test"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = snakemake(finished_run, "-n", "--configfile", str(bad), check=False)
+    assert result.returncode != 0
+    assert "dsp.eval_sets.helpful" in result.stdout + result.stderr
+    assert "hh_helpfull_test" in result.stdout + result.stderr
