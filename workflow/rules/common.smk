@@ -1,4 +1,4 @@
-# Helpers shared by the rule modules: paths of data sets and models, stage hyperparameters as JSON, and the
+# Helpers shared by the rule modules (paths of data sets and models, stage hyperparameters as JSON) and the
 # checks of the configuration that the JSON schema cannot express. No rules live here.
 import json
 import os
