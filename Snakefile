@@ -5,7 +5,13 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The configuration comes from `--configfile`: config/config.yaml through profiles/default, or a complete
+# experiment file such as config/experiments/dsp.yaml, which replaces it rather than merging into it.
+if not config:
+    raise ValueError(
+        "no configuration: run with --profile profiles/default, or give --configfile config/config.yaml "
+        "or an experiment file from config/experiments/"
+    )
 
 
 validate(config, "workflow/schemas/config.schema.yaml")
