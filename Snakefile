@@ -25,6 +25,17 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Quick CPU-only jobs run where Snakemake runs, never on a cluster node: conversion, the tiny-scale builders and
+# the report. Training and evaluation are the jobs a cluster executor submits.
+localrules:
+    all,
+    make_synthetic_data,
+    build_tiny_models,
+    convert_preferences,
+    convert_dsp_domain,
+    dsp_metrics,
+
+
 rule all:
     input:
         final_outputs(),

@@ -119,27 +119,53 @@ def test_micro_batches_accumulate_to_the_same_step(tiny, reference_run):
     assert_same_weights(reference_run, micro, atol=1e-4)
 
 
-def test_killed_run_resumes_from_its_last_checkpoint(tiny, reference_run):
-    out, work = tiny["root"] / "killed", tiny["root"] / "killed_work"
-    process = subprocess.Popen(
-        train_command(tiny, out, work), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    deadline = time.monotonic() + 120
-    while not (work / "checkpoint-00000010" / "trainer_state.json").exists():
-        assert process.poll() is None, "training ended before it could be killed"
-        assert time.monotonic() < deadline, "no checkpoint within 120 s"
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_run_resumes_and_ends_with_the_uninterrupted_weights(tiny, reference_run, signum):
+    """SIGKILL: resume from the last periodic checkpoint. SIGTERM (SLURM preemption): the run saves a checkpoint
+    at the step it was in, exits 143, and the rerun resumes at exactly that step."""
+    out, work = tiny["root"] / f"killed_{signum.name}", tiny["root"] / f"killed_{signum.name}_work"
+    first_log = tiny["root"] / f"killed_{signum.name}.log"
+    with first_log.open("w") as stderr:
+        process = subprocess.Popen(
+            train_command(tiny, out, work), stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
+        )
+        deadline = time.monotonic() + 120
+        while not (work / "checkpoint-00000010" / "trainer_state.json").exists():
+            assert process.poll() is None, "training ended before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+        os.killpg(process.pid, signum)
+        process.wait()
     assert not out.exists()
     log = train(tiny, out, work)
     resumed = [line for line in log.splitlines() if "resuming from" in line]
     assert resumed, log[-2000:]
     step = int(resumed[0].split(" at step ")[1].split()[0])
     assert step >= 10
+    if signum == signal.SIGTERM:
+        assert process.returncode == 143
+        saved = [line for line in first_log.read_text().splitlines() if "SIGTERM: checkpoint saved at step" in line]
+        assert saved and f"at step {step} of" in saved[0]
     assert_same_weights(reference_run, out)
     steps = pd.read_parquet(out / "training_log.parquet")["step"].tolist()
     assert steps == list(range(1, 31))
+
+
+def test_two_processes_follow_the_one_process_run(tiny, reference_run, repo_root):
+    """2 CPU processes (DDP over gloo, through `launch`) with the same global batch of 16: same curve and weights."""
+    out = tiny["root"] / "two_processes"
+    command = train_command(tiny, out, tiny["root"] / "two_processes_work", micro_batch_size=8)
+    stage_args = command[command.index("train-reward-model") :]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(
+        [sys.executable, "-m", "feedbackflow", "launch", "--processes", "2", "--", *stage_args],
+        cwd=repo_root, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    reference = pd.read_parquet(reference_run / "training_log.parquet")
+    two = pd.read_parquet(out / "training_log.parquet")
+    assert two["loss"].tolist() == pytest.approx(reference["loss"].tolist(), rel=1e-4, abs=1e-5)
+    assert_same_weights(reference_run, out, atol=1e-4)
 
 
 def test_checkpoints_of_other_hyperparameters_are_not_resumed(tiny):

@@ -12,8 +12,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 
 STATE_FILE = "trainer_state.json"
@@ -92,3 +94,21 @@ class CheckpointStore:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process and self.work_dir.exists():
             shutil.rmtree(self.work_dir)
+
+
+class StopSignal:
+    """Catches SIGTERM (what SLURM sends on preemption, at the time limit or on scancel) so that the trainer can
+    finish its step, save a checkpoint and exit; the rerun resumes from that step. SIGKILL cannot be caught: a
+    killed run resumes from its last periodic checkpoint instead."""
+
+    def __init__(self):
+        self.received = False
+        signal.signal(signal.SIGTERM, self._receive)
+
+    def _receive(self, signum, frame) -> None:
+        self.received = True
+
+    def agreed(self, accelerator: Accelerator) -> bool:
+        """True on every process once any process got the signal (checkpointing is collective)."""
+        flag = torch.tensor([1.0 if self.received else 0.0], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)

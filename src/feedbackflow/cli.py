@@ -21,6 +21,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "train-reward-model": ("feedbackflow.reward_training", "train a reward model (GRFT or CRFT)"),
     "evaluate-reward-model": ("feedbackflow.reward_evaluation", "accuracy of a reward model on eval sets"),
     "collect-metrics": ("feedbackflow.report", "gather per-model metrics into one table, Markdown and a plot"),
+    "launch": ("feedbackflow.launch", "run a stage here or under `accelerate launch` with N processes"),
 }
 
 

@@ -13,13 +13,15 @@ import argparse
 import dataclasses
 import logging
 import math
+import signal
+import sys
 from dataclasses import dataclass, field
 
 import torch
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
-from feedbackflow.checkpoints import CheckpointStore, fingerprint_of
+from feedbackflow.checkpoints import CheckpointStore, StopSignal, fingerprint_of
 from feedbackflow.errors import ConfigError
 from feedbackflow.formats import PREFERENCE_LISTS, TRAINING_LOG, atomic_directory, read_table, write_rows
 from feedbackflow.launch import build_accelerator, world_size_from_env
@@ -211,6 +213,7 @@ def train_reward_model(
         log.info("training from %s: %d lists, %d steps", model_name_or_path, len(scores), total_steps)
 
     pad_id = pad_id_of(tokenizer)
+    stop = StopSignal()
     model.train()
     for step in range(start_step, total_steps):
         indices = plan.batch_indices(step, config.batch_size, config.seed)
@@ -248,8 +251,12 @@ def train_reward_model(
         )
         if (step + 1) % 10 == 0 or step + 1 == total_steps:
             log.info("step %d/%d loss %.4f", step + 1, total_steps, history[-1]["loss"])
-        if (step + 1) % config.checkpoint_every == 0 and step + 1 < total_steps:
+        stopping = stop.agreed(accelerator)  # collective: every process takes the same branch
+        if step + 1 < total_steps and (stopping or (step + 1) % config.checkpoint_every == 0):
             store.save(accelerator, step + 1, {"step": step + 1, "history": history})
+            if stopping:
+                log.warning("SIGTERM: checkpoint saved at step %d of %d; a rerun resumes there", step + 1, total_steps)
+                sys.exit(128 + signal.SIGTERM)
 
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
@@ -271,7 +278,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads:  # the job's CPUs, shared by the processes of a multi-process launch
+        torch.set_num_threads(max(1, args.threads // world_size_from_env()))
     config = dataclass_from_args(RewardTrainingConfig, args)
     train_reward_model(args.train, args.model, args.output, args.work_dir, config)

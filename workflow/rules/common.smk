@@ -7,6 +7,12 @@ RESULTS = "results"
 TINY_RAW = f"{RESULTS}/tiny/raw"
 TINY_MODELS = f"{RESULTS}/tiny/models"
 CRFT_VARIANTS = ("crft", "crft_imitation")
+# Defaults of the config's `resources` section: what one job of each family asks for.
+DEFAULT_RESOURCES = {
+    "training": {"gpu": 0, "processes": 1, "cpus_per_task": 2, "mem_mb": 4000, "runtime": 60},
+    "evaluation": {"gpu": 0, "cpus_per_task": 1, "mem_mb": 4000, "runtime": 30},
+    "cpu": {"cpus_per_task": 1, "mem_mb": 2000, "runtime": 30},
+}
 
 
 def check_dataset_ref(ref, where):
@@ -37,11 +43,18 @@ def model_argument(ref):
     return lambda wildcards, input: input.model if input.model else ref
 
 
-def launcher():
-    """How training stages are started: plain python, or accelerate with a config from config/accelerate/."""
-    if config.get("accelerate_config"):
-        return f"accelerate launch --config_file {config['accelerate_config']} -m feedbackflow"
-    return "python -m feedbackflow"
+def job_resources(kind):
+    """Snakemake resources of a job family (training, evaluation, cpu) from the config's `resources` section.
+
+    `runtime` (minutes) grows with the attempt, so a job retried after a timeout (`--retries`) asks for more.
+    """
+    values = {**DEFAULT_RESOURCES[kind], **config.get("resources", {}).get(kind, {})}
+    runtime = values.pop("runtime")
+    return {**values, "runtime": lambda wildcards, attempt: runtime * attempt}
+
+
+def job_threads(kind):
+    return job_resources(kind)["cpus_per_task"]
 
 
 def hparams(values):

@@ -8,6 +8,9 @@ rule convert_preferences:
         f"{RESULTS}/data/{{dataset}}.parquet",
     params:
         format=lambda wildcards: config["datasets"][wildcards.dataset]["format"],
+    threads: job_threads("cpu")
+    resources:
+        **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/data/convert_{{dataset}}.log",
     conda:
@@ -24,6 +27,9 @@ rule convert_dsp_domain:
         f"{RESULTS}/data/{{dataset}}/{{domain}}.parquet",
     params:
         format=lambda wildcards: config["datasets"][wildcards.dataset]["format"],
+    threads: job_threads("cpu")
+    resources:
+        **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/data/convert_{{dataset}}_{{domain}}.log",
     conda:

@@ -21,10 +21,9 @@ rule evaluate_reward_model:
                 **config["dsp"].get("evaluation", {}),
             }
         ),
-    threads: 1
+    threads: job_threads("evaluation")
     resources:
-        mem_mb=8000,
-        runtime=6 * 60,
+        **job_resources("evaluation"),
     log:
         f"{RESULTS}/logs/dsp/evaluate_{{model}}.log",
     conda:

@@ -9,6 +9,9 @@ rule dsp_metrics:
         markdown=f"{RESULTS}/dsp/metrics.md",
         html=report(f"{RESULTS}/dsp/metrics.html", caption="../report/dsp_metrics.rst", category="DSP"),
         plot=report(f"{RESULTS}/dsp/accuracy.png", caption="../report/dsp_accuracy.rst", category="DSP"),
+    threads: job_threads("cpu")
+    resources:
+        **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/dsp/metrics.log",
     conda:

@@ -11,17 +11,17 @@ rule train_grft:
         model=model_argument(config["dsp"]["base_model"]),
         hparams=reward_training_hparams("grft"),
         work_dir=f"{RESULTS}/work/dsp/grft",
-        launcher=launcher(),
-    threads: config.get("threads", 1)
+        accelerate_config=config.get("accelerate_config"),
+    threads: job_threads("training")
     resources:
-        mem_mb=8000,
-        runtime=24 * 60,
+        **job_resources("training"),
     log:
         f"{RESULTS}/logs/dsp/train_grft.log",
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "{params.launcher} train-reward-model --train {input.train:q} --model {params.model:q} "
+        "python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
+        "--accelerate-config {params.accelerate_config:q} -- train-reward-model --train {input.train:q} --model {params.model:q} "
         "--output {output:q} --work-dir {params.work_dir:q} --threads {threads} "
         "--hparams {params.hparams:q} > {log:q} 2>&1"
 
@@ -36,16 +36,16 @@ rule train_crft:
         model=lambda wildcards, input: input.model,
         hparams=lambda wildcards: reward_training_hparams(wildcards.variant),
         work_dir=lambda wildcards: f"{RESULTS}/work/dsp/{wildcards.variant}/{wildcards.domain}",
-        launcher=launcher(),
-    threads: config.get("threads", 1)
+        accelerate_config=config.get("accelerate_config"),
+    threads: job_threads("training")
     resources:
-        mem_mb=8000,
-        runtime=24 * 60,
+        **job_resources("training"),
     log:
         f"{RESULTS}/logs/dsp/train_{{variant}}_{{domain}}.log",
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "{params.launcher} train-reward-model --train {input.train:q} --model {params.model:q} "
+        "python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
+        "--accelerate-config {params.accelerate_config:q} -- train-reward-model --train {input.train:q} --model {params.model:q} "
         "--output {output:q} --work-dir {params.work_dir:q} --threads {threads} "
         "--hparams {params.hparams:q} > {log:q} 2>&1"

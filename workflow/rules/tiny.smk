@@ -15,6 +15,9 @@ rule make_synthetic_data:
     params:
         hparams=hparams({"seed": config["seed"], **config.get("tiny", {}).get("data", {})}),
         output_dir=lambda wildcards, output: os.path.dirname(output.corpus),
+    threads: job_threads("cpu")
+    resources:
+        **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/tiny/make_synthetic_data.log",
     conda:
@@ -31,6 +34,9 @@ rule build_tiny_models:
         directory(f"{TINY_MODELS}/causal_lm"),
     params:
         hparams=hparams({"seed": config["seed"], **config.get("tiny", {}).get("model", {})}),
+    threads: job_threads("cpu")
+    resources:
+        **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/tiny/build_tiny_models.log",
     conda:
