@@ -24,3 +24,13 @@ def shared_data() -> Path:
             pytest.fail(f"{SHARED_DATA} is missing: CI must have shared/ beside the checkout")
         pytest.skip(f"{SHARED_DATA} is not here")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> Path:
+    """The default workflow (tiny scale), run to the end with the local profile in a scratch copy of the project."""
+    from workflow_runs import copy_project, snakemake
+
+    workdir = copy_project(REPO_ROOT, tmp_path_factory.mktemp("workflow"))
+    snakemake(workdir, "--cores", "2")
+    return workdir

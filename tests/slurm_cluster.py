@@ -30,6 +30,24 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 REQUIRED_COMMANDS = ("slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scancel", "munged")
+# Client commands that get a SLURM_CONF-setting wrapper in <private dir>/bin (see _write_client_wrappers).
+CLIENT_COMMANDS = (
+    "sacct",
+    "sacctmgr",
+    "salloc",
+    "sattach",
+    "sbatch",
+    "sbcast",
+    "scancel",
+    "scontrol",
+    "sinfo",
+    "sprio",
+    "squeue",
+    "srun",
+    "sshare",
+    "sstat",
+    "strigger",
+)
 DEBIAN_PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 DEFAULT_CTLD_PORT = 16817
 DEFAULT_SLURMD_PORT = 16818
@@ -149,9 +167,10 @@ class SlurmCluster:
     Attributes:
         partitions: partition names; the first is the default partition.
         node: the node (and controller) name, the machine's short hostname.
-        env: full environment to run sbatch/squeue/snakemake with (``os.environ`` plus ``SLURM_CONF``, with
+        env: full environment to run sbatch/squeue/snakemake with (``os.environ`` plus ``extra_env``, with
             any inherited ``SLURM_*`` job variables removed).
-        extra_env: only the variables the harness adds (``SLURM_CONF``).
+        extra_env: only the variables the harness adds: ``SLURM_CONF`` and ``PATH`` with ``bin_dir`` first.
+        bin_dir: wrappers for srun/sbatch/squeue/... that set SLURM_CONF (they survive env scrubbing in jobs).
         conf_path: the private slurm.conf.
         cpus, real_memory_mb, def_mem_per_cpu_mb: the node's configured resources.
     """
@@ -180,6 +199,7 @@ class SlurmCluster:
         self._memory_fraction = memory_fraction
         self._preferred_ports = (ctld_port, slurmd_port)
         self.conf_path = self.root / "etc" / "slurm.conf"
+        self.bin_dir = self.root / "bin"
         self.log_dir = self.root / "log"
         self.ctld_port = ctld_port
         self.slurmd_port = slurmd_port
@@ -451,10 +471,30 @@ NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus}{topology} RealMemory={s
 """
         self.conf_path.write_text(conf)
         (r / "etc" / "plugstack.conf").write_text("")
-        self.extra_env = {"SLURM_CONF": str(self.conf_path)}
+        self._write_client_wrappers()
         env = {k: v for k, v in os.environ.items() if not (k.startswith("SLURM_") or k.startswith("SBATCH_"))}
+        self.extra_env = {
+            "SLURM_CONF": str(self.conf_path),
+            "PATH": str(self.bin_dir) + os.pathsep + env.get("PATH", os.defpath),
+        }
         env.update(self.extra_env)
         self.env = env
+
+    def _write_client_wrappers(self) -> None:
+        """Put wrappers that set SLURM_CONF in front of the real client commands.
+
+        Inside a job, snakemake's slurm-jobstep executor strips every ``SLURM_*`` variable (SLURM_CONF too)
+        before it calls ``srun``; without /etc/slurm/slurm.conf that srun would then fail with "Could not
+        establish a configuration source".  PATH survives, so the wrappers keep pointing at this cluster.
+        """
+        self.bin_dir.mkdir(parents=True, exist_ok=True)
+        for command in CLIENT_COMMANDS:
+            real = shutil.which(command, path=os.environ.get("PATH", "") + ":/usr/bin:/usr/sbin")
+            if real is None:
+                continue
+            wrapper = self.bin_dir / command
+            wrapper.write_text(f'#!/bin/sh\nSLURM_CONF="{self.conf_path}"\nexport SLURM_CONF\nexec "{real}" "$@"\n')
+            wrapper.chmod(0o755)
 
     def _start_slurm(self) -> None:
         conf = str(self.conf_path)

@@ -85,3 +85,10 @@ def test_stop_terminates_daemons(slurm_cluster: SlurmCluster, tmp_path: Path):
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists(), f"process {pid} still exists"
     other.stop()  # idempotent
+
+
+def test_srun_inside_job_without_slurm_conf(slurm_cluster: SlurmCluster, tmp_path: Path):
+    # snakemake's slurm-jobstep executor strips SLURM_CONF before its nested srun; the PATH wrappers cope.
+    job = slurm_cluster.submit("--wrap", "env -u SLURM_CONF srun -n1 echo step-ok > step.txt", cwd=tmp_path)
+    assert slurm_cluster.wait_for_jobs([job]) == {str(job): "COMPLETED"}
+    assert (tmp_path / "step.txt").read_text().strip() == "step-ok"

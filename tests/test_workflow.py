@@ -6,62 +6,9 @@ dry run that must plan only what a config change invalidates, and the config che
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pandas as pd
-import pytest
 import yaml
-
-PROJECT_ITEMS = ("Snakefile", "workflow", "config", "profiles")
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--profile", "profiles/default", *args],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {args} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
-
-
-def planned_jobs(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run as {rule: count}."""
-    stats = output.split("Job stats:", 1)[1]
-    jobs = {}
-    for line in stats.splitlines()[3:]:
-        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not match:
-            break
-        if match.group(1) != "total":
-            jobs[match.group(1)] = int(match.group(2))
-    return jobs
-
-
-def copy_project(repo_root: Path, target: Path) -> Path:
-    for item in PROJECT_ITEMS:
-        source = repo_root / item
-        if source.is_dir():
-            shutil.copytree(source, target / item)
-        else:
-            shutil.copy(source, target / item)
-    return target
-
-
-@pytest.fixture(scope="module")
-def finished_run(repo_root, tmp_path_factory) -> Path:
-    workdir = copy_project(repo_root, tmp_path_factory.mktemp("workflow"))
-    snakemake(workdir, "--cores", "2")
-    return workdir
+from workflow_runs import planned_jobs, snakemake
 
 
 def test_dsp_tiny_run_shows_the_papers_point(finished_run):

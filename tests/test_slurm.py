@@ -1,0 +1,81 @@
+"""The tiny DSP workflow with `--profile profiles/slurm` on a real single-node SLURM cluster started by the test.
+
+The cluster (tests/slurm_cluster.py: Debian's slurmctld, slurmd and munge, installed here when missing) has two
+partitions on this machine's one node: `cpu` (the default) and `a100`, the GPU partition the profile names. The
+GPU rules must go through sbatch into `a100`, the local rules must not reach SLURM, and the results must equal a
+local run's (the session's `finished_run`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from slurm_cluster import SlurmCluster, ensure_slurm_installed
+from workflow_runs import copy_project, snakemake
+
+SUBMITTED_RULES = {"train_grft": 1, "train_crft": 8, "evaluate_reward_model": 10}
+LOCAL_RULES = ("make_synthetic_data", "build_tiny_models", "convert_preferences", "convert_dsp_domain", "dsp_metrics")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if os.geteuid() != 0:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("the SLURM test cluster needs root, and CI runs as root")
+        pytest.skip("the SLURM test cluster needs root")
+    ensure_slurm_installed()
+    with SlurmCluster(tmp_path_factory.mktemp("slurm"), partitions=("cpu", "a100")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster, repo_root, tmp_path_factory) -> Path:
+    workdir = copy_project(repo_root, tmp_path_factory.mktemp("slurm_workflow"))
+    start = time.perf_counter()
+    snakemake(
+        workdir,
+        "--slurm-init-seconds-before-status-checks", "2",
+        "--seconds-between-status-checks", "2",
+        profile="profiles/slurm",
+        env=cluster.extra_env,
+    )  # fmt: skip
+    print(f"\nSLURM run of the tiny workflow: {time.perf_counter() - start:.0f} s")
+    return workdir
+
+
+def slurm_job_ids(workdir: Path, rule: str) -> list[int]:
+    """Job ids from the plugin's per-job SLURM logs (.snakemake/slurm_logs/rule_<rule>/<wildcards>/<jobid>.log)."""
+    logs = (workdir / ".snakemake" / "slurm_logs" / f"rule_{rule}").rglob("*.log")
+    return sorted(int(path.stem) for path in logs if path.stem.isdigit())
+
+
+def job_field(cluster: SlurmCluster, job_id: int, field: str) -> str:
+    shown = cluster.run(["scontrol", "show", "job", str(job_id)]).stdout
+    return re.search(rf"\b{field}=(\S+)", shown).group(1)
+
+
+def test_gpu_rules_went_through_sbatch_into_the_gpu_partition(slurm_run, cluster):
+    for rule, count in SUBMITTED_RULES.items():
+        job_ids = slurm_job_ids(slurm_run, rule)
+        assert len(job_ids) == count, (rule, job_ids)
+        for job_id in job_ids:
+            assert job_field(cluster, job_id, "Partition") == "a100", (rule, job_id)
+            assert job_field(cluster, job_id, "JobState") == "COMPLETED", (rule, job_id)
+    for rule in LOCAL_RULES:
+        assert slurm_job_ids(slurm_run, rule) == [], rule
+
+
+def test_results_equal_a_local_run(slurm_run, finished_run):
+    on_slurm = pd.read_parquet(slurm_run / "results/dsp/metrics.parquet")
+    local = pd.read_parquet(finished_run / "results/dsp/metrics.parquet")
+    pd.testing.assert_frame_equal(on_slurm, local)
+
+
+def test_rerun_on_slurm_does_nothing(slurm_run, cluster):
+    result = snakemake(slurm_run, "-n", profile="profiles/slurm", env=cluster.extra_env)
+    assert "Nothing to be done" in result.stdout + result.stderr

@@ -1,0 +1,54 @@
+"""Running the project's Snakemake workflow for real in a scratch copy of the project (used by several tests)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT_ITEMS = ("Snakefile", "workflow", "config", "profiles")
+
+
+def copy_project(repo_root: Path, target: Path) -> Path:
+    """Copy what `snakemake` needs (not results/, not .snakemake/) into `target`."""
+    for item in PROJECT_ITEMS:
+        source = repo_root / item
+        if source.is_dir():
+            shutil.copytree(source, target / item)
+        else:
+            shutil.copy(source, target / item)
+    return target
+
+
+def snakemake(
+    workdir: Path, *args: str, profile: str = "profiles/default", env: dict | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    """Run snakemake in `workdir` with this interpreter's environment first on PATH (rules call `python`)."""
+    run_env = dict(os.environ, **(env or {}))
+    run_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{run_env['PATH']}"
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--profile", profile, *args],
+        cwd=workdir,
+        env=run_env,
+        capture_output=True,
+        text=True,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {args} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    stats = output.split("Job stats:", 1)[1]
+    jobs = {}
+    for line in stats.splitlines()[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        if match.group(1) != "total":
+            jobs[match.group(1)] = int(match.group(2))
+    return jobs
