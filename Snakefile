@@ -20,20 +20,26 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/tiny.smk"
 include: "workflow/rules/data.smk"
-include: "workflow/rules/reward.smk"
-include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/report.smk"
+if "dsp" in config:
+
+    include: "workflow/rules/reward.smk"
+    include: "workflow/rules/evaluate.smk"
+    include: "workflow/rules/report.smk"
+
+
+if "rrhf" in config:
+
+    include: "workflow/rules/rrhf.smk"
 
 
 # Quick CPU-only jobs run where Snakemake runs, never on a cluster node: conversion, the tiny-scale builders and
-# the report. Training and evaluation are the jobs a cluster executor submits.
+# the reports (each module names its own). Training, sampling, scoring and evaluation go to a cluster executor.
 localrules:
     all,
     make_synthetic_data,
     build_tiny_models,
     convert_preferences,
     convert_dsp_domain,
-    dsp_metrics,
 
 
 rule all:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from slurm_cluster import SlurmCluster, ensure_slurm_installed
-from workflow_runs import copy_project, snakemake
+from workflow_runs import FAST_SLURM_POLLING, copy_project, snakemake
 
 SUBMITTED_RULES = {"train_grft": 1, "train_crft": 8, "evaluate_reward_model": 10}
 LOCAL_RULES = ("make_synthetic_data", "build_tiny_models", "convert_preferences", "convert_dsp_domain", "dsp_metrics")
@@ -37,13 +37,7 @@ def cluster(tmp_path_factory):
 def slurm_run(cluster, repo_root, tmp_path_factory) -> Path:
     workdir = copy_project(repo_root, tmp_path_factory.mktemp("slurm_workflow"))
     start = time.perf_counter()
-    snakemake(
-        workdir,
-        "--slurm-init-seconds-before-status-checks", "2",
-        "--seconds-between-status-checks", "2",
-        profile="profiles/slurm",
-        env=cluster.extra_env,
-    )  # fmt: skip
+    snakemake(workdir, *FAST_SLURM_POLLING, profile="profiles/slurm", env=cluster.extra_env)
     print(f"\nSLURM run of the tiny workflow: {time.perf_counter() - start:.0f} s")
     return workdir
 

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 PROJECT_ITEMS = ("Snakefile", "workflow", "config", "profiles")
+# Quick job-status polling for the single-node test cluster; the profile's own values suit a real cluster.
+FAST_SLURM_POLLING = ("--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2")
 
 
 def copy_project(repo_root: Path, target: Path) -> Path:

@@ -1,7 +1,8 @@
 """`python -m feedbackflow <stage> ...`: every workflow stage runs from the command line too.
 
 Stage modules are imported only when their stage runs, so `--help` is quick. Each stage module has
-`configure(parser)` (its flags) and `main(args)` (the stage).
+`configure(parser)` (its flags) and `main(args)` (the stage); a module with two stages names the second
+`configure_<x>` / `main_<x>`, registered as "module:<x>".
 """
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ STAGES: dict[str, tuple[str, str]] = {
     "train-reward-model": ("feedbackflow.reward_training", "train a reward model (GRFT or CRFT)"),
     "evaluate-reward-model": ("feedbackflow.reward_evaluation", "accuracy of a reward model on eval sets"),
     "collect-metrics": ("feedbackflow.report", "gather per-model metrics into one table, Markdown and a plot"),
+    "convert-prompts": ("feedbackflow.prompts", "rm-static / HH files -> prompts Parquet (+ the data set's responses)"),
+    "sample-responses": ("feedbackflow.sampling", "sample N responses per prompt from a policy"),
+    "score-samples": ("feedbackflow.reward_scoring", "score samples with a reward model"),
+    "rank-responses": ("feedbackflow.sampling:rank", "scored samples -> RRHF ranked-responses Parquet"),
+    "merge-samples": ("feedbackflow.sampling:merge", "concatenate samples Parquet files (checked for clashes)"),
+    "sft-data": ("feedbackflow.sampling:sft", "samples -> one-response rows for SFT with the RRHF trainer"),
+    "train-rrhf": ("feedbackflow.rrhf_training", "RRHF: rank loss on length-normalised log-probs + SFT on the best"),
+    "judge-samples": ("feedbackflow.judge", "rate samples with an LLM judge (openai API or local hf model), cached"),
+    "evaluate-responses": ("feedbackflow.response_evaluation", "mean reward and perplexity of responses per origin"),
     "launch": ("feedbackflow.launch", "run a stage here or under `accelerate launch` with N processes"),
 }
 
@@ -40,13 +50,16 @@ def main(argv: list[str] | None = None) -> None:
         return
     name, rest = argv[0], argv[1:]
     module_name, help_text = STAGES[name]
+    module_name, _, suffix = module_name.partition(":")  # "module:x" -> configure_x / main_x of that module
     module = importlib.import_module(module_name)
+    configure = getattr(module, f"configure_{suffix}" if suffix else "configure")
+    run = getattr(module, f"main_{suffix}" if suffix else "main")
     parser = argparse.ArgumentParser(prog=f"python -m feedbackflow {name}", description=help_text)
-    module.configure(parser)
+    configure(parser)
     args = parser.parse_args(rest)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        module.main(args)
+        run(args)
     except (DataError, ConfigError) as error:
         logging.getLogger("feedbackflow").error("%s", error)
         sys.exit(f"error: {error}")

@@ -52,6 +52,53 @@ REWARD_SCORES = pa.schema(
     ]
 )
 
+# Prompts of a generation experiment (RRHF, ILF, PPO): a stable id, the text given to the policy, and where it came
+# from (the raw file and the 0-based record index).
+PROMPTS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("record", pa.int64(), nullable=False),
+    ]
+)
+
+# Responses to prompts: sampled from a policy or taken from a data set (`origin` names which: a policy name, or
+# "chosen" / "rejected" / "response" for a data set's own), numbered per (prompt, origin) by `sample_index`.
+SAMPLES = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("response", pa.string(), nullable=False),
+        pa.field("origin", pa.string(), nullable=False),
+        pa.field("sample_index", pa.int64(), nullable=False),
+    ]
+)
+
+# Scores of samples, by a reward model or a language-model judge. `status` is "ok" (score set), "unparsed" (the
+# judge replied but no score could be read: never guessed) or "failed" (no reply after retries); `reason` says why.
+SCORED_SAMPLES = pa.schema(
+    [
+        *SAMPLES,
+        pa.field("score", pa.float64()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("scorer", pa.string(), nullable=False),
+        pa.field("prompt_tokens", pa.int64()),
+        pa.field("completion_tokens", pa.int64()),
+    ]
+)
+
+# RRHF training data (SPEC section 2): one row per query with its responses and their scores.
+RANKED_RESPONSES = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("query", pa.string(), nullable=False),
+        pa.field("responses", pa.list_(pa.string()), nullable=False),
+        pa.field("scores", pa.list_(pa.float64()), nullable=False),
+    ]
+)
+
 # Training curves: one row per optimiser step.
 TRAINING_LOG = pa.schema(
     [

@@ -38,9 +38,9 @@ def local_input(path):
     return [path] if path.startswith(f"{RESULTS}/") or os.path.exists(path) else []
 
 
-def model_argument(ref):
-    """The --model argument of a stage: the input path when local, else the hub id itself."""
-    return lambda wildcards, input: input.model if input.model else ref
+def model_argument(ref, name="model"):
+    """The --model argument of a stage: the input path (input `name`) when local, else the hub id itself."""
+    return lambda wildcards, input: input[name] if input[name] else ref
 
 
 def job_resources(kind):
@@ -73,7 +73,7 @@ def reward_training_hparams(variant):
 
 def dsp_model_names():
     """Every evaluated model: base, grft, crft-<domain>, crft_imitation-<domain>."""
-    domains = config["dsp"]["domains"]
+    domains = config["dsp"]["domains"] if "dsp" in config else []
     return ["base", "grft"] + [f"{variant}-{domain}" for variant in CRFT_VARIANTS for domain in domains]
 
 
@@ -91,19 +91,46 @@ def dsp_eval_inputs():
     return [dataset_parquet(ref) for ref in config["dsp"]["eval_sets"].values()]
 
 
+RRHF_EVAL_POLICIES = ("initial", "rrhf")
+
+
+def rrhf_policy():
+    """The policy RRHF starts from: the SFT model the pipeline trains (tiny scale), else `rrhf.policy`."""
+    if config["rrhf"].get("sft"):
+        return f"{RESULTS}/rrhf/models/sft"
+    return config["rrhf"]["policy"]
+
+
+def rrhf_eval_policy(name):
+    return rrhf_policy() if name == "initial" else f"{RESULTS}/rrhf/models/rrhf"
+
+
+def rrhf_hparams(section):
+    """RRHF-trainer hyperparameters of `rrhf.sft` (SFT: rrhf_weight 0, one response per row) or `rrhf.training`."""
+    values = {k: v for k, v in config["rrhf"][section].items() if k != "base_model"}
+    return hparams({"seed": config["seed"], **values})
+
+
 def final_outputs():
     outputs = []
     if "dsp" in config["experiments"]:
         outputs += [f"{RESULTS}/dsp/metrics.parquet", f"{RESULTS}/dsp/metrics.md", f"{RESULTS}/dsp/accuracy.png"]
+    if "rrhf" in config["experiments"]:
+        outputs += [f"{RESULTS}/rrhf/metrics.parquet", f"{RESULTS}/rrhf/metrics.md"]
     return outputs
 
 
-for _ref in config["dsp"]["general_train"]:
-    check_dataset_ref(_ref, "dsp.general_train")
-for _name, _ref in config["dsp"]["eval_sets"].items():
-    check_dataset_ref(_ref, f"dsp.eval_sets.{_name}")
-for _domain in config["dsp"]["domains"]:
-    check_dataset_ref(f"{config['dsp']['domain_train']}/{_domain}", "dsp.domain_train")
+if "dsp" in config["experiments"] and "dsp" not in config:
+    raise ValueError("config: experiments lists dsp but there is no `dsp` section")
+if "rrhf" in config["experiments"] and "rrhf" not in config:
+    raise ValueError("config: experiments lists rrhf but there is no `rrhf` section")
+if "dsp" in config:
+    for _ref in config["dsp"]["general_train"]:
+        check_dataset_ref(_ref, "dsp.general_train")
+    for _name, _ref in config["dsp"]["eval_sets"].items():
+        check_dataset_ref(_ref, f"dsp.eval_sets.{_name}")
+    for _domain in config["dsp"]["domains"]:
+        check_dataset_ref(f"{config['dsp']['domain_train']}/{_domain}", "dsp.domain_train")
 
 
 wildcard_constraints:
@@ -111,3 +138,6 @@ wildcard_constraints:
     domain="[A-Za-z0-9_-]+",
     variant="|".join(CRFT_VARIANTS),
     model="|".join(dsp_model_names()),
+    split="train|test",
+    name="train|test",
+    policy="|".join(RRHF_EVAL_POLICIES),

@@ -1,6 +1,10 @@
 # Results tables, plots and the HTML report (`snakemake --report`).
 
 
+localrules:
+    dsp_metrics,
+
+
 rule dsp_metrics:
     input:
         expand(f"{RESULTS}/dsp/eval/{{model}}.parquet", model=dsp_model_names()),

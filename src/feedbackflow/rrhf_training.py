@@ -1,0 +1,384 @@
+"""RRHF fine-tuning of a causal LM on ranked responses (SPEC section 2), on accelerate.
+
+Input: RANKED_RESPONSES Parquet (one row per query: `query`, `responses`, `scores`). Every response becomes the
+sequence bos + query ids + response ids + eos (bos only when the tokenizer has one; query and response are tokenised
+separately and joined with no separator, so a space between them must be in the data). The response tokens, whose
+log-probabilities make p_i and the SFT loss, are the response ids AND the final eos.
+
+Length limit: `max_length` counts every token of a sequence (bos, prompt, response, eos). The response is never
+truncated: when a query's longest response does not fit, the PROMPT is truncated on the left (its end, next to the
+response, is kept; the same prompt tokens for every response of the query), and the number of truncated prompts is
+logged. A response that leaves no room for any prompt token at all is a DataError, as is bad input: responses and
+scores of different lengths, an empty (or whitespace-only) response, a non-finite score, or a query with fewer than
+2 responses. Errors name the file, the record (the 0-based row index in that file) and the field.
+
+One optimiser step sees `batch_size` queries (global, over all processes); a micro batch of `micro_batch_size`
+queries is one forward pass over all their responses (right-padded). The step's loss is the mean over its queries of
+the per-query loss L = rrhf_weight * L_rank + L_sft (see `rrhf_losses`), whatever the micro-batch size and process
+count, so a 2-process run follows the same curve as a 1-process run. Queries are shuffled per epoch from the seed; an
+incomplete last batch of an epoch is dropped. Checkpoints go to `--work-dir`; a rerun resumes from the last one, and
+SIGTERM saves one at the current step and exits 143. The weights are kept in float32 (mixed precision only changes
+the compute dtype). The output is a causal-LM directory (`save_pretrained` + tokenizer), `training_log.parquet` and
+`rrhf_training.json`, written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import signal
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from accelerate.utils import set_seed
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, get_scheduler
+
+from feedbackflow.checkpoints import CheckpointStore, StopSignal, fingerprint_of
+from feedbackflow.errors import ConfigError, DataError
+from feedbackflow.formats import RANKED_RESPONSES, TRAINING_LOG, atomic_directory, read_table, write_json, write_rows
+from feedbackflow.launch import build_accelerator, world_size_from_env
+from feedbackflow.reward_model import pad_id_of, pad_right
+from feedbackflow.reward_training import PreferenceBatchPlan, pad_scores
+from feedbackflow.rrhf_losses import (
+    best_response_index,
+    length_normalised_scores,
+    response_logprob_sums,
+    rrhf_loss,
+    rrhf_rank_loss,
+    rrhf_sft_loss,
+    token_logprobs,
+)
+from feedbackflow.stage_args import add_dataclass_arguments, dataclass_from_args
+
+log = logging.getLogger("feedbackflow.rrhf_training")
+
+META_FILE = "rrhf_training.json"
+
+
+@dataclass
+class RRHFTrainingConfig:
+    """Hyperparameters of one RRHF run (defaults: SPEC section 2's paper scale, except precision)."""
+
+    seed: int = 42
+    max_length: int = field(
+        default=192, metadata={"help": "tokens per sequence (bos, prompt, response, eos); the prompt is left-truncated"}
+    )
+    num_epochs: int = 3
+    batch_size: int = field(default=64, metadata={"help": "queries per optimiser step, all processes"})
+    micro_batch_size: int = field(default=1, metadata={"help": "queries per forward pass on one process"})
+    learning_rate: float = 2e-5
+    weight_decay: float = 0.0
+    lr_scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler name"})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "warm-up steps: ceil(ratio x all steps)"})
+    rrhf_weight: float = 1.0
+    length_penalty: float = 1.0
+    max_grad_norm: float = 1.0
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many steps (all epochs)"})
+    checkpoint_every: int = 100
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class RankedQueries:
+    """Validated training rows, and where each came from (file, 0-based row index) for error messages."""
+
+    queries: list[str]
+    responses: list[list[str]]
+    scores: list[list[float]]
+    origins: list[tuple[str, int]]
+
+
+@dataclass
+class RankedBatchPlan(PreferenceBatchPlan):
+    """Tokenised queries: `token_ids[q][k]` is bos + prompt + response k + eos; the first `prompt_lengths[q]` ids
+    (bos and the kept prompt) are context, the rest are response tokens."""
+
+    prompt_lengths: list[int]
+    truncated_prompts: int = 0
+
+
+def load_ranked_responses(paths: list[str], min_responses: int = 2) -> RankedQueries:
+    """Read RANKED_RESPONSES files and check every row (DataError naming file, record and field).
+
+    RRHF ranks at least 2 responses per query; SFT (rrhf_weight 0, the SFT term alone) accepts one."""
+    data = RankedQueries([], [], [], [])
+    for path in paths:
+        table = read_table(path, RANKED_RESPONSES)
+        rows = zip(
+            table.column("query").to_pylist(),
+            table.column("responses").to_pylist(),
+            table.column("scores").to_pylist(),
+            strict=True,
+        )
+        for record, (query, responses, scores) in enumerate(rows):
+            if query is None:
+                raise DataError(path, record, "query", "is missing")
+            if responses is None or len(responses) < min_responses:
+                n = 0 if responses is None else len(responses)
+                raise DataError(path, record, "responses", f"{n} response(s); at least {min_responses} needed")
+            if scores is None or len(scores) != len(responses):
+                n = 0 if scores is None else len(scores)
+                raise DataError(path, record, "scores", f"{n} scores for {len(responses)} responses")
+            for k, response in enumerate(responses):
+                if response is None or not response.strip():
+                    raise DataError(path, record, "responses", f"response {k} is empty")
+            for k, score in enumerate(scores):
+                if score is None or not math.isfinite(score):
+                    raise DataError(path, record, "scores", f"score {k} is {score!r}, not a finite number")
+            data.queries.append(query)
+            data.responses.append(list(responses))
+            data.scores.append([float(s) for s in scores])
+            data.origins.append((str(path), record))
+    return data
+
+
+def tokenize_ranked(
+    data: RankedQueries, tokenizer: PreTrainedTokenizerBase, max_length: int, batch_size: int = 1
+) -> RankedBatchPlan:
+    """Token ids of every (query, response): bos + left-truncated prompt + response + eos (see the module doc)."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ConfigError(f"tokenizer {tokenizer.name_or_path!r} has no eos token")
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    prompts = tokenizer(data.queries, add_special_tokens=False)["input_ids"] if data.queries else []
+    flat = [r for responses in data.responses for r in responses]
+    flat_ids = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+    token_ids, prompt_lengths, truncated, start = [], [], 0, 0
+    for q, prompt in enumerate(prompts):
+        path, record = data.origins[q]
+        count = len(data.responses[q])
+        responses = [ids + [eos] for ids in flat_ids[start : start + count]]
+        start += count
+        longest = max(range(count), key=lambda k: len(responses[k]))
+        room = max_length - len(bos) - len(responses[longest])
+        if room < 0 or (prompt and room == 0):
+            raise DataError(
+                path, record, "responses",
+                f"response {longest} has {len(responses[longest])} tokens with eos: max_length {max_length} leaves "
+                "no room for the prompt (responses are never truncated)",
+            )  # fmt: skip
+        if not bos and not prompt:
+            raise DataError(path, record, "query", "empty query and no bos token: nothing precedes the response")
+        if len(prompt) > room:
+            truncated += 1
+            prompt = prompt[len(prompt) - room :]
+        context = bos + prompt
+        token_ids.append([context + ids for ids in responses])
+        prompt_lengths.append(len(context))
+    steps_per_epoch = len(token_ids) // batch_size
+    return RankedBatchPlan(token_ids, data.scores, steps_per_epoch, prompt_lengths, truncated)
+
+
+def response_mask_of(plan: RankedBatchPlan, indices: list[int], attention_mask: torch.Tensor) -> torch.Tensor:
+    """(sequences, len) True at the response tokens (response + eos) of the flattened sequences of `indices`."""
+    mask = attention_mask.bool().clone()
+    row = 0
+    for q in indices:
+        for _ in plan.token_ids[q]:
+            mask[row, : plan.prompt_lengths[q]] = False
+            row += 1
+    return mask
+
+
+def micro_batch_loss(
+    model: torch.nn.Module,
+    plan: RankedBatchPlan,
+    indices: list[int],
+    config: RRHFTrainingConfig,
+    pad_id: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed per-query ranking and SFT losses of one micro batch of queries: one forward over all responses.
+
+    The caller divides the sums by the number of queries in the global batch (the mean over queries).
+    """
+    rewards, mask = pad_scores([plan.scores[q] for q in indices])
+    rewards, mask = rewards.to(device), mask.to(device)
+    sequences = [ids for q in indices for ids in plan.token_ids[q]]
+    input_ids, attention_mask = pad_right(sequences, pad_id)
+    response_mask = response_mask_of(plan, indices, attention_mask).to(device)
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    token_logp = token_logprobs(logits, input_ids)
+    sum_logp, lengths = response_logprob_sums(token_logp, response_mask)
+    p_flat = length_normalised_scores(sum_logp, lengths, config.length_penalty)
+    p = torch.zeros(mask.shape, dtype=p_flat.dtype, device=device).masked_scatter(mask, p_flat)
+    _, rank_sum = rrhf_rank_loss(p, rewards, mask)
+    first_row = torch.cumsum(mask.sum(dim=1), dim=0) - mask.sum(dim=1)
+    best_rows = first_row + best_response_index(rewards, mask)
+    _, sft_sum = rrhf_sft_loss(-token_logp[best_rows], response_mask[best_rows])
+    return rank_sum, sft_sum
+
+
+def load_policy(name_or_path: str) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """A causal LM (directory or hub id) in float32, and its tokenizer."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
+    return model, tokenizer
+
+
+def train_rrhf(
+    train_paths: list[str],
+    model_name_or_path: str,
+    output_dir: str,
+    work_dir: str,
+    config: RRHFTrainingConfig,
+) -> None:
+    """Fine-tune a causal LM with the RRHF loss on ranked responses and save it to `output_dir`."""
+    micro_per_process = config.micro_batch_size
+    launched = world_size_from_env()
+    if config.batch_size % launched:
+        raise ConfigError(f"batch_size {config.batch_size} is not divisible by {launched} processes")
+    if micro_per_process < 1:
+        raise ConfigError(f"micro_batch_size must be at least 1, got {micro_per_process}")
+    data = load_ranked_responses(train_paths, min_responses=1 if config.rrhf_weight == 0 else 2)  # fails early
+    accumulation = math.ceil(config.batch_size // launched / micro_per_process)
+    accelerator = build_accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=accumulation)
+    world = accelerator.num_processes
+    set_seed(config.seed)
+    if accelerator.state.deepspeed_plugin is not None:
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = micro_per_process
+        ds_config["train_batch_size"] = micro_per_process * accumulation * world
+        ds_config["gradient_clipping"] = config.max_grad_norm  # DeepSpeed clips inside its step
+
+    model, tokenizer = load_policy(model_name_or_path)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    plan = tokenize_ranked(data, tokenizer, config.max_length, config.batch_size)
+    if plan.truncated_prompts:
+        log.warning(
+            "%d of %d prompts left-truncated to fit max_length %d (responses are never truncated)",
+            plan.truncated_prompts, len(plan.token_ids), config.max_length,
+        )  # fmt: skip
+    if plan.steps_per_epoch == 0:
+        raise ConfigError(f"batch_size {config.batch_size} exceeds the {len(plan.token_ids)} training queries")
+    steps_per_epoch = plan.steps_per_epoch
+    total_steps = steps_per_epoch * config.num_epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # Built on the prepared optimizer (see reward_training): DeepSpeed may swap in its own, and a resume re-creates
+    # the param groups.
+    schedule_steps = steps_per_epoch * config.num_epochs
+    scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(config.warmup_ratio * schedule_steps),
+        num_training_steps=schedule_steps,
+    )
+    accelerator.register_for_checkpointing(scheduler)
+
+    store = CheckpointStore(
+        work_dir,
+        fingerprint_of(
+            {"stage": "rrhf", "config": dataclasses.asdict(config), "model": model_name_or_path, "world": world},
+            [*train_paths, model_name_or_path],
+        ),
+    )
+    store.open(accelerator)
+    start_step, history = 0, []
+    latest = store.latest()
+    if latest is not None:
+        state = store.load(accelerator, latest)
+        start_step, history = state["step"], state["history"]
+        log.info("resuming from %s at step %d of %d", latest, start_step, total_steps)
+    else:
+        log.info("training from %s: %d queries, %d steps", model_name_or_path, len(plan.token_ids), total_steps)
+
+    pad_id = pad_id_of(tokenizer)
+    stop = StopSignal()
+    model.train()
+    for step in range(start_step, total_steps):
+        indices = plan.batch_indices(step, config.batch_size, config.seed)
+        mine = indices[accelerator.process_index :: world]
+        micro_batches = [mine[i : i + micro_per_process] for i in range(0, len(mine), micro_per_process)]
+        rank_total = torch.zeros((), device=accelerator.device)
+        sft_total = torch.zeros((), device=accelerator.device)
+        for micro in micro_batches:
+            with accelerator.accumulate(model):
+                rank_sum, sft_sum = micro_batch_loss(model, plan, micro, config, pad_id, accelerator.device)
+                rank_part = rank_sum / config.batch_size  # the mean over the global batch's queries
+                sft_part = sft_sum / config.batch_size
+                loss = rrhf_loss(rank_part, sft_part, config.rrhf_weight)
+                # accelerate divides by the accumulation steps and DDP averages over processes: undo both
+                accelerator.backward(loss * world * accumulation)
+                if accelerator.sync_gradients and config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            rank_total += rank_part.detach()
+            sft_total += sft_part.detach()
+        learning_rate = scheduler.get_last_lr()[0]
+        scheduler.step()
+        rank_total = accelerator.reduce(rank_total, reduction="sum").item()
+        sft_total = accelerator.reduce(sft_total, reduction="sum").item()
+        history.append(
+            {
+                "step": step + 1,
+                "epoch": step // steps_per_epoch,
+                "loss": config.rrhf_weight * rank_total + sft_total,
+                "ranking_loss": rank_total,
+                "lm_loss": sft_total,
+                "learning_rate": learning_rate,
+            }
+        )
+        if (step + 1) % 10 == 0 or step + 1 == total_steps:
+            log.info("step %d/%d loss %.4f", step + 1, total_steps, history[-1]["loss"])
+        stopping = stop.agreed(accelerator)  # collective: every process takes the same branch
+        if step + 1 < total_steps and (stopping or (step + 1) % config.checkpoint_every == 0):
+            store.save(accelerator, step + 1, {"step": step + 1, "history": history})
+            if stopping:
+                log.warning("SIGTERM: checkpoint saved at step %d of %d; a rerun resumes there", step + 1, total_steps)
+                sys.exit(128 + signal.SIGTERM)
+
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        with atomic_directory(output_dir) as tmp:
+            accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)
+            tokenizer.save_pretrained(tmp)
+            write_rows(history, tmp / "training_log.parquet", TRAINING_LOG)
+            meta = {
+                "base_model": model_name_or_path,
+                "training": dataclasses.asdict(config),
+                "queries": len(plan.token_ids),
+                "truncated_prompts": plan.truncated_prompts,
+                "steps": total_steps,
+            }
+            write_json(meta, tmp / META_FILE)
+        log.info("saved %s after %d steps", output_dir, total_steps)
+    store.remove(accelerator)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train", nargs="+", required=True, help="ranked-responses Parquet files")
+    parser.add_argument("--model", required=True, help="causal LM directory or hub id (the policy to fine-tune)")
+    parser.add_argument("--output", required=True, help="model directory to write")
+    parser.add_argument("--work-dir", required=True, help="checkpoint directory (resumed on rerun)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_dataclass_arguments(parser, RRHFTrainingConfig)
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.threads:  # the job's CPUs, shared by the processes of a multi-process launch
+        torch.set_num_threads(max(1, args.threads // world_size_from_env()))
+    config = dataclass_from_args(RRHFTrainingConfig, args)
+    train_rrhf(args.train, args.model, args.output, args.work_dir, config)
+
+
+if __name__ == "__main__":  # `python -m feedbackflow.rrhf_training ...`, the stage without the cli.py registry
+    _parser = argparse.ArgumentParser(prog="python -m feedbackflow.rrhf_training", description="RRHF fine-tuning")
+    configure(_parser)
+    _args = _parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        main(_args)
+    except (DataError, ConfigError) as error:
+        log.error("%s", error)
+        sys.exit(f"error: {error}")

@@ -1,0 +1,548 @@
+"""Responses sampled from a policy (SPEC section 2, RRHF), merging sample files, and ranked training data.
+
+Generation. Prompts are encoded as bos + ids (no eos; no bos when the tokenizer has none), LEFT-truncated to
+`max_prompt_tokens` tokens in all (bos included: the end of a dialogue, next to the response, is kept), LEFT-padded
+into batches of similar length, and decoded with the KV cache. Greedy, sampling and beam search run through
+`model.generate`. A response is the generated ids up to the first eos, decoded without special tokens, cut at the
+first occurrence of any stop string (such as "\\n\\nHuman:") and stripped of surrounding whitespace; it may be
+empty. Generation is seeded (`torch.manual_seed(seed)` once, before the first batch), so a run is reproducible for
+the same prompts, model, config and device; sampled texts do depend on `batch_size` (the random stream is shared).
+
+Diverse beam search (Vijayakumar et al. 2016; the paper's 4 beams, 4 groups, diversity penalty 1.0). Transformers 5
+moved group beam search out of the library into the hub repository "transformers-community/group-beam-search",
+loaded with `trust_remote_code`, which cannot be reached offline. So `num_beam_groups > 1` runs
+`diverse_beam_search` below, a re-implementation of Transformers 4's `_group_beam_search` with Hamming diversity:
+the beams form groups decoded one after another at each step; a group's log-probabilities are lowered by
+`diversity_penalty` times the number of times each token was chosen by the earlier groups at that step (the penalty
+is accumulated into the beam scores, as in Transformers 4); each group keeps its own finished hypotheses (score =
+sum of log-probabilities / generated length ** length_penalty, eos counted); and the `num_return_sequences` best
+hypotheses over all groups are returned. Like Transformers 4 beam search without sampling, it ignores
+`temperature`, `top_k` and `top_p`. It uses the model's forward pass with a `DynamicCache` (left padding, position
+ids from the attention mask), reordered between steps like `generate` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
+
+from feedbackflow.errors import ConfigError, DataError
+from feedbackflow.formats import PROMPTS, RANKED_RESPONSES, SAMPLES, SCORED_SAMPLES, read_table, write_rows, write_table
+from feedbackflow.reward_model import pad_id_of
+from feedbackflow.stage_args import add_dataclass_arguments, dataclass_from_args
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SamplingConfig:
+    """Generation settings; the defaults are the RRHF paper's (SPEC section 2)."""
+
+    num_return_sequences: int = field(default=4, metadata={"help": "responses per prompt"})
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = field(default=0.8, metadata={"help": "sampling temperature (ignored without do_sample)"})
+    top_k: int | None = field(default=None, metadata={"help": "sampling: keep the k most likely tokens"})
+    top_p: float | None = field(default=None, metadata={"help": "sampling: nucleus probability mass"})
+    num_beams: int = 4
+    num_beam_groups: int = field(default=4, metadata={"help": "> 1: diverse beam search (our implementation)"})
+    diversity_penalty: float = 1.0
+    length_penalty: float = field(default=1.0, metadata={"help": "beam scores: sum logprob / length ** this"})
+    max_prompt_tokens: int = field(default=256, metadata={"help": "prompts are left-truncated to this many tokens"})
+    batch_size: int = field(default=8, metadata={"help": "prompts per generation batch"})
+    seed: int = 42
+    stop_strings: list[str] = field(
+        default_factory=lambda: ["\n\nHuman:", "\n\nAssistant:"],
+        metadata={"help": "JSON list; a response is cut at the first occurrence of any"},
+    )
+    origin: str | None = field(default=None, metadata={"help": "policy name written as origin (default: --model)"})
+    dtype: str | None = field(default=None, metadata={"help": "model dtype such as bfloat16 (default: saved)"})
+
+    def validate(self) -> None:
+        """Raise ConfigError for settings that cannot work together."""
+        positive = ("num_return_sequences", "max_new_tokens", "num_beams", "num_beam_groups", "batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_prompt_tokens < 2:
+            raise ConfigError(f"max_prompt_tokens must be at least 2, got {self.max_prompt_tokens}")
+        if self.do_sample and self.temperature <= 0:
+            raise ConfigError(f"temperature must be positive when sampling, got {self.temperature}")
+        if self.num_beam_groups > 1:
+            if self.do_sample:
+                raise ConfigError("diverse beam search (num_beam_groups > 1) does not sample: set do_sample false")
+            if self.num_beams % self.num_beam_groups:
+                raise ConfigError(
+                    f"num_beams ({self.num_beams}) must be divisible by num_beam_groups ({self.num_beam_groups})"
+                )
+        elif self.diversity_penalty and self.num_beams > 1:
+            log.info("diversity_penalty %s is unused with num_beam_groups 1", self.diversity_penalty)
+        if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
+            raise ConfigError(
+                f"num_return_sequences ({self.num_return_sequences}) cannot exceed num_beams ({self.num_beams})"
+            )
+        if self.num_beams == 1 and not self.do_sample and self.num_return_sequences > 1:
+            raise ConfigError("greedy decoding gives one response per prompt: set do_sample or num_beams > 1")
+        if not isinstance(self.stop_strings, (list, tuple)) or not all(
+            isinstance(s, str) and s for s in self.stop_strings
+        ):
+            raise ConfigError(f"stop_strings must be a list of non-empty strings, got {self.stop_strings!r}")
+
+
+# --- encoding and decoding ------------------------------------------------------------------------
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_prompt_tokens: int) -> list[list[int]]:
+    """bos + ids of each prompt, left-truncated to `max_prompt_tokens` tokens in all."""
+    special = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    room = max_prompt_tokens - len(special)
+    if room < 1:
+        raise ConfigError(f"max_prompt_tokens {max_prompt_tokens} leaves no room for the prompt")
+    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    return [special + ids[-room:] for ids in encoded]
+
+
+def pad_left(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists into (input_ids, attention_mask)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+def cut_at_stop_strings(text: str, stop_strings: list[str] | tuple[str, ...]) -> str:
+    """`text` up to the earliest occurrence of any stop string."""
+    cut = len(text)
+    for stop in stop_strings:
+        position = text.find(stop)
+        if position >= 0:
+            cut = min(cut, position)
+    return text[:cut]
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    if not ids:
+        raise ConfigError(f"neither the model nor tokenizer {tokenizer.name_or_path!r} defines an eos token")
+    return ids
+
+
+def decode_response(tokenizer, ids: list[int], eos_ids: set[int], stop_strings) -> str:
+    """The generated ids up to the first eos, decoded, cut at the stop strings, stripped."""
+    for position, token in enumerate(ids):
+        if token in eos_ids:
+            ids = ids[:position]
+            break
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    return cut_at_stop_strings(text, stop_strings).strip()
+
+
+# --- diverse beam search --------------------------------------------------------------------------
+
+
+class _Hypotheses:
+    """The best `size` finished hypotheses of one (prompt, group)."""
+
+    def __init__(self, size: int, length_penalty: float):
+        self.size = size
+        self.length_penalty = length_penalty
+        self.items: list[tuple[float, list[int]]] = []
+
+    def add(self, tokens: list[int], sum_logprobs: float, length: int) -> None:
+        self.items.append((sum_logprobs / max(length, 1) ** self.length_penalty, tokens))
+        self.items.sort(key=lambda item: -item[0])
+        del self.items[self.size :]
+
+    def is_done(self, best_running_sum: float, length: int) -> bool:
+        """No running beam can still beat the worst kept hypothesis (Transformers' non-early-stopping rule)."""
+        if len(self.items) < self.size:
+            return False
+        return self.items[-1][0] >= best_running_sum / max(length, 1) ** self.length_penalty
+
+
+@torch.no_grad()
+def diverse_beam_search(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    num_beams: int,
+    num_beam_groups: int,
+    diversity_penalty: float,
+    max_new_tokens: int,
+    eos_token_ids: set[int],
+    pad_token_id: int,
+    num_return_sequences: int,
+    length_penalty: float = 1.0,
+) -> list[list[list[int]]]:
+    """Diverse (group) beam search on left-padded prompts; per prompt, the best `num_return_sequences` token lists.
+
+    The returned token lists are the generated ids without the prompt, ending with an eos id when finished.
+    """
+    if num_beams % num_beam_groups or num_return_sequences > num_beams:
+        raise ConfigError("num_beams must be divisible by num_beam_groups and at least num_return_sequences")
+    device = next(model.parameters()).device
+    batch = input_ids.shape[0]
+    group_size = num_beams // num_beam_groups
+    ids = input_ids.to(device).repeat_interleave(num_beams, dim=0)
+    mask = attention_mask.to(device).repeat_interleave(num_beams, dim=0)
+    positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    output = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+
+    # only the first beam of each group is live at the start, so a group does not pick the same token several times
+    beam_scores = torch.full((batch, num_beams), -1e9, device=device)
+    beam_scores[:, ::group_size] = 0.0
+    generated = torch.empty((batch * num_beams, 0), dtype=torch.long, device=device)
+    hypotheses = [[_Hypotheses(group_size, length_penalty) for _ in range(num_beam_groups)] for _ in range(batch)]
+    done = [[False] * num_beam_groups for _ in range(batch)]
+    eos_list = sorted(eos_token_ids)
+
+    for step in range(max_new_tokens):
+        logprobs = torch.log_softmax(output.logits[:, -1, :].float(), dim=-1)
+        vocab = logprobs.shape[-1]
+        logprobs = logprobs.view(batch, num_beams, vocab)
+        next_tokens = torch.full((batch, num_beams), pad_token_id, dtype=torch.long, device=device)
+        next_scores = torch.zeros((batch, num_beams), device=device)
+        sources = torch.arange(batch * num_beams, device=device).view(batch, num_beams)
+        generated_list = None  # the token lists, converted only when a hypothesis finishes
+        for group in range(num_beam_groups):
+            start, stop = group * group_size, (group + 1) * group_size
+            scores = logprobs[:, start:stop, :]
+            if group > 0 and diversity_penalty:
+                earlier = next_tokens[:, :start]
+                counts = torch.zeros((batch, vocab), device=device).scatter_add_(
+                    1, earlier, torch.ones_like(earlier, dtype=torch.float)
+                )
+                scores = scores - diversity_penalty * counts[:, None, :]
+            total = (scores + beam_scores[:, start:stop, None]).view(batch, -1)
+            top_scores, top_indices = total.topk(2 * group_size, dim=1)
+            top_scores, top_indices = top_scores.tolist(), top_indices.tolist()
+            for b in range(batch):
+                if done[b][group]:
+                    next_scores[b, start:stop] = 0.0  # finished groups carry on with pad tokens
+                    continue
+                filled = 0
+                for rank, (score, index) in enumerate(zip(top_scores[b], top_indices[b], strict=True)):
+                    beam, token = divmod(index, vocab)
+                    source = b * num_beams + start + beam
+                    if token in eos_token_ids:
+                        if rank < group_size:
+                            if generated_list is None:
+                                generated_list = generated.tolist()
+                            hypotheses[b][group].add(generated_list[source] + [token], score, step + 1)
+                        continue
+                    next_tokens[b, start + filled] = token
+                    next_scores[b, start + filled] = score
+                    sources[b, start + filled] = source
+                    filled += 1
+                    if filled == group_size:
+                        break
+                best_running = max(next_scores[b, start:stop].tolist())
+                done[b][group] = hypotheses[b][group].is_done(best_running, step + 1)
+        order = sources.view(-1)
+        generated = torch.cat([generated[order], next_tokens.view(-1, 1)], dim=1)
+        beam_scores = next_scores
+        if all(all(row) for row in done) or step + 1 == max_new_tokens:
+            break
+        cache.reorder_cache(order)
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        positions = positions[:, -1:] + 1
+        output = model(
+            input_ids=next_tokens.view(-1, 1),
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
+
+    generated_list = generated.tolist()
+    length = generated.shape[1]
+    results = []
+    for b in range(batch):
+        for group in range(num_beam_groups):
+            if done[b][group]:
+                continue
+            for beam in range(group * group_size, (group + 1) * group_size):
+                hypotheses[b][group].add(generated_list[b * num_beams + beam], beam_scores[b, beam].item(), length)
+        candidates = [item for group in hypotheses[b] for item in group.items]
+        candidates.sort(key=lambda item: -item[0])
+        results.append([_until_eos(tokens, eos_list) for _score, tokens in candidates[:num_return_sequences]])
+    return results
+
+
+def _until_eos(tokens: list[int], eos_list: list[int]) -> list[int]:
+    for position, token in enumerate(tokens):
+        if token in eos_list:
+            return tokens[: position + 1]
+    return tokens
+
+
+# --- generation -----------------------------------------------------------------------------------
+
+
+def load_policy(name_or_path: str, dtype: str | None = None):
+    """(model in eval mode on the GPU when there is one, tokenizer) of a causal-LM directory or hub id."""
+    torch_dtype = None
+    if dtype is not None:
+        torch_dtype = getattr(torch, dtype, None)
+        if not isinstance(torch_dtype, torch.dtype):
+            raise ConfigError(f"dtype {dtype!r} is not a torch dtype")
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    return model.eval(), tokenizer
+
+
+@torch.no_grad()
+def generate_responses(model, tokenizer, prompts: list[str], config: SamplingConfig) -> list[list[str]]:
+    """`config.num_return_sequences` responses for each prompt (in beam-score order for beam searches)."""
+    config.validate()
+    torch.manual_seed(config.seed)
+    model.eval()
+    device = next(model.parameters()).device
+    pad_id = pad_id_of(tokenizer)
+    eos_ids = _eos_ids(model, tokenizer)
+    encoded = encode_prompts(tokenizer, prompts, config.max_prompt_tokens)
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    results: list[list[str]] = [[] for _ in prompts]
+    for start in range(0, len(order), config.batch_size):
+        chunk = order[start : start + config.batch_size]
+        input_ids, attention_mask = pad_left([encoded[i] for i in chunk], pad_id)
+        if config.num_beam_groups > 1:
+            token_lists = diverse_beam_search(
+                model,
+                input_ids,
+                attention_mask,
+                num_beams=config.num_beams,
+                num_beam_groups=config.num_beam_groups,
+                diversity_penalty=config.diversity_penalty,
+                max_new_tokens=config.max_new_tokens,
+                eos_token_ids=eos_ids,
+                pad_token_id=pad_id,
+                num_return_sequences=config.num_return_sequences,
+                length_penalty=config.length_penalty,
+            )
+        else:
+            token_lists = _generate(model, input_ids.to(device), attention_mask.to(device), pad_id, eos_ids, config)
+        for i, lists in zip(chunk, token_lists, strict=True):
+            results[i] = [decode_response(tokenizer, ids, eos_ids, config.stop_strings) for ids in lists]
+    return results
+
+
+def _generate(model, input_ids, attention_mask, pad_id, eos_ids, config: SamplingConfig) -> list[list[list[int]]]:
+    kwargs = {
+        "max_new_tokens": config.max_new_tokens,
+        "do_sample": config.do_sample,
+        "num_beams": config.num_beams,
+        "num_return_sequences": config.num_return_sequences,
+        "pad_token_id": pad_id,
+        "eos_token_id": sorted(eos_ids),
+        "use_cache": True,
+    }
+    if config.num_beams > 1:
+        kwargs["length_penalty"] = config.length_penalty
+    if config.do_sample:
+        kwargs.update(temperature=config.temperature, top_k=config.top_k or 0, top_p=config.top_p or 1.0)
+    else:  # keep a saved generation_config's sampling settings from raising warnings
+        kwargs.update(temperature=None, top_k=None, top_p=None)
+    sequences = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    new = sequences[:, input_ids.shape[1] :].tolist()
+    n = config.num_return_sequences
+    return [new[row * n : (row + 1) * n] for row in range(input_ids.shape[0])]
+
+
+def sample_responses(
+    prompts_path: str | os.PathLike, model_name: str, output: str | os.PathLike, config: SamplingConfig
+) -> list[dict]:
+    """Generate for every prompt of a PROMPTS file and write SAMPLES Parquet (origin = config.origin or the model)."""
+    config.validate()
+    table = read_table(prompts_path, PROMPTS)
+    if table.num_rows == 0:
+        raise DataError(prompts_path, None, None, "no prompts")
+    model, tokenizer = load_policy(model_name, config.dtype)
+    prompt_ids = table.column("prompt_id").to_pylist()
+    prompts = table.column("prompt").to_pylist()
+    responses = generate_responses(model, tokenizer, prompts, config)
+    origin = config.origin or model_name
+    rows = [
+        {"prompt_id": pid, "prompt": prompt, "response": response, "origin": origin, "sample_index": k}
+        for pid, prompt, group in zip(prompt_ids, prompts, responses, strict=True)
+        for k, response in enumerate(group)
+    ]
+    empty = sum(1 for row in rows if not row["response"])
+    write_rows(rows, output, SAMPLES)
+    log.info("wrote %d responses to %d prompts (%d empty) to %s", len(rows), len(prompts), empty, output)
+    return rows
+
+
+# --- merging samples and ranking ------------------------------------------------------------------
+
+
+def merge_samples(paths: list[str | os.PathLike]) -> pa.Table:
+    """Concatenate SAMPLES files (say, policy samples and the data set's own responses) in the given order.
+
+    A (prompt_id, origin, sample_index) seen twice, or a prompt_id whose prompt text differs between rows, is a
+    DataError naming the file and its row.
+    """
+    if not paths:
+        raise ConfigError("merge_samples needs at least one file")
+    tables = []
+    keys: dict[tuple, str] = {}
+    prompts: dict[str, str] = {}
+    for path in paths:
+        table = read_table(path, SAMPLES)
+        columns = [table.column(name).to_pylist() for name in ("prompt_id", "prompt", "origin", "sample_index")]
+        for row, (pid, prompt, origin, index) in enumerate(zip(*columns, strict=True)):
+            key = (pid, origin, index)
+            if key in keys:
+                raise DataError(
+                    path,
+                    row,
+                    "sample_index",
+                    f"prompt {pid!r}, origin {origin!r}, sample {index} is also in {keys[key]}",
+                )
+            keys[key] = str(path)
+            if prompts.setdefault(pid, prompt) != prompt:
+                raise DataError(path, row, "prompt", f"prompt {pid!r} has a different text in another row or file")
+        tables.append(table)
+    return pa.concat_tables(tables)
+
+
+def ranked_responses(scored: pa.Table, path: str | os.PathLike = "<scored samples>") -> list[dict]:
+    """RANKED_RESPONSES rows from SCORED_SAMPLES: per prompt (first-seen order), query = prompt, and the non-empty
+    responses whose status is "ok" with their scores, in table order. Prompts with fewer than 2 scored responses
+    are dropped (counted in the log)."""
+    columns = {name: scored.column(name).to_pylist() for name in ("prompt_id", "prompt", "response", "score", "status")}
+    groups: dict[str, dict] = {}
+    not_ok = empty = 0
+    for row in range(scored.num_rows):
+        pid, prompt = columns["prompt_id"][row], columns["prompt"][row]
+        group = groups.setdefault(pid, {"prompt_id": pid, "query": prompt, "responses": [], "scores": []})
+        if group["query"] != prompt:
+            raise DataError(path, row, "prompt", f"prompt {pid!r} has a different text in an earlier row")
+        score = columns["score"][row]
+        if columns["status"][row] != "ok":
+            not_ok += 1
+            continue
+        if not columns["response"][row].strip():  # a policy may stop at once; an empty response is not ranked
+            empty += 1
+            continue
+        if score is None or not math.isfinite(score):
+            raise DataError(path, row, "score", f"status 'ok' but the score is {score!r}")
+        group["responses"].append(columns["response"][row])
+        group["scores"].append(float(score))
+    rows = [group for group in groups.values() if len(group["responses"]) >= 2]
+    log.info(
+        "%d queries ranked; %d prompts dropped with fewer than 2 scored responses; %d responses not scored ok; "
+        "%d empty responses left out",
+        len(rows),
+        len(groups) - len(rows),
+        not_ok,
+        empty,
+    )
+    return rows
+
+
+def rank_responses(scored_paths: list[str | os.PathLike], output: str | os.PathLike) -> list[dict]:
+    """Read SCORED_SAMPLES file(s) and write RANKED_RESPONSES Parquet."""
+    tables = [read_table(path, SCORED_SAMPLES) for path in scored_paths]
+    name = str(scored_paths[0]) if len(scored_paths) == 1 else ", ".join(map(str, scored_paths))
+    rows = ranked_responses(pa.concat_tables(tables), name)
+    if not rows:
+        raise DataError(name, None, None, "no prompt has 2 or more responses scored 'ok'")
+    write_rows(rows, output, RANKED_RESPONSES)
+    return rows
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Flags of the `sample-responses` stage."""
+    parser.add_argument("--prompts", required=True, help="PROMPTS Parquet")
+    parser.add_argument("--model", required=True, help="policy: causal-LM directory or hub id")
+    parser.add_argument("--output", required=True, help="SAMPLES Parquet to write")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_dataclass_arguments(parser, SamplingConfig)
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = dataclass_from_args(SamplingConfig, args)
+    sample_responses(args.prompts, args.model, args.output, config)
+
+
+def configure_rank(parser: argparse.ArgumentParser) -> None:
+    """Flags of the `rank-responses` stage."""
+    parser.add_argument("--scored", nargs="+", required=True, help="SCORED_SAMPLES Parquet file(s)")
+    parser.add_argument("--output", required=True, help="RANKED_RESPONSES Parquet to write")
+
+
+def main_rank(args: argparse.Namespace) -> None:
+    rows = rank_responses(args.scored, args.output)
+    log.info("wrote %d ranked queries to %s", len(rows), args.output)
+
+
+__all__ = [
+    "SamplingConfig",
+    "cut_at_stop_strings",
+    "decode_response",
+    "diverse_beam_search",
+    "encode_prompts",
+    "generate_responses",
+    "load_policy",
+    "merge_samples",
+    "pad_left",
+    "rank_responses",
+    "ranked_responses",
+    "sample_responses",
+]
+
+
+def sft_rows(samples: pa.Table) -> list[dict]:
+    """RANKED_RESPONSES rows with one response each (score 0): supervised fine-tuning data for the RRHF trainer
+    with `rrhf_weight` 0, whose loss is then the SFT term alone (SPEC section 2's L_sft on every response)."""
+    columns = {name: samples.column(name).to_pylist() for name in ("prompt_id", "prompt", "response")}
+    return [
+        {"prompt_id": pid, "query": prompt, "responses": [response], "scores": [0.0]}
+        for pid, prompt, response in zip(columns["prompt_id"], columns["prompt"], columns["response"], strict=True)
+    ]
+
+
+def configure_merge(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--samples", nargs="+", required=True, help="SAMPLES Parquet files")
+    parser.add_argument("--output", required=True, help="merged SAMPLES Parquet to write")
+
+
+def main_merge(args: argparse.Namespace) -> None:
+    merged = merge_samples(args.samples)
+    write_table(merged, args.output, SAMPLES)
+    log.info("merged %d samples from %d files into %s", merged.num_rows, len(args.samples), args.output)
+
+
+def configure_sft(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--samples", nargs="+", required=True, help="SAMPLES Parquet files (prompt -> response)")
+    parser.add_argument("--output", required=True, help="RANKED_RESPONSES Parquet with one response per row")
+
+
+def main_sft(args: argparse.Namespace) -> None:
+    rows = sft_rows(merge_samples(args.samples))
+    write_rows(rows, args.output, RANKED_RESPONSES)
+    log.info("wrote %d prompt -> response rows to %s", len(rows), args.output)

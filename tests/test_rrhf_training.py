@@ -1,0 +1,307 @@
+"""The RRHF trainer (SPEC section 2), run through its CLI on tiny ranked data and a tiny causal LM built here.
+
+Each training run is a subprocess, as under Snakemake: learning, determinism, exact gradient accumulation, resume
+after a kill, and bad input. Independent runs go in parallel to keep the file quick on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from feedbackflow.errors import DataError
+from feedbackflow.formats import RANKED_RESPONSES, write_rows
+from feedbackflow.rrhf_training import (
+    RankedBatchPlan,
+    RankedQueries,
+    RRHFTrainingConfig,
+    load_ranked_responses,
+    micro_batch_loss,
+    tokenize_ranked,
+)
+from feedbackflow.tiny_models import TinyModelConfig, build_tiny_models
+
+HPARAMS = {
+    "batch_size": 4,
+    "micro_batch_size": 4,
+    "learning_rate": 3e-3,
+    "num_epochs": 3,
+    "max_length": 48,
+    "warmup_ratio": 0.1,
+    "checkpoint_every": 3,
+}
+N_QUERIES = 24  # 6 steps per epoch, 18 steps
+TOTAL_STEPS = 18
+TOPICS = ["apples", "rivers", "stars", "trains", "music", "gardens", "clocks", "bridges"]
+
+
+def ranked_rows(n: int, seed: int = 0) -> list[dict]:
+    """Queries with a good, a middling and a bad response (scores 1, 0.5, 0); every 6th prompt is long."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        topic = rng.choice(TOPICS)
+        query = f"Human: tell me about {topic}. Assistant:"
+        if i % 6 == 0:
+            query = "Human: " + " ".join(rng.choice(TOPICS) for _ in range(60)) + f" and {topic}? Assistant:"
+        rows.append(
+            {
+                "prompt_id": f"q{i}",
+                "query": query,
+                "responses": [f" {topic} are lovely.", f" {topic} are fine.", " no."],
+                "scores": [1.0, 0.5, 0.0],
+            }
+        )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("rrhf")
+    rows = ranked_rows(N_QUERIES)
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(r["query"] + response for r in rows for response in r["responses"]) + "\n")
+    config = TinyModelConfig(vocab_size=300, hidden_size=32, intermediate_size=64, max_position_embeddings=64)
+    model = build_tiny_models([corpus], root / "model", config)
+    train = root / "ranked.parquet"
+    write_rows(rows, train, RANKED_RESPONSES)
+    return {"train": train, "model": model, "root": root}
+
+
+def stage_command() -> list[str]:
+    """`python -m feedbackflow train-rrhf` once the stage is registered in cli.py, else the module itself."""
+    from feedbackflow.cli import STAGES
+
+    if "train-rrhf" in STAGES:
+        return [sys.executable, "-m", "feedbackflow", "train-rrhf"]
+    return [sys.executable, "-m", "feedbackflow.rrhf_training"]
+
+
+def train_command(tiny, output: Path, work: Path, train: Path | None = None, **overrides) -> list[str]:
+    return [
+        *stage_command(),
+        "--train", str(train or tiny["train"]), "--model", str(tiny["model"]),
+        "--output", str(output), "--work-dir", str(work), "--threads", "1",
+        "--hparams", json.dumps({**HPARAMS, **overrides}),
+    ]  # fmt: skip
+
+
+def start(command: list[str], log: Path) -> subprocess.Popen:
+    with log.open("w") as stderr:
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+
+
+def assert_same_weights(a: Path, b: Path, atol: float = 0.0) -> None:
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], atol=atol, rtol=0.0 if atol == 0 else 1e-5, msg=name)
+
+
+KILLED = {"killed_SIGKILL": signal.SIGKILL, "killed_SIGTERM": signal.SIGTERM}
+
+
+@pytest.fixture(scope="module")
+def runs(tiny) -> dict:
+    """Every CLI run of this file, side by side (most of a run is start-up): the reference run, a rerun with the
+    same seed, micro batches of 1 query, a run on bad input, and two runs killed (SIGKILL, SIGTERM) once their
+    first checkpoint is written and then rerun."""
+    root = tiny["root"]
+    rows = ranked_rows(8)
+    rows[5] = {**rows[5], "scores": [1.0, 0.0]}
+    bad = root / "bad.parquet"
+    write_rows(rows, bad, RANKED_RESPONSES)
+    variants = {name: {} for name in KILLED}
+    variants.update({"reference": {}, "again": {}, "micro": {"micro_batch_size": 1}, "bad": {"train": bad}})
+    jobs = {
+        name: start(train_command(tiny, root / name, root / f"{name}_work", **hp), root / f"{name}.first.log")
+        for name, hp in variants.items()
+    }
+    waiting = dict(KILLED)
+    deadline = time.monotonic() + 240
+    while waiting:
+        for name, signum in list(waiting.items()):
+            if (root / f"{name}_work" / "checkpoint-00000003" / "trainer_state.json").exists():
+                os.killpg(jobs[name].pid, signum)
+                del waiting[name]
+            else:
+                assert jobs[name].poll() is None, f"{name} ended before it could be killed"
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.01)
+    first = {name: jobs[name].wait(timeout=120) for name in KILLED}
+    left_output = {name: (root / name).exists() for name in KILLED}
+    for name in KILLED:
+        jobs[name] = start(train_command(tiny, root / name, root / f"{name}_work"), root / f"{name}.log")
+    for process in jobs.values():
+        process.wait(timeout=300)
+    logs = {name: (root / f"{name}.log" if name in KILLED else root / f"{name}.first.log") for name in jobs}
+    for name, process in jobs.items():
+        if name != "bad":
+            assert process.returncode == 0, logs[name].read_text()[-3000:]
+    return {
+        "dirs": {name: root / name for name in jobs},
+        "logs": {name: path.read_text() for name, path in logs.items()},
+        "first_logs": {name: (root / f"{name}.first.log").read_text() for name in KILLED},
+        "first_returncodes": first,
+        "left_output": left_output,
+        "bad": (bad, jobs["bad"].returncode),
+    }
+
+
+class FixedLogits(torch.nn.Module):
+    """A stand-in causal LM over a vocabulary of 2 with logits [0, ln 3] everywhere: p(0) = 1/4, p(1) = 3/4."""
+
+    def forward(self, input_ids, attention_mask, use_cache=False):
+        logits = torch.tensor([0.0, math.log(3.0)]).expand(*input_ids.shape, 2)
+
+        class Output:
+            pass
+
+        output = Output()
+        output.logits = logits
+        return output
+
+
+def test_micro_batch_loss_masks_the_prompt_and_takes_sft_on_the_best_response():
+    # query 0: context [1, 0] (bos + prompt), response a = [0, 1, 1] (score 1), response b = [1] (score 0)
+    # query 1: context [1], response c = [1, 1] (score 0.5), response d = [0] (score 0.5): a tie
+    plan = RankedBatchPlan(
+        token_ids=[[[1, 0, 0, 1, 1], [1, 0, 1]], [[1, 1, 1], [1, 0]]],
+        scores=[[1.0, 0.0], [0.5, 0.5]],
+        steps_per_epoch=1,
+        prompt_lengths=[2, 1],
+    )
+    config = RRHFTrainingConfig(length_penalty=1.0)
+    rank_sum, sft_sum = micro_batch_loss(FixedLogits(), plan, [0, 1], config, pad_id=0, device=torch.device("cpu"))
+    # p_a = (ln 1/4 + 2 ln 3/4) / 3 = ln(9/64) / 3 = -0.65368; p_b = ln(3/4) / 1 = -0.28768 (prompt tokens excluded)
+    # query 0: r_b < r_a, max(0, p_b - p_a) = ln(3/4) - ln(9/64) / 3 = 0.36600; query 1: a tie, no pair
+    torch.testing.assert_close(rank_sum, torch.tensor(math.log(3 / 4) - math.log(9 / 64) / 3))
+    # SFT: query 0 on a (best): -ln(9/64) / 3 = 0.65368; query 1 on c (first of the tied best): -2 ln(3/4) / 2
+    torch.testing.assert_close(sft_sum, torch.tensor(-math.log(9 / 64) / 3 - math.log(3 / 4)))
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"scores": [1.0, 0.5]}, "scores", "2 scores for 3 responses"),
+        ({"responses": [" a.", "  ", " b."]}, "responses", "response 1 is empty"),
+        ({"responses": [" a."], "scores": [1.0]}, "responses", "at least 2"),
+        ({"scores": [1.0, float("nan"), 0.0]}, "scores", "score 1"),
+    ],
+    ids=["length-mismatch", "empty-response", "one-response", "nan-score"],
+)
+def test_bad_rows_name_file_record_and_field(tmp_path, change, field, message):
+    rows = ranked_rows(5)
+    rows[3] = {**rows[3], **change}
+    path = tmp_path / "bad.parquet"
+    write_rows(rows, path, RANKED_RESPONSES)
+    with pytest.raises(DataError, match=message) as error:
+        load_ranked_responses([str(path)])
+    assert (error.value.path, error.value.record, error.value.field) == (str(path), 3, field)
+
+
+def test_training_learns_and_writes_a_model_directory(tiny, runs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = runs["dirs"]["reference"]
+    log = pd.read_parquet(out / "training_log.parquet")
+    assert log["step"].tolist() == list(range(1, TOTAL_STEPS + 1))
+    assert log["epoch"].tolist() == [s // 6 for s in range(TOTAL_STEPS)]
+    assert log["loss"].iloc[-3:].mean() < 0.85 * log["loss"].iloc[:3].mean()
+    torch.testing.assert_close(
+        torch.tensor(log["loss"].to_numpy()), torch.tensor((log["ranking_loss"] + log["lm_loss"]).to_numpy())
+    )
+    assert log["learning_rate"].iloc[0] == 0.0  # warm-up: ceil(0.1 x 18) = 2 steps
+    meta = json.loads((out / "rrhf_training.json").read_text())
+    assert meta["training"]["learning_rate"] == HPARAMS["learning_rate"]
+    assert meta["queries"] == N_QUERIES and meta["truncated_prompts"] == 4  # every 6th prompt is long
+    assert "4 of 24 prompts left-truncated" in runs["logs"]["reference"]
+    assert not (tiny["root"] / "reference_work").exists()  # checkpoints removed once the model is saved
+    AutoModelForCausalLM.from_pretrained(out)
+    AutoTokenizer.from_pretrained(out)
+
+
+def test_same_seed_gives_identical_weights(runs):
+    reference, again = runs["dirs"]["reference"], runs["dirs"]["again"]
+    assert_same_weights(reference, again)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(reference / "training_log.parquet"), pd.read_parquet(again / "training_log.parquet")
+    )
+
+
+def test_micro_batches_accumulate_to_the_same_step(runs):
+    """4 queries in micro batches of 1 give the step of one forward over 4 (the mean over the global batch)."""
+    reference = pd.read_parquet(runs["dirs"]["reference"] / "training_log.parquet")
+    accumulated = pd.read_parquet(runs["dirs"]["micro"] / "training_log.parquet")
+    assert accumulated["loss"].tolist() == pytest.approx(reference["loss"].tolist(), rel=1e-4, abs=1e-5)
+    assert_same_weights(runs["dirs"]["reference"], runs["dirs"]["micro"], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(KILLED))
+def test_killed_run_resumes_and_ends_with_the_uninterrupted_weights(runs, name):
+    """SIGKILL: resume from the last periodic checkpoint. SIGTERM (SLURM preemption): the run saves a checkpoint
+    at the step it was in, exits 143, and the rerun resumes at exactly that step."""
+    assert not runs["left_output"][name]
+    log = runs["logs"][name]
+    lines = [line for line in log.splitlines() if "resuming from" in line]
+    assert lines, log[-2000:]
+    step = int(lines[0].split(" at step ")[1].split()[0])
+    assert 3 <= step < TOTAL_STEPS
+    if KILLED[name] == signal.SIGTERM:
+        assert runs["first_returncodes"][name] == 143
+        saved = [line for line in runs["first_logs"][name].splitlines() if "SIGTERM: checkpoint saved at step" in line]
+        assert saved and f"at step {step} of" in saved[0]
+    else:
+        assert runs["first_returncodes"][name] == -signal.SIGKILL
+    assert_same_weights(runs["dirs"]["reference"], runs["dirs"][name])
+    steps = pd.read_parquet(runs["dirs"][name] / "training_log.parquet")["step"].tolist()
+    assert steps == list(range(1, TOTAL_STEPS + 1))
+
+
+def test_bad_input_fails_naming_file_record_and_field_and_writes_nothing(runs):
+    bad, returncode = runs["bad"]
+    assert returncode != 0
+    assert f"{bad}: record 5: field 'scores': 2 scores for 3 responses" in runs["logs"]["bad"]
+    out = runs["dirs"]["bad"]
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".bad.")]
+
+
+def test_prompts_are_left_truncated_and_responses_never(tiny):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny["model"])
+    data = RankedQueries(
+        queries=["one two three four five six", "hi"],
+        responses=[[" a b", " c"], [" d", " e"]],
+        scores=[[1.0, 0.0], [0.0, 1.0]],
+        origins=[("f.parquet", 0), ("f.parquet", 1)],
+    )
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    prompt, longest = ids(data.queries[0]), ids(" a b") + [eos]
+    assert len(prompt) > 3
+    max_length = 1 + 3 + len(longest)  # room for bos, 3 prompt tokens and the longest response with eos
+    plan = tokenize_ranked(data, tokenizer, max_length)
+    assert plan.truncated_prompts == 1
+    assert plan.prompt_lengths[0] == 4
+    assert plan.token_ids[0] == [[bos, *prompt[-3:], *longest], [bos, *prompt[-3:], *ids(" c"), eos]]
+    assert plan.token_ids[1][0] == [bos, *ids("hi"), *ids(" d"), eos]
+    with pytest.raises(DataError, match="never truncated") as error:
+        tokenize_ranked(data, tokenizer, 1 + len(longest))  # no room left for any prompt token
+    assert (error.value.path, error.value.record, error.value.field) == ("f.parquet", 0, "responses")

@@ -1,0 +1,292 @@
+"""Policy sampling (SPEC section 2): batching with left padding, seeds, stop strings, diverse beam search,
+merging sample files and ranking scored responses."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pyarrow as pa
+import pytest
+import torch
+
+from feedbackflow.errors import ConfigError, DataError
+from feedbackflow.formats import PROMPTS, RANKED_RESPONSES, SAMPLES, SCORED_SAMPLES, read_table, write_rows
+from feedbackflow.sampling import (
+    SamplingConfig,
+    configure,
+    configure_rank,
+    cut_at_stop_strings,
+    decode_response,
+    diverse_beam_search,
+    encode_prompts,
+    generate_responses,
+    main,
+    main_rank,
+    merge_samples,
+    pad_left,
+    ranked_responses,
+)
+from feedbackflow.tiny_models import TinyModelConfig, build_causal_lm, train_tokenizer
+
+TINY = TinyModelConfig(
+    seed=3,
+    vocab_size=300,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    max_position_embeddings=128,
+)
+CORPUS = [
+    "\\n\\nHuman: What is the capital of France?\\n\\nAssistant: Paris is the capital of France.",
+    "the quick brown fox jumps over the lazy dog",
+    "one two three four five six seven eight nine ten",
+    "Human: how do I bake bread? Assistant: mix flour, water, salt and yeast, then bake.",
+]
+PROMPTS_TEXT = [
+    "\n\nHuman: What is the capital of France?\n\nAssistant:",
+    "the quick brown fox",
+    "one two three four five six seven eight nine ten one two three",
+    "bake",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and leave the other cores to parallel test runs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    corpus = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    corpus.write_text("\n".join(CORPUS * 3) + "\n")
+    return train_tokenizer([corpus], TINY.vocab_size, TINY.max_position_embeddings)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return build_causal_lm(tokenizer, TINY).eval()
+
+
+def greedy(**overrides) -> SamplingConfig:
+    values = dict(num_return_sequences=1, num_beams=1, num_beam_groups=1, max_new_tokens=8, stop_strings=[])
+    return SamplingConfig(**{**values, **overrides})
+
+
+def test_encode_left_truncates_and_pads_left(tokenizer):
+    ids = tokenizer("one two three four five six", add_special_tokens=False)["input_ids"]
+    assert encode_prompts(tokenizer, ["one two three four five six"], 4) == [[tokenizer.bos_token_id] + ids[-3:]]
+    input_ids, mask = pad_left([[5, 6, 7], [8]], pad_id=2)
+    assert input_ids.tolist() == [[5, 6, 7], [2, 2, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_stop_strings_and_decoding(tokenizer):
+    assert cut_at_stop_strings("a\n\nAssistant: b\n\nHuman: c", ["\n\nHuman:", "\n\nAssistant:"]) == "a"
+    assert cut_at_stop_strings("no stop", ["\n\nHuman:"]) == "no stop"
+    ids = tokenizer(" Paris.\n\nHuman: and", add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    assert decode_response(tokenizer, ids, {eos}, ["\n\nHuman:"]) == "Paris."
+    assert decode_response(tokenizer, ids[:2] + [eos] + ids[2:], {eos}, []) == tokenizer.decode(ids[:2]).strip()
+
+
+def test_greedy_batched_with_left_padding_equals_unbatched(model, tokenizer):
+    batched = generate_responses(model, tokenizer, PROMPTS_TEXT, greedy(batch_size=4))
+    one_by_one = generate_responses(model, tokenizer, PROMPTS_TEXT, greedy(batch_size=1))
+    assert batched == one_by_one
+    assert [len(group) for group in batched] == [1] * len(PROMPTS_TEXT)
+    assert any(group[0] for group in batched)
+
+
+def test_sampling_is_deterministic_from_the_seed(model, tokenizer):
+    config = greedy(do_sample=True, num_return_sequences=3, temperature=1.0, top_k=50, top_p=0.95, batch_size=4)
+    first = generate_responses(model, tokenizer, PROMPTS_TEXT, config)
+    assert first == generate_responses(model, tokenizer, PROMPTS_TEXT, config)
+    assert [len(group) for group in first] == [3] * len(PROMPTS_TEXT)
+    other = generate_responses(model, tokenizer, PROMPTS_TEXT, greedy(**{**config.__dict__, "seed": 7}))
+    assert other != first
+
+
+def test_stop_strings_cut_generated_responses(model, tokenizer):
+    plain = generate_responses(model, tokenizer, PROMPTS_TEXT, greedy(max_new_tokens=12))
+    text = next(group[0] for group in plain if len(group[0]) > 4)
+    stop = text[2:4]
+    cut = generate_responses(model, tokenizer, PROMPTS_TEXT, greedy(max_new_tokens=12, stop_strings=[stop]))
+    for (full,), (short,) in zip(plain, cut, strict=True):
+        assert short == cut_at_stop_strings(full, [stop]).strip()
+        assert stop not in short
+    assert (text[:2].strip(),) in [tuple(group) for group in cut]
+
+
+def test_diverse_beam_search_without_penalty_is_greedy(model, tokenizer):
+    expected = generate_responses(model, tokenizer, PROMPTS_TEXT, greedy())
+    config = SamplingConfig(max_new_tokens=8, diversity_penalty=0.0, stop_strings=[])
+    diverse = generate_responses(model, tokenizer, PROMPTS_TEXT, config)
+    assert diverse == [group * 4 for group in expected]
+
+
+def test_diverse_beam_search_paper_settings(model, tokenizer):
+    config = SamplingConfig(max_new_tokens=6, stop_strings=[], batch_size=4)  # beams 4, groups 4, penalty 1.0
+    batched = generate_responses(model, tokenizer, PROMPTS_TEXT, config)
+    assert [len(group) for group in batched] == [4] * len(PROMPTS_TEXT)
+    assert all(len(set(group)) >= 3 for group in batched)
+    assert batched == generate_responses(
+        model, tokenizer, PROMPTS_TEXT, SamplingConfig(**{**config.__dict__, "batch_size": 1})
+    )
+
+
+def test_large_diversity_penalty_makes_every_group_start_differently(model, tokenizer):
+    input_ids, mask = pad_left(encode_prompts(tokenizer, PROMPTS_TEXT, 64), tokenizer.pad_token_id)
+    results = diverse_beam_search(
+        model,
+        input_ids,
+        mask,
+        num_beams=4,
+        num_beam_groups=4,
+        diversity_penalty=1000.0,
+        max_new_tokens=5,
+        eos_token_ids={tokenizer.eos_token_id},
+        pad_token_id=tokenizer.pad_token_id,
+        num_return_sequences=4,
+    )
+    for group in results:
+        assert len({tokens[0] for tokens in group}) == 4
+
+
+def test_one_group_matches_transformers_beam_search(tokenizer):
+    model = build_causal_lm(tokenizer, TinyModelConfig(**{**TINY.__dict__, "seed": 1})).eval()
+    with torch.no_grad():  # make eos likely, so some beams finish early and some do not
+        model.lm_head.weight[tokenizer.eos_token_id] += 0.03 * model.model.norm.weight.sign()
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    input_ids, mask = pad_left(encode_prompts(tokenizer, PROMPTS_TEXT, 64), pad)
+    ours = diverse_beam_search(
+        model,
+        input_ids,
+        mask,
+        num_beams=4,
+        num_beam_groups=1,
+        diversity_penalty=0.0,
+        max_new_tokens=10,
+        eos_token_ids={eos},
+        pad_token_id=pad,
+        num_return_sequences=4,
+    )
+    reference = model.generate(
+        input_ids=input_ids,
+        attention_mask=mask,
+        num_beams=4,
+        num_return_sequences=4,
+        max_new_tokens=10,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        do_sample=False,
+    )[:, input_ids.shape[1] :].tolist()
+    reference = [
+        [[t for t in seq if t != pad] for seq in reference[i * 4 : (i + 1) * 4]] for i in range(len(PROMPTS_TEXT))
+    ]
+    assert ours == reference
+    finished = sum(eos in seq for group in ours for seq in group)
+    assert 0 < finished < 4 * len(PROMPTS_TEXT)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"num_beams": 4, "num_beam_groups": 3},
+        {"num_beams": 2, "num_beam_groups": 2, "num_return_sequences": 3},
+        {"do_sample": True, "num_beam_groups": 4},
+        {"num_beams": 1, "num_beam_groups": 1, "num_return_sequences": 2},
+        {"max_new_tokens": 0},
+        {"stop_strings": [""]},
+    ],
+)
+def test_config_errors(overrides):
+    with pytest.raises(ConfigError):
+        SamplingConfig(**overrides).validate()
+
+
+def test_sample_responses_stage(model, tokenizer, tmp_path):
+    policy = tmp_path / "policy"
+    model.save_pretrained(policy)
+    tokenizer.save_pretrained(policy)
+    prompts = tmp_path / "prompts.parquet"
+    rows = [
+        {"prompt_id": f"p-{i}", "prompt": text, "source": "test", "record": i} for i, text in enumerate(PROMPTS_TEXT)
+    ]
+    write_rows(rows, prompts, PROMPTS)
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    output = tmp_path / "samples.parquet"
+    args = parser.parse_args(
+        ["--prompts", str(prompts), "--model", str(policy), "--output", str(output), "--max-new-tokens", "6"]
+        + ["--num-return-sequences", "2", "--origin", "tiny", "--stop-strings", json.dumps(["\n\nHuman:"])]
+    )
+    main(args)
+    samples = read_table(output, SAMPLES).to_pylist()
+    assert len(samples) == 2 * len(PROMPTS_TEXT)
+    assert [(s["prompt_id"], s["sample_index"]) for s in samples[:2]] == [("p-0", 0), ("p-0", 1)]
+    assert {s["origin"] for s in samples} == {"tiny"} and samples[2]["prompt"] == PROMPTS_TEXT[1]
+
+
+def samples_file(path, rows) -> str:
+    write_rows(
+        [
+            {"prompt_id": p, "prompt": f"prompt {p}", "response": r, "origin": o, "sample_index": k}
+            for p, r, o, k in rows
+        ],
+        path,
+        SAMPLES,
+    )
+    return str(path)
+
+
+def test_merge_samples(tmp_path):
+    policy = samples_file(tmp_path / "policy.parquet", [("a", "x", "tiny", 0), ("a", "y", "tiny", 1)])
+    data = samples_file(tmp_path / "data.parquet", [("a", "c", "chosen", 0), ("b", "r", "rejected", 0)])
+    merged = merge_samples([policy, data])
+    assert merged.schema == SAMPLES and merged.column("response").to_pylist() == ["x", "y", "c", "r"]
+    with pytest.raises(DataError) as caught:
+        merge_samples([policy, data, policy])
+    assert caught.value.path == policy and caught.value.record == 0 and caught.value.field == "sample_index"
+    clash = tmp_path / "clash.parquet"
+    write_rows(
+        [{"prompt_id": "a", "prompt": "other", "response": "z", "origin": "o", "sample_index": 0}], clash, SAMPLES
+    )
+    with pytest.raises(DataError, match="different text"):
+        merge_samples([policy, clash])
+
+
+def test_ranked_responses(tmp_path):
+    def row(pid, response, score, status="ok"):
+        return {
+            "prompt_id": pid,
+            "prompt": f"q{pid}",
+            "response": response,
+            "origin": "o",
+            "sample_index": 0,
+            "score": score,
+            "status": status,
+            "reason": None,
+            "scorer": "rm:x",
+            "prompt_tokens": None,
+            "completion_tokens": None,
+        }
+
+    rows = [row("1", "a", 0.5), row("2", "only", 1.0), row("1", "b", -1.0), row("1", "c", None, "unparsed")]
+    rows.append(row("2", "failed", None, "failed"))
+    table = pa.Table.from_pylist(rows, schema=SCORED_SAMPLES)
+    assert ranked_responses(table) == [
+        {"prompt_id": "1", "query": "q1", "responses": ["a", "b"], "scores": [0.5, -1.0]}
+    ]
+    scored = tmp_path / "scored.parquet"
+    write_rows(rows, scored, SCORED_SAMPLES)
+    parser = argparse.ArgumentParser()
+    configure_rank(parser)
+    main_rank(parser.parse_args(["--scored", str(scored), "--output", str(tmp_path / "ranked.parquet")]))
+    assert read_table(tmp_path / "ranked.parquet", RANKED_RESPONSES).num_rows == 1
+    with pytest.raises(DataError, match="score"):
+        ranked_responses(pa.Table.from_pylist([row("1", "a", None)], schema=SCORED_SAMPLES))

@@ -1,0 +1,275 @@
+# RRHF (SPEC section 2): prompts, sampling, scoring (reward model or LLM judge), ranking, RRHF training, evaluation.
+
+
+# Quick CPU-only jobs run where Snakemake runs (the judge is a CPU job: the default partition on a cluster).
+localrules:
+    convert_rrhf_prompts,
+    merge_rrhf_train_samples,
+    rank_rrhf_train,
+    merge_rrhf_test_samples,
+
+
+rule convert_rrhf_prompts:
+    input:
+        lambda wildcards: config["rrhf"]["prompts"][wildcards.split]["path"],
+    output:
+        prompts=f"{RESULTS}/rrhf/data/{{split}}.prompts.parquet",
+        responses=f"{RESULTS}/rrhf/data/{{split}}.responses.parquet",
+    params:
+        format=lambda wildcards: config["rrhf"]["prompts"][wildcards.split]["format"],
+        max_prompts=lambda wildcards: config["rrhf"]["prompts"][wildcards.split]["max_prompts"],
+        response_fields=lambda wildcards: " ".join(
+            ["--response-fields", *config["rrhf"]["prompts"][wildcards.split]["response_fields"]]
+            if "response_fields" in config["rrhf"]["prompts"][wildcards.split]
+            else []
+        ),
+        empty_responses=config["rrhf"]["empty_responses"],
+    threads: job_threads("cpu")
+    resources:
+        **job_resources("cpu"),
+    log:
+        f"{RESULTS}/logs/rrhf/convert_{{split}}.log",
+    conda:
+        "../envs/feedbackflow.yaml"
+    shell:
+        "python -m feedbackflow convert-prompts --input {input:q} --format {params.format} "
+        "--prompts {output.prompts:q} --responses {output.responses:q} --max-prompts {params.max_prompts} "
+        "{params.response_fields} --empty-responses {params.empty_responses} > {log:q} 2>&1"
+
+
+# Tiny scale: the initial policy is the tiny LM fine-tuned (SFT) on the data set's own responses.
+if config["rrhf"].get("sft"):
+
+    localrules:
+        rrhf_sft_data,
+
+    rule rrhf_sft_data:
+        input:
+            f"{RESULTS}/rrhf/data/train.responses.parquet",
+        output:
+            f"{RESULTS}/rrhf/data/train.sft.parquet",
+        threads: job_threads("cpu")
+        resources:
+            **job_resources("cpu"),
+        log:
+            f"{RESULTS}/logs/rrhf/sft_data.log",
+        conda:
+            "../envs/feedbackflow.yaml"
+        shell:
+            "python -m feedbackflow sft-data --samples {input:q} --output {output:q} > {log:q} 2>&1"
+
+
+    rule train_rrhf_sft:
+        input:
+            train=f"{RESULTS}/rrhf/data/train.sft.parquet",
+            model=local_input(config["rrhf"]["sft"]["base_model"]),
+        output:
+            directory(f"{RESULTS}/rrhf/models/sft"),
+        params:
+            model=model_argument(config["rrhf"]["sft"]["base_model"]),
+            hparams=rrhf_hparams("sft"),
+            work_dir=f"{RESULTS}/work/rrhf/sft",
+            accelerate_config=config.get("accelerate_config"),
+        threads: job_threads("training")
+        resources:
+            **job_resources("training"),
+        log:
+            f"{RESULTS}/logs/rrhf/train_sft.log",
+        conda:
+            "../envs/feedbackflow.yaml"
+        shell:
+            "python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
+            "--accelerate-config {params.accelerate_config:q} -- train-rrhf --train {input.train:q} "
+            "--model {params.model:q} --output {output:q} --work-dir {params.work_dir:q} --threads {threads} "
+            "--hparams {params.hparams:q} > {log:q} 2>&1"
+
+
+rule sample_rrhf_train:
+    input:
+        prompts=f"{RESULTS}/rrhf/data/train.prompts.parquet",
+        model=local_input(rrhf_policy()),
+    output:
+        f"{RESULTS}/rrhf/samples/train.policy.parquet",
+    params:
+        model=model_argument(rrhf_policy()),
+        hparams=hparams({"seed": config["seed"], "origin": "policy", **config["rrhf"]["sampling"]}),
+    threads: job_threads("evaluation")
+    resources:
+        **job_resources("evaluation"),
+    log:
+        f"{RESULTS}/logs/rrhf/sample_train.log",
+    conda:
+        "../envs/feedbackflow.yaml"
+    shell:
+        "python -m feedbackflow sample-responses --prompts {input.prompts:q} --model {params.model:q} "
+        "--output {output:q} --threads {threads} --hparams {params.hparams:q} > {log:q} 2>&1"
+
+
+rule merge_rrhf_train_samples:
+    input:
+        policy=f"{RESULTS}/rrhf/samples/train.policy.parquet",
+        dataset=f"{RESULTS}/rrhf/data/train.responses.parquet",
+    output:
+        f"{RESULTS}/rrhf/samples/train.merged.parquet",
+    threads: job_threads("cpu")
+    resources:
+        **job_resources("cpu"),
+    log:
+        f"{RESULTS}/logs/rrhf/merge_train.log",
+    conda:
+        "../envs/feedbackflow.yaml"
+    shell:
+        "python -m feedbackflow merge-samples --samples {input.policy:q} {input.dataset:q} --output {output:q} "
+        "> {log:q} 2>&1"
+
+
+rule score_rrhf_samples:
+    input:
+        samples=f"{RESULTS}/rrhf/samples/{{name}}.merged.parquet",
+        model=local_input(config["rrhf"]["reward_model"]),
+    output:
+        f"{RESULTS}/rrhf/scored/{{name}}.rm.parquet",
+    params:
+        model=model_argument(config["rrhf"]["reward_model"]),
+        hparams=hparams({"seed": config["seed"], **config["rrhf"]["reward_scoring"]}),
+    threads: job_threads("evaluation")
+    resources:
+        **job_resources("evaluation"),
+    log:
+        f"{RESULTS}/logs/rrhf/score_{{name}}_rm.log",
+    conda:
+        "../envs/feedbackflow.yaml"
+    shell:
+        "python -m feedbackflow score-samples --samples {input.samples:q} --model {params.model:q} "
+        "--output {output:q} --threads {threads} --hparams {params.hparams:q} > {log:q} 2>&1"
+
+
+rule judge_rrhf_samples:
+    input:
+        samples=f"{RESULTS}/rrhf/samples/{{name}}.merged.parquet",
+        model=local_input(config["rrhf"]["judge"]["model"]) if config["rrhf"]["judge"].get("backend") == "hf" else [],
+    output:
+        f"{RESULTS}/rrhf/scored/{{name}}.judge.parquet",
+    params:
+        hparams=hparams(config["rrhf"]["judge"]),
+        cache=f"{RESULTS}/cache/judge.sqlite",
+    threads: job_threads("cpu")
+    resources:
+        **job_resources("cpu"),
+    log:
+        f"{RESULTS}/logs/rrhf/score_{{name}}_judge.log",
+    conda:
+        "../envs/feedbackflow.yaml"
+    shell:
+        "python -m feedbackflow judge-samples --samples {input.samples:q} --output {output:q} "
+        "--cache {params.cache:q} --hparams {params.hparams:q} > {log:q} 2>&1"
+
+
+rule rank_rrhf_train:
+    input:
+        f"{RESULTS}/rrhf/scored/train.{config['rrhf']['scorer']}.parquet",
+    output:
+        f"{RESULTS}/rrhf/data/train.ranked.parquet",
+    threads: job_threads("cpu")
+    resources:
+        **job_resources("cpu"),
+    log:
+        f"{RESULTS}/logs/rrhf/rank_train.log",
+    conda:
+        "../envs/feedbackflow.yaml"
+    shell:
+        "python -m feedbackflow rank-responses --scored {input:q} --output {output:q} > {log:q} 2>&1"
+
+
+rule train_rrhf:
+    input:
+        train=f"{RESULTS}/rrhf/data/train.ranked.parquet",
+        model=local_input(rrhf_policy()),
+    output:
+        directory(f"{RESULTS}/rrhf/models/rrhf"),
+    params:
+        model=model_argument(rrhf_policy()),
+        hparams=rrhf_hparams("training"),
+        work_dir=f"{RESULTS}/work/rrhf/rrhf",
+        accelerate_config=config.get("accelerate_config"),
+    threads: job_threads("training")
+    resources:
+        **job_resources("training"),
+    log:
+        f"{RESULTS}/logs/rrhf/train_rrhf.log",
+    conda:
+        "../envs/feedbackflow.yaml"
+    shell:
+        "python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
+        "--accelerate-config {params.accelerate_config:q} -- train-rrhf --train {input.train:q} "
+        "--model {params.model:q} --output {output:q} --work-dir {params.work_dir:q} --threads {threads} "
+        "--hparams {params.hparams:q} > {log:q} 2>&1"
+
+
+rule sample_rrhf_test:
+    input:
+        prompts=f"{RESULTS}/rrhf/data/test.prompts.parquet",
+        model=lambda wildcards: local_input(rrhf_eval_policy(wildcards.policy)),
+    output:
+        f"{RESULTS}/rrhf/samples/test.{{policy}}.parquet",
+    params:
+        model=lambda wildcards, input: input.model if input.model else rrhf_eval_policy(wildcards.policy),
+        hparams=lambda wildcards: hparams(
+            {"seed": config["seed"], "origin": wildcards.policy, **config["rrhf"]["evaluation"]["sampling"]}
+        ),
+    threads: job_threads("evaluation")
+    resources:
+        **job_resources("evaluation"),
+    log:
+        f"{RESULTS}/logs/rrhf/sample_test_{{policy}}.log",
+    conda:
+        "../envs/feedbackflow.yaml"
+    shell:
+        "python -m feedbackflow sample-responses --prompts {input.prompts:q} --model {params.model:q} "
+        "--output {output:q} --threads {threads} --hparams {params.hparams:q} > {log:q} 2>&1"
+
+
+rule merge_rrhf_test_samples:
+    input:
+        policies=expand(f"{RESULTS}/rrhf/samples/test.{{policy}}.parquet", policy=RRHF_EVAL_POLICIES),
+        dataset=f"{RESULTS}/rrhf/data/test.responses.parquet",
+    output:
+        f"{RESULTS}/rrhf/samples/test.merged.parquet",
+    threads: job_threads("cpu")
+    resources:
+        **job_resources("cpu"),
+    log:
+        f"{RESULTS}/logs/rrhf/merge_test.log",
+    conda:
+        "../envs/feedbackflow.yaml"
+    shell:
+        "python -m feedbackflow merge-samples --samples {input.policies:q} {input.dataset:q} --output {output:q} "
+        "> {log:q} 2>&1"
+
+
+rule rrhf_metrics:
+    input:
+        scored=f"{RESULTS}/rrhf/scored/test.{config['rrhf']['scorer']}.parquet",
+        reference=local_input(config["rrhf"]["evaluation"]["reference_model"]),
+    output:
+        table=f"{RESULTS}/rrhf/metrics.parquet",
+        markdown=report(f"{RESULTS}/rrhf/metrics.md", caption="../report/rrhf_metrics.rst", category="RRHF"),
+    params:
+        reference=model_argument(config["rrhf"]["evaluation"]["reference_model"], name="reference"),
+        hparams=hparams(
+            {
+                "max_length": config["rrhf"]["evaluation"]["max_length"],
+                "batch_size": config["rrhf"]["evaluation"]["batch_size"],
+            }
+        ),
+    threads: job_threads("evaluation")
+    resources:
+        **job_resources("evaluation"),
+    log:
+        f"{RESULTS}/logs/rrhf/metrics.log",
+    conda:
+        "../envs/feedbackflow.yaml"
+    shell:
+        "python -m feedbackflow evaluate-responses --scored {input.scored:q} --reference-model {params.reference:q} "
+        "--output {output.table:q} --markdown {output.markdown:q} --threads {threads} "
+        "--hparams {params.hparams:q} > {log:q} 2>&1"
