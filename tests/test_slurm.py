@@ -1,4 +1,4 @@
-"""The tiny DSP workflow with `--profile profiles/slurm` on a real single-node SLURM cluster started by the test.
+"""The DSP part of the tiny default workflow with `--profile profiles/slurm` on a real single-node SLURM cluster.
 
 The cluster (tests/slurm_cluster.py: Debian's slurmctld, slurmd and munge, installed here when missing) has two
 partitions on this machine's one node: `cpu` (the default) and `a100`, the GPU partition the profile names. The
@@ -18,6 +18,7 @@ import pytest
 from slurm_cluster import SlurmCluster, ensure_slurm_installed
 from workflow_runs import FAST_SLURM_POLLING, copy_project, snakemake
 
+DSP_TARGETS = ("results/dsp/metrics.parquet", "results/dsp/metrics.md", "results/dsp/accuracy.png")
 SUBMITTED_RULES = {"train_grft": 1, "train_crft": 8, "evaluate_reward_model": 10}
 LOCAL_RULES = ("make_synthetic_data", "build_tiny_models", "convert_preferences", "convert_dsp_domain", "dsp_metrics")
 
@@ -37,7 +38,7 @@ def cluster(tmp_path_factory):
 def slurm_run(cluster, repo_root, tmp_path_factory) -> Path:
     workdir = copy_project(repo_root, tmp_path_factory.mktemp("slurm_workflow"))
     start = time.perf_counter()
-    snakemake(workdir, *FAST_SLURM_POLLING, profile="profiles/slurm", env=cluster.extra_env)
+    snakemake(workdir, *DSP_TARGETS, *FAST_SLURM_POLLING, profile="profiles/slurm", env=cluster.extra_env)
     print(f"\nSLURM run of the tiny workflow: {time.perf_counter() - start:.0f} s")
     return workdir
 
@@ -71,5 +72,5 @@ def test_results_equal_a_local_run(slurm_run, finished_run):
 
 
 def test_rerun_on_slurm_does_nothing(slurm_run, cluster):
-    result = snakemake(slurm_run, "-n", profile="profiles/slurm", env=cluster.extra_env)
+    result = snakemake(slurm_run, "-n", *DSP_TARGETS, profile="profiles/slurm", env=cluster.extra_env)
     assert "Nothing to be done" in result.stdout + result.stderr

@@ -29,6 +29,15 @@ def test_dsp_tiny_run_shows_the_papers_point(finished_run):
     assert (finished_run / "results/dsp/accuracy.png").stat().st_size > 1000
 
 
+def test_rrhf_tiny_run_raises_the_reward_of_held_out_responses(finished_run):
+    metrics = pd.read_parquet(finished_run / "results/rrhf/metrics.parquet").set_index("origin")
+    assert set(metrics.index) == {"initial", "rrhf", "chosen", "rejected"}
+    assert metrics.loc["rrhf", "mean_reward"] > metrics.loc["initial", "mean_reward"]
+    assert metrics.loc["chosen", "mean_reward"] > metrics.loc["rejected", "mean_reward"]  # the scoring RM works
+    assert (metrics["perplexity"] > 1).all() and (metrics["n_scored"] == metrics["n_responses"]).all()
+    assert "perplexity" in (finished_run / "results/rrhf/metrics.md").read_text()
+
+
 def test_second_run_does_nothing(finished_run):
     result = snakemake(finished_run, "-n")
     assert "Nothing to be done" in result.stdout + result.stderr

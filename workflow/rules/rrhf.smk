@@ -17,7 +17,11 @@ rule convert_rrhf_prompts:
         responses=f"{RESULTS}/rrhf/data/{{split}}.responses.parquet",
     params:
         format=lambda wildcards: config["rrhf"]["prompts"][wildcards.split]["format"],
-        max_prompts=lambda wildcards: config["rrhf"]["prompts"][wildcards.split]["max_prompts"],
+        max_prompts=lambda wildcards: (
+            f"--max-prompts {config['rrhf']['prompts'][wildcards.split]['max_prompts']}"
+            if config["rrhf"]["prompts"][wildcards.split].get("max_prompts")
+            else ""
+        ),
         response_fields=lambda wildcards: " ".join(
             ["--response-fields", *config["rrhf"]["prompts"][wildcards.split]["response_fields"]]
             if "response_fields" in config["rrhf"]["prompts"][wildcards.split]
@@ -33,7 +37,7 @@ rule convert_rrhf_prompts:
         "../envs/feedbackflow.yaml"
     shell:
         "python -m feedbackflow convert-prompts --input {input:q} --format {params.format} "
-        "--prompts {output.prompts:q} --responses {output.responses:q} --max-prompts {params.max_prompts} "
+        "--prompts {output.prompts:q} --responses {output.responses:q} {params.max_prompts} "
         "{params.response_fields} --empty-responses {params.empty_responses} > {log:q} 2>&1"
 
 
