@@ -12,9 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
-import signal
-import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -24,7 +21,7 @@ from transformers import get_scheduler
 from feedbackflow.checkpoints import CheckpointStore, StopSignal, fingerprint_of
 from feedbackflow.errors import ConfigError
 from feedbackflow.formats import PREFERENCE_LISTS, TRAINING_LOG, atomic_directory, read_table, write_rows
-from feedbackflow.launch import build_accelerator, world_size_from_env
+from feedbackflow.launch import world_size_from_env
 from feedbackflow.reward_losses import (
     lm_loss_terms,
     lm_target_mask,
@@ -41,6 +38,12 @@ from feedbackflow.reward_model import (
     save_reward_model,
 )
 from feedbackflow.stage_args import add_dataclass_arguments, dataclass_from_args
+from feedbackflow.training_loop import (
+    backward_micro_batch,
+    checkpoint_after_step,
+    prepare_accelerator,
+    resume_if_possible,
+)
 
 log = logging.getLogger("feedbackflow.reward_training")
 
@@ -150,19 +153,11 @@ def train_reward_model(
 ) -> None:
     """Train a reward model from a causal LM or a reward-model directory and save it to `output_dir`."""
     micro_per_process = config.micro_batch_size
-    launched = world_size_from_env()
-    if config.batch_size % launched:
-        raise ConfigError(f"batch_size {config.batch_size} is not divisible by {launched} processes")
-    accumulation = math.ceil(config.batch_size // launched / micro_per_process)
-    accelerator = build_accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=accumulation)
+    accelerator, accumulation = prepare_accelerator(
+        config.batch_size, micro_per_process, config.mixed_precision, config.max_grad_norm
+    )
     world = accelerator.num_processes
     set_seed(config.seed)
-    if accelerator.state.deepspeed_plugin is not None:
-        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
-        ds_config["train_micro_batch_size_per_gpu"] = micro_per_process
-        ds_config["train_batch_size"] = micro_per_process * accumulation * world
-        # DeepSpeed clips inside its step (accelerator.clip_grad_norm_ is a no-op there); 0 disables clipping.
-        ds_config["gradient_clipping"] = config.max_grad_norm
 
     texts, scores = load_preference_lists(train_paths)
     model, tokenizer = load_reward_model(model_name_or_path, pooling=config.pooling, seed=config.seed)
@@ -202,14 +197,8 @@ def train_reward_model(
             [*train_paths, model_name_or_path],
         ),
     )
-    store.open(accelerator)
-    start_step, history = 0, []
-    latest = store.latest()
-    if latest is not None:
-        state = store.load(accelerator, latest)
-        start_step, history = state["step"], state["history"]
-        log.info("resuming from %s at step %d of %d", latest, start_step, total_steps)
-    else:
+    start_step, history = resume_if_possible(store, accelerator, total_steps)
+    if start_step == 0:
         log.info("training from %s: %d lists, %d steps", model_name_or_path, len(scores), total_steps)
 
     pad_id = pad_id_of(tokenizer)
@@ -228,11 +217,7 @@ def train_reward_model(
                 rank_part = rank_sum / max(n_pairs, 1)
                 lm_part = lm_sum / max(n_tokens, 1)
                 loss = rank_part + config.lm_loss_coeff * lm_part
-                accelerator.backward(loss * world * accumulation)
-                if accelerator.sync_gradients and config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
+                backward_micro_batch(accelerator, model, optimizer, loss, accumulation, config.max_grad_norm)
             rank_total += rank_part.detach()
             lm_total += lm_part.detach()
         learning_rate = scheduler.get_last_lr()[0]
@@ -251,12 +236,7 @@ def train_reward_model(
         )
         if (step + 1) % 10 == 0 or step + 1 == total_steps:
             log.info("step %d/%d loss %.4f", step + 1, total_steps, history[-1]["loss"])
-        stopping = stop.agreed(accelerator)  # collective: every process takes the same branch
-        if step + 1 < total_steps and (stopping or (step + 1) % config.checkpoint_every == 0):
-            store.save(accelerator, step + 1, {"step": step + 1, "history": history})
-            if stopping:
-                log.warning("SIGTERM: checkpoint saved at step %d of %d; a rerun resumes there", step + 1, total_steps)
-                sys.exit(128 + signal.SIGTERM)
+        checkpoint_after_step(store, accelerator, stop, step + 1, total_steps, config.checkpoint_every, history)
 
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:

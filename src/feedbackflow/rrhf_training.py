@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import logging
 import math
-import signal
 import sys
 from dataclasses import dataclass, field
 
@@ -39,7 +38,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from feedbackflow.checkpoints import CheckpointStore, StopSignal, fingerprint_of
 from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.formats import RANKED_RESPONSES, TRAINING_LOG, atomic_directory, read_table, write_json, write_rows
-from feedbackflow.launch import build_accelerator, world_size_from_env
+from feedbackflow.launch import world_size_from_env
 from feedbackflow.reward_model import pad_id_of, pad_right
 from feedbackflow.reward_training import PreferenceBatchPlan, pad_scores
 from feedbackflow.rrhf_losses import (
@@ -52,6 +51,12 @@ from feedbackflow.rrhf_losses import (
     token_logprobs,
 )
 from feedbackflow.stage_args import add_dataclass_arguments, dataclass_from_args
+from feedbackflow.training_loop import (
+    backward_micro_batch,
+    checkpoint_after_step,
+    prepare_accelerator,
+    resume_if_possible,
+)
 
 log = logging.getLogger("feedbackflow.rrhf_training")
 
@@ -230,21 +235,12 @@ def train_rrhf(
 ) -> None:
     """Fine-tune a causal LM with the RRHF loss on ranked responses and save it to `output_dir`."""
     micro_per_process = config.micro_batch_size
-    launched = world_size_from_env()
-    if config.batch_size % launched:
-        raise ConfigError(f"batch_size {config.batch_size} is not divisible by {launched} processes")
-    if micro_per_process < 1:
-        raise ConfigError(f"micro_batch_size must be at least 1, got {micro_per_process}")
     data = load_ranked_responses(train_paths, min_responses=1 if config.rrhf_weight == 0 else 2)  # fails early
-    accumulation = math.ceil(config.batch_size // launched / micro_per_process)
-    accelerator = build_accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=accumulation)
+    accelerator, accumulation = prepare_accelerator(
+        config.batch_size, micro_per_process, config.mixed_precision, config.max_grad_norm
+    )
     world = accelerator.num_processes
     set_seed(config.seed)
-    if accelerator.state.deepspeed_plugin is not None:
-        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
-        ds_config["train_micro_batch_size_per_gpu"] = micro_per_process
-        ds_config["train_batch_size"] = micro_per_process * accumulation * world
-        ds_config["gradient_clipping"] = config.max_grad_norm  # DeepSpeed clips inside its step
 
     model, tokenizer = load_policy(model_name_or_path)
     if config.gradient_checkpointing:
@@ -282,14 +278,8 @@ def train_rrhf(
             [*train_paths, model_name_or_path],
         ),
     )
-    store.open(accelerator)
-    start_step, history = 0, []
-    latest = store.latest()
-    if latest is not None:
-        state = store.load(accelerator, latest)
-        start_step, history = state["step"], state["history"]
-        log.info("resuming from %s at step %d of %d", latest, start_step, total_steps)
-    else:
+    start_step, history = resume_if_possible(store, accelerator, total_steps)
+    if start_step == 0:
         log.info("training from %s: %d queries, %d steps", model_name_or_path, len(plan.token_ids), total_steps)
 
     pad_id = pad_id_of(tokenizer)
@@ -307,12 +297,7 @@ def train_rrhf(
                 rank_part = rank_sum / config.batch_size  # the mean over the global batch's queries
                 sft_part = sft_sum / config.batch_size
                 loss = rrhf_loss(rank_part, sft_part, config.rrhf_weight)
-                # accelerate divides by the accumulation steps and DDP averages over processes: undo both
-                accelerator.backward(loss * world * accumulation)
-                if accelerator.sync_gradients and config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
+                backward_micro_batch(accelerator, model, optimizer, loss, accumulation, config.max_grad_norm)
             rank_total += rank_part.detach()
             sft_total += sft_part.detach()
         learning_rate = scheduler.get_last_lr()[0]
@@ -331,12 +316,7 @@ def train_rrhf(
         )
         if (step + 1) % 10 == 0 or step + 1 == total_steps:
             log.info("step %d/%d loss %.4f", step + 1, total_steps, history[-1]["loss"])
-        stopping = stop.agreed(accelerator)  # collective: every process takes the same branch
-        if step + 1 < total_steps and (stopping or (step + 1) % config.checkpoint_every == 0):
-            store.save(accelerator, step + 1, {"step": step + 1, "history": history})
-            if stopping:
-                log.warning("SIGTERM: checkpoint saved at step %d of %d; a rerun resumes there", step + 1, total_steps)
-                sys.exit(128 + signal.SIGTERM)
+        checkpoint_after_step(store, accelerator, stop, step + 1, total_steps, config.checkpoint_every, history)
 
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
