@@ -99,6 +99,37 @@ RANKED_RESPONSES = pa.schema(
     ]
 )
 
+# qa-feedback prompts (SPEC section 1): the policy's input `prompt` ("question: ... context: wikipage: ..."), the
+# bare question, the reference answers, and the passages (title, content) the answer should be grounded in.
+QA_PROMPTS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("question", pa.string(), nullable=False),
+        pa.field("references", pa.list_(pa.string()), nullable=False),
+        pa.field(
+            "passages",
+            pa.list_(pa.struct([pa.field("title", pa.string()), pa.field("content", pa.string())])),
+            nullable=False,
+        ),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("record", pa.int64(), nullable=False),
+    ]
+)
+
+# Token-classification reward-model data (SPEC section 1, R1 and R2): the model input is `prefix` followed by each
+# segment with a separator token before it; `labels[i]` is the label of segment i, carried by the separator before it
+# (1 = error, 0 = no error "O", -100 = ignored).
+SEGMENT_LABELS = pa.schema(
+    [
+        pa.field("prefix", pa.string(), nullable=False),
+        pa.field("segments", pa.list_(pa.string()), nullable=False),
+        pa.field("labels", pa.list_(pa.int64()), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("record", pa.int64(), nullable=False),
+    ]
+)
+
 # Training curves: one row per optimiser step.
 TRAINING_LOG = pa.schema(
     [
