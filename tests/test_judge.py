@@ -31,6 +31,7 @@ from feedbackflow.judge import (
     judge_samples,
     parse_score,
     parse_score_with_reason,
+    rating_messages,
 )
 
 KEY_ENV = "FF_TEST_JUDGE_KEY"
@@ -420,3 +421,64 @@ def test_hf_chat_template_and_model_fingerprint(tmp_path, tiny_model_dir):
     assert _directory_fingerprint(copy) == _directory_fingerprint(tiny_model_dir)
     (copy / "config.json").write_text((copy / "config.json").read_text().replace("\n", "\n\n", 1))
     assert _directory_fingerprint(copy) != _directory_fingerprint(tiny_model_dir)
+
+
+def test_judge_training_rows_are_the_exact_rating_requests(tmp_path, tiny_model_dir):
+    """The tiny run's local judge is trained on what the hf backend will send: the trainer's tokens of a row
+    (bos + query + reply + eos) must start with exactly the backend's prompt ids, then the target reply."""
+    from transformers import AutoTokenizer
+
+    from feedbackflow.judge import rating_sft_rows
+    from feedbackflow.rrhf_training import RankedQueries, tokenize_ranked
+
+    samples = write_samples(tmp_path / "samples.parquet", ["a", "b", "c"])
+    rows = read_table(samples).to_pylist()
+    rows[0]["origin"], rows[1]["origin"], rows[2]["origin"] = "chosen", "rejected", "policy"
+    config = hf_config(tiny_model_dir, score_pattern=r"(\d+)")
+    out = rating_sft_rows(rows, config, {"chosen": 8.0, "rejected": 3.0})
+    assert [r["responses"] for r in out] == [["8"], ["3"]]  # the policy sample has no target: left out
+    assert [r["prompt_id"] for r in out] == [rows[0]["prompt_id"], rows[1]["prompt_id"]]
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    plan = tokenize_ranked(
+        RankedQueries([r["query"] for r in out], [r["responses"] for r in out], [[0.0]] * 2, [("t", 0), ("t", 1)]),
+        tokenizer,
+        max_length=256,
+    )
+    backend = HFBackend(config)
+    for q, row in enumerate(rows[:2]):
+        request = backend.prompt_ids(rating_messages(config, row["prompt"], row["response"]))
+        ids = plan.token_ids[q][0]
+        assert ids[: len(request)] == request
+        assert ids[len(request) :] == [
+            *tokenizer(out[q]["responses"][0], add_special_tokens=False)["input_ids"],
+            tokenizer.eos_token_id,
+        ]
+        assert plan.prompt_lengths[q] == len(request)
+
+
+def test_judge_training_targets_must_read_back(tiny_model_dir, tmp_path):
+    from feedbackflow.judge import rating_sft_rows
+
+    config = hf_config(tiny_model_dir, score_pattern=r"(\d+)", score_min=1, score_max=5)
+    with pytest.raises(ConfigError, match=r"targets: chosen=8 is not a score this judge reads back"):
+        rating_sft_rows([], config, {"chosen": 8.0})
+    samples = write_samples(tmp_path / "samples.parquet", ["a"])
+    argv = [
+        "judge-sft-data",
+        "--samples",
+        str(samples),
+        "--output",
+        str(tmp_path / "out.parquet"),
+        "--target",
+        "chosen=4",
+        "--backend",
+        "hf",
+        "--model",
+        str(tiny_model_dir),
+    ]
+    from feedbackflow.cli import main as cli_main
+
+    with pytest.raises(SystemExit, match=r"samples.parquet: field 'origin': no sample has one of the target"):
+        cli_main(argv)
+    assert not (tmp_path / "out.parquet").exists()

@@ -30,6 +30,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "sft-data": ("feedbackflow.sampling:sft", "samples -> one-response rows for SFT with the RRHF trainer"),
     "train-rrhf": ("feedbackflow.rrhf_training", "RRHF: rank loss on length-normalised log-probs + SFT on the best"),
     "judge-samples": ("feedbackflow.judge", "rate samples with an LLM judge (openai API or local hf model), cached"),
+    "judge-sft-data": ("feedbackflow.judge:sft_data", "labelled samples -> rating-prompt/score rows (local judge)"),
     "evaluate-responses": ("feedbackflow.response_evaluation", "mean reward and perplexity of responses per origin"),
     "launch": ("feedbackflow.launch", "run a stage here or under `accelerate launch` with N processes"),
 }

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Protocol
 
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.formats import SAMPLES, SCORED_SAMPLES, read_table, write_rows
+from feedbackflow.formats import RANKED_RESPONSES, SAMPLES, SCORED_SAMPLES, read_table, write_rows
 from feedbackflow.stage_args import add_dataclass_arguments, dataclass_from_args
 
 log = logging.getLogger(__name__)
@@ -407,6 +407,11 @@ def _directory_fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
+def plain_prompt_text(messages: Messages) -> str:
+    """What the `hf` backend feeds a model without a chat template: the non-empty contents joined by a blank line."""
+    return "\n\n".join(m["content"] for m in messages if m["content"])
+
+
 class HFBackend:
     """A local transformers causal LM: chat template when the tokenizer has one, greedy decoding, left padding."""
 
@@ -444,14 +449,13 @@ class HFBackend:
         self._device = device
 
     def prompt_ids(self, messages: Messages) -> list[int]:
-        """Token ids of a conversation: the chat template if there is one, else the contents joined plainly."""
+        """Token ids of a conversation: the chat template if there is one, else `plain_prompt_text` after bos."""
         self._load()
         tokenizer = self._tokenizer
         if getattr(tokenizer, "chat_template", None):
             text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-        text = "\n\n".join(m["content"] for m in messages if m["content"])
-        ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+        ids = list(tokenizer(plain_prompt_text(messages), add_special_tokens=True)["input_ids"])
         bos = tokenizer.bos_token_id
         if bos is not None and (not ids or ids[0] != bos):
             ids = [bos, *ids]
@@ -556,6 +560,13 @@ def make_backend(config: JudgeConfig) -> Backend:
     return OpenAIBackend(config) if config.backend == "openai" else HFBackend(config)
 
 
+def rating_messages(config: JudgeConfig, prompt: str, response: str) -> Messages:
+    """The conversation that asks for a rating of `response` to `prompt`: system prompt (if any) + the template."""
+    user = config.prompt_template.format(prompt=prompt, response=response)
+    system = [{"role": "system", "content": config.system_prompt}] if config.system_prompt else []
+    return [*system, {"role": "user", "content": user}]
+
+
 class Judge:
     """Cached completions and ratings through one backend. Use as a context manager (closes the cache)."""
 
@@ -581,9 +592,7 @@ class Judge:
 
     def messages(self, prompt: str, response: str) -> Messages:
         """The conversation that asks for a rating of `response` to `prompt`."""
-        user = self.config.prompt_template.format(prompt=prompt, response=response)
-        system = [{"role": "system", "content": self.config.system_prompt}] if self.config.system_prompt else []
-        return [*system, {"role": "user", "content": user}]
+        return rating_messages(self.config, prompt, response)
 
     def _request(self, messages: Messages) -> dict:
         return {
@@ -752,3 +761,69 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> None:
     config = dataclass_from_args(JudgeConfig, args)
     judge_samples(args.samples, args.output, args.cache, config)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training data for a local judge (tiny scale)
+
+
+def rating_sft_rows(rows: Sequence[dict], config: JudgeConfig, targets: dict[str, float]) -> list[dict]:
+    """RANKED_RESPONSES rows that teach a local causal LM to be the `hf` judge: one row per sample whose origin has a
+    target, query = exactly the text the `hf` backend sends for its rating request (`plain_prompt_text`; the trainer
+    adds bos, as the backend does), response = the target score written as the reply to give.
+
+    The tiny default run has no real LLM to judge with, so it fine-tunes its tiny LM on the data set's own labels
+    (e.g. chosen -> 8, rejected -> 3) with the RRHF trainer in SFT mode (rrhf_weight 0); the judge stage then runs
+    the same code path (templates, parsing, cache) as with a real model. Samples of other origins are left out.
+    """
+    pattern = re.compile(config.score_pattern)
+    replies = {}
+    for origin, score in targets.items():
+        reply = f"{score:g}"
+        parsed, reason = parse_score_with_reason(reply, pattern, config.score_min, config.score_max)
+        if parsed != score:
+            raise ConfigError(f"targets: {origin}={score:g} is not a score this judge reads back ({reason})")
+        replies[origin] = reply
+    out = [
+        {
+            "prompt_id": row["prompt_id"],
+            "query": plain_prompt_text(rating_messages(config, row["prompt"], row["response"])),
+            "responses": [replies[row["origin"]]],
+            "scores": [0.0],
+        }
+        for row in rows
+        if row["origin"] in replies
+    ]
+    return out
+
+
+def _parse_target(text: str) -> tuple[str, float]:
+    origin, sep, score = text.partition("=")
+    try:
+        if not sep or not origin:
+            raise ValueError
+        return origin, float(score)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ORIGIN=SCORE, got {text!r}") from None
+
+
+def configure_sft_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--samples", required=True, help="SAMPLES Parquet with labelled origins (e.g. chosen/rejected)")
+    parser.add_argument("--output", required=True, help="RANKED_RESPONSES Parquet (rating prompt -> score reply)")
+    parser.add_argument(
+        "--target", action="append", type=_parse_target, required=True, metavar="ORIGIN=SCORE",
+        help="the score the judge should give to samples of ORIGIN (repeat per origin)",
+    )
+    add_dataclass_arguments(parser, JudgeConfig)
+
+
+def main_sft_data(args: argparse.Namespace) -> None:
+    config = dataclass_from_args(JudgeConfig, args)
+    targets = dict(args.target)
+    rows = _read_samples(args.samples)
+    out = rating_sft_rows(rows, config, targets)
+    if not out:
+        raise DataError(args.samples, None, "origin", f"no sample has one of the target origins {sorted(targets)}")
+    write_rows(out, args.output, RANKED_RESPONSES)
+    log.info("wrote %d rating examples (%d samples of other origins left out) to %s", len(out), len(rows) - len(out),
+             args.output)

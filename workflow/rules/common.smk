@@ -105,9 +105,14 @@ def rrhf_eval_policy(name):
     return rrhf_policy() if name == "initial" else f"{RESULTS}/rrhf/models/rrhf"
 
 
-def rrhf_hparams(section):
-    """RRHF-trainer hyperparameters of `rrhf.sft` (SFT: rrhf_weight 0, one response per row) or `rrhf.training`."""
-    values = {k: v for k, v in config["rrhf"][section].items() if k != "base_model"}
+# The judge settings that decide the rating prompt and the reply a judge must give (its training data depends on them).
+JUDGE_PROMPT_KEYS = ("system_prompt", "prompt_template", "score_pattern", "score_min", "score_max")
+
+
+def rrhf_trainer_hparams(section):
+    """RRHF-trainer hyperparameters of a config section: `rrhf.training`, or an SFT section (`rrhf.sft`,
+    `rrhf.judge_sft.training`: rrhf_weight 0, one response per row) whose `base_model` is an input, not a flag."""
+    values = {k: v for k, v in section.items() if k != "base_model"}
     return hparams({"seed": config["seed"], **values})
 
 

@@ -71,7 +71,7 @@ if config["rrhf"].get("sft"):
             directory(f"{RESULTS}/rrhf/models/sft"),
         params:
             model=model_argument(config["rrhf"]["sft"]["base_model"]),
-            hparams=rrhf_hparams("sft"),
+            hparams=rrhf_trainer_hparams(config["rrhf"]["sft"]),
             work_dir=f"{RESULTS}/work/rrhf/sft",
             accelerate_config=config.get("accelerate_config"),
         threads: job_threads("training")
@@ -148,6 +148,65 @@ rule score_rrhf_samples:
         "--output {output:q} --threads {threads} --hparams {params.hparams:q} > {log:q} 2>&1"
 
 
+# Tiny scale: the `hf` judge is the tiny LM fine-tuned to give the data set's chosen / rejected responses the scores
+# in `rrhf.judge_sft.targets`, prompted exactly as the judge stage prompts it.
+if config["rrhf"].get("judge_sft"):
+
+    localrules:
+        judge_sft_data,
+
+    rule judge_sft_data:
+        input:
+            f"{RESULTS}/rrhf/data/train.responses.parquet",
+        output:
+            f"{RESULTS}/rrhf/data/train.judge_sft.parquet",
+        params:
+            targets=" ".join(f"--target {o}={s}" for o, s in config["rrhf"]["judge_sft"]["targets"].items()),
+            # only what shapes the rating prompt and reply (a function: templates hold braces)
+            hparams=lambda wildcards: hparams(
+                {
+                    "backend": "hf",
+                    "model": config["rrhf"]["judge"]["model"],
+                    **{k: v for k, v in config["rrhf"]["judge"].items() if k in JUDGE_PROMPT_KEYS},
+                }
+            ),
+        threads: job_threads("cpu")
+        resources:
+            **job_resources("cpu"),
+        log:
+            f"{RESULTS}/logs/rrhf/judge_sft_data.log",
+        conda:
+            "../envs/feedbackflow.yaml"
+        shell:
+            "python -m feedbackflow judge-sft-data --samples {input:q} --output {output:q} {params.targets} "
+            "--hparams {params.hparams:q} > {log:q} 2>&1"
+
+
+    rule train_judge_lm:
+        input:
+            train=f"{RESULTS}/rrhf/data/train.judge_sft.parquet",
+            model=local_input(config["rrhf"]["judge_sft"]["training"]["base_model"]),
+        output:
+            directory(f"{RESULTS}/rrhf/models/judge"),
+        params:
+            model=model_argument(config["rrhf"]["judge_sft"]["training"]["base_model"]),
+            hparams=rrhf_trainer_hparams(config["rrhf"]["judge_sft"]["training"]),
+            work_dir=f"{RESULTS}/work/rrhf/judge",
+            accelerate_config=config.get("accelerate_config"),
+        threads: job_threads("training")
+        resources:
+            **job_resources("training"),
+        log:
+            f"{RESULTS}/logs/rrhf/train_judge.log",
+        conda:
+            "../envs/feedbackflow.yaml"
+        shell:
+            "python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
+            "--accelerate-config {params.accelerate_config:q} -- train-rrhf --train {input.train:q} "
+            "--model {params.model:q} --output {output:q} --work-dir {params.work_dir:q} --threads {threads} "
+            "--hparams {params.hparams:q} > {log:q} 2>&1"
+
+
 rule judge_rrhf_samples:
     input:
         samples=f"{RESULTS}/rrhf/samples/{{name}}.merged.parquet",
@@ -155,7 +214,7 @@ rule judge_rrhf_samples:
     output:
         f"{RESULTS}/rrhf/scored/{{name}}.judge.parquet",
     params:
-        hparams=hparams(config["rrhf"]["judge"]),
+        hparams=lambda wildcards: hparams(config["rrhf"]["judge"]),  # a function: templates hold braces
         cache=f"{RESULTS}/cache/judge.sqlite",
     threads: job_threads("cpu")
     resources:
@@ -193,7 +252,7 @@ rule train_rrhf:
         directory(f"{RESULTS}/rrhf/models/rrhf"),
     params:
         model=model_argument(rrhf_policy()),
-        hparams=rrhf_hparams("training"),
+        hparams=rrhf_trainer_hparams(config["rrhf"]["training"]),
         work_dir=f"{RESULTS}/work/rrhf/rrhf",
         accelerate_config=config.get("accelerate_config"),
     threads: job_threads("training")
