@@ -32,6 +32,9 @@ STAGES: dict[str, tuple[str, str]] = {
     "judge-samples": ("feedbackflow.judge", "rate samples with an LLM judge (openai API or local hf model), cached"),
     "judge-sft-data": ("feedbackflow.judge:sft_data", "labelled samples -> rating-prompt/score rows (local judge)"),
     "evaluate-responses": ("feedbackflow.response_evaluation", "mean reward and perplexity of responses per origin"),
+    "import-reward-model": ("feedbackflow.import_reward_model", "trlx/Dahoas GPT reward model -> reward-model dir"),
+    "train-fg-reward-model": ("feedbackflow.fg_reward_training", "train R1/R2 (token) or R3/preference (sequence) RMs"),
+    "reward-mean-std": ("feedbackflow.fg_reward_training:mean_std", "mean/std of a sequence RM's train-pair scores"),
     "launch": ("feedbackflow.launch", "run a stage here or under `accelerate launch` with N processes"),
 }
 
