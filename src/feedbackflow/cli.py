@@ -35,6 +35,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "import-reward-model": ("feedbackflow.import_reward_model", "trlx/Dahoas GPT reward model -> reward-model dir"),
     "train-fg-reward-model": ("feedbackflow.fg_reward_training", "train R1/R2 (token) or R3/preference (sequence) RMs"),
     "reward-mean-std": ("feedbackflow.fg_reward_training:mean_std", "mean/std of a sequence RM's train-pair scores"),
+    "train-sft": ("feedbackflow.sft_training", "SFT on reference answers; keeps the best model by dev rougeLsum"),
+    "convert-qa-feedback": ("feedbackflow.qa_feedback", "qa-feedback JSON -> prompts, R1/R2/R3 and preference data"),
     "launch": ("feedbackflow.launch", "run a stage here or under `accelerate launch` with N processes"),
 }
 

@@ -130,6 +130,39 @@ SEGMENT_LABELS = pa.schema(
     ]
 )
 
+# qa-feedback annotations, one row per record of a `*_feedback.json` file (SPEC section 1), for evaluation: the prompt
+# built like train.json's `text`, the gold answer as `references`, the four predictions, the error spans
+# (character offsets into predictions[0]), the corrected prediction, the 6 pairwise preferences (1v2, 1v3, 1v4, 2v3,
+# 2v4, 3v4; 0 tie, 1 first, 2 second) and R3's completeness score of each prediction (null: no info ids).
+QA_FEEDBACK = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("question", pa.string(), nullable=False),
+        pa.field("references", pa.list_(pa.string()), nullable=False),
+        pa.field(
+            "passages",
+            pa.list_(pa.struct([pa.field("title", pa.string()), pa.field("content", pa.string())])),
+            nullable=False,
+        ),
+        pa.field("predictions", pa.list_(pa.string()), nullable=False),
+        pa.field(
+            "errors",
+            pa.list_(
+                pa.struct(
+                    [pa.field("error_type", pa.string()), pa.field("start", pa.int64()), pa.field("end", pa.int64())]
+                )
+            ),
+            nullable=False,
+        ),
+        pa.field("corrected", pa.string(), nullable=False),
+        pa.field("preference", pa.list_(pa.int64()), nullable=False),
+        pa.field("completeness", pa.list_(pa.float64())),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("record", pa.int64(), nullable=False),
+    ]
+)
+
 # Training curves: one row per optimiser step.
 TRAINING_LOG = pa.schema(
     [
@@ -139,6 +172,47 @@ TRAINING_LOG = pa.schema(
         pa.field("ranking_loss", pa.float64()),
         pa.field("lm_loss", pa.float64()),
         pa.field("learning_rate", pa.float64()),
+    ]
+)
+
+# Supervised fine-tuning curves (qa-feedback SFT, SPEC section 1): one row per optimiser step; the dev evaluation
+# columns are set on the steps after which the dev set was evaluated (greedy generation), null elsewhere.
+SFT_TRAINING_LOG = pa.schema(
+    [
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("epoch", pa.int64(), nullable=False),
+        pa.field("loss", pa.float64()),
+        pa.field("learning_rate", pa.float64()),
+        pa.field("rouge_lsum", pa.float64()),
+        pa.field("generated_tokens", pa.float64()),
+    ]
+)
+
+
+# PPO training curve (SPEC section 1): one row per PPO step, means over the step's samples on every process.
+# `reward` is the mean per-response sum of the raw rewards of all reward functions, `rewards` the same per function
+# (by the name in the reward spec), `statistics` the means of the functions' per-sample statistics ("name/key");
+# `kl` the mean per-response sum of log pi - log pi_ref (what the KL early stop and adaptive controller see);
+# `kl_coef` the coefficient used in this step; losses are the last PPO epoch's length-weighted minibatch means;
+# `learning_rate` that of the step's first optimiser step; eval_* are set on evaluation steps only (greedy).
+NAMED_VALUES = pa.list_(pa.struct([pa.field("name", pa.string()), pa.field("value", pa.float64())]))
+PPO_LOG = pa.schema(
+    [
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("episodes", pa.int64(), nullable=False),
+        pa.field("reward", pa.float64()),
+        pa.field("rewards", NAMED_VALUES),
+        pa.field("statistics", NAMED_VALUES),
+        pa.field("penalised_reward", pa.float64()),
+        pa.field("kl", pa.float64()),
+        pa.field("kl_coef", pa.float64()),
+        pa.field("policy_loss", pa.float64()),
+        pa.field("value_loss", pa.float64()),
+        pa.field("clip_fraction", pa.float64()),
+        pa.field("response_length", pa.float64()),
+        pa.field("learning_rate", pa.float64()),
+        pa.field("eval_reward", pa.float64()),
+        pa.field("eval_rewards", NAMED_VALUES),
     ]
 )
 
