@@ -17,6 +17,7 @@ from feedbackflow.errors import ConfigError, DataError
 # stage name -> (module, one-line help)
 STAGES: dict[str, tuple[str, str]] = {
     "make-synthetic-data": ("feedbackflow.synthetic", "write the tiny-scale synthetic raw data sets"),
+    "make-synthetic-qa-feedback": ("feedbackflow.qa_synthetic", "write the tiny-scale synthetic qa-feedback files"),
     "build-tiny-models": ("feedbackflow.tiny_models", "train a tokenizer and build a tiny causal LM"),
     "convert-preferences": ("feedbackflow.convert", "DSP / HH / text-score files -> preference-lists Parquet"),
     "train-reward-model": ("feedbackflow.reward_training", "train a reward model (GRFT or CRFT)"),
@@ -25,18 +26,21 @@ STAGES: dict[str, tuple[str, str]] = {
     "convert-prompts": ("feedbackflow.prompts", "rm-static / HH files -> prompts Parquet (+ the data set's responses)"),
     "sample-responses": ("feedbackflow.sampling", "sample N responses per prompt from a policy"),
     "score-samples": ("feedbackflow.reward_scoring", "score samples with a reward model"),
+    "import-reward-model": ("feedbackflow.import_reward_model", "trlx/Dahoas GPT reward model -> reward-model dir"),
     "rank-responses": ("feedbackflow.sampling:rank", "scored samples -> RRHF ranked-responses Parquet"),
     "merge-samples": ("feedbackflow.sampling:merge", "concatenate samples Parquet files (checked for clashes)"),
     "sft-data": ("feedbackflow.sampling:sft", "samples -> one-response rows for SFT with the RRHF trainer"),
     "train-rrhf": ("feedbackflow.rrhf_training", "RRHF: rank loss on length-normalised log-probs + SFT on the best"),
+    "train-sft": ("feedbackflow.sft_training", "SFT on reference answers; keeps the best model by dev rougeLsum"),
     "judge-samples": ("feedbackflow.judge", "rate samples with an LLM judge (openai API or local hf model), cached"),
     "judge-sft-data": ("feedbackflow.judge:sft_data", "labelled samples -> rating-prompt/score rows (local judge)"),
     "evaluate-responses": ("feedbackflow.response_evaluation", "mean reward and perplexity of responses per origin"),
-    "import-reward-model": ("feedbackflow.import_reward_model", "trlx/Dahoas GPT reward model -> reward-model dir"),
+    "train-ppo": ("feedbackflow.ppo_training", "PPO with per-token rewards (Fine-Grained RLHF), seq2seq or causal"),
+    "convert-qa-feedback": ("feedbackflow.qa_feedback", "qa-feedback JSON -> prompts, R1/R2/R3 and preference data"),
     "train-fg-reward-model": ("feedbackflow.fg_reward_training", "train R1/R2 (token) or R3/preference (sequence) RMs"),
     "reward-mean-std": ("feedbackflow.fg_reward_training:mean_std", "mean/std of a sequence RM's train-pair scores"),
-    "train-sft": ("feedbackflow.sft_training", "SFT on reference answers; keeps the best model by dev rougeLsum"),
-    "convert-qa-feedback": ("feedbackflow.qa_feedback", "qa-feedback JSON -> prompts, R1/R2/R3 and preference data"),
+    "evaluate-qa": ("feedbackflow.qa_evaluation", "qa-feedback: rougeLsum, relevance, factuality, completeness"),
+    "qa-metrics": ("feedbackflow.qa_evaluation:metrics", "qa-feedback policy summaries -> metrics Parquet/Markdown"),
     "launch": ("feedbackflow.launch", "run a stage here or under `accelerate launch` with N processes"),
 }
 

@@ -1,0 +1,651 @@
+"""A tiny synthetic qa-feedback data set in the real file formats (SPEC section 1; DESIGN.md, "Scales").
+
+The files are those of FineGrainedRLHF's `tasks/qa_feedback/data/`:
+
+- `train.json`, `train_1k.json`, `dev.json`, `test.json` (QA format): a list of {`text`, `answer`, `passages`,
+  `question`}, with `text` = "question: <q> context: wikipage: <title> text: <passage> | wikipage: ...",
+  `answer` a list of reference answers and `passages` a list of {`wikipage`, `content`}.
+  `train.json` = the `train_1k.json` records (the SFT data) followed by the questions of `train_feedback.json`.
+- `train_feedback.json`, `dev_feedback.json` (feedback format): {`question`, `passages` (lists [title, sentence 1,
+  ...]), `gold`, `prediction 1`..`prediction 4`, `feedback` {`errors`, `missing-info`, `corrected-prediction`},
+  `preference`}. `dev_feedback.json` has the questions of `dev.json`, as in the real data.
+- `corpus.txt`: every distinct text once, one per line, escaped with `synthetic.escape_corpus_line`, for the tiny
+  tokenizer.
+
+The world. Every question asks one attribute (creator, release year, setting or company) of a titled work (film,
+novel or album) with a made-up name. With probability `ambiguous_rate` the name is shared by two works (two films of
+different years, or for a year question two kinds of work), as in ASQA; each work has one wiki page with four
+sentences: an identity sentence (major auxiliary information), the answer sentence, one other attribute (minor
+auxiliary information) and one irrelevant fact (running time, sales, cover). A distractor page about the first
+work's creator (two sentences, both irrelevant) is added with `distractor_rate`. Passage sentences state one fact
+each, have no commas and are at least six words long, so a sentence is one sub-sentence segment and no error span is
+dropped by the five-word rule.
+
+A good answer is, for each work, its identity sentence then its answer sentence, copied from the passages. This
+"ideal" answer is the `gold` and the dev/test reference (the second dev/test reference adds the minor facts).
+
+The train_1k references are mostly ideal, but `reference_error_rate` of them contain one extra irrelevant passage
+sentence (60%) or one unverifiable sentence (40%) at a random place and `reference_missing_rate` of them leave out the
+second work (or, for a single work, the identity sentence). An SFT policy imitating them makes the same errors
+at about those rates, which is what the reward models learn to detect and PPO should reduce.
+
+Feedback predictions simulate the initial policy. Starting from the ideal answer, independently:
+an identity sentence is left out with `drop_identity_rate`; the first answer sentence with `drop_answer_rate / 3`,
+any further one with `drop_answer_rate`; with `wrong_grounding_rate` one answer sentence states a wrong value (the
+other work's value, or another made-up one) -> Wrong-Grounding; with `extra_minor_rate` a correct minor fact is
+added (no error); with `irrelevant_rate` one (or, one time in four, two) irrelevant passage sentences are inserted ->
+Irrelevant; with `unverifiable_rate` an unverifiable sentence (an award or an adaptation, which no passage ever
+mentions, or an attribute that no passage of this question states) -> Unverifiable; with `incoherent_rate` a passage
+sentence that is not an answer with four of its middle words in reverse order -> Incoherent; with
+`redundant_rate` an earlier correct sentence is repeated -> Redundant (its explanation is
+the repeated sentence; a Wrong-Grounding explanation is '{"passage_id":P,"sentence_id":[S]}' of the correct
+sentence, as in the real data). Every error is one whole sentence, and the spans are character offsets into
+`prediction 1`.
+
+Annotation of `prediction 1`: `corrected-prediction` is the ideal answer plus the minor facts that prediction 1 states
+or that are reported missing (each after the answer sentence of its work), built from the very passage sentences
+(difflib finds them with ratio 1).
+`missing-info` has one entry per left-out ideal sentence (Missing-Answer / Missing-Major-Auxiliary) and, with
+`annotate_minor_rate`, per left-out minor fact (Missing-Minor-Auxiliary); passage_id and sentence_id are 1-based
+(sentence_id k is `passages[passage_id - 1][k]`, index 0 being the title), as in the real data.
+
+Preferences: quality = 2 x correct answer sentences + identity sentences - 2 x error sentences; each of the pairs
+(1v2, 1v3, 1v4, 2v3, 2v4, 3v4) is 1 (first better), 2 (second better) or 0 (equal quality); with
+`preference_noise` a pair's label is replaced by a uniformly random one.
+
+Output is byte-identical for a given config: one `random.Random` per generator stream seeded from (seed, name),
+fixed iteration order, JSON with sorted keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import random
+from pathlib import Path
+
+from feedbackflow.formats import atomic_path
+from feedbackflow.stage_args import add_dataclass_arguments, dataclass_from_args
+from feedbackflow.synthetic import escape_corpus_line
+
+log = logging.getLogger(__name__)
+
+QA_FILES = {split: f"{split}.json" for split in ("train", "train_1k", "dev", "test")}
+FEEDBACK_FILES = {split: f"{split}_feedback.json" for split in ("train", "dev")}
+QA_CORPUS_FILE = "corpus.txt"
+
+NF_ERRORS = ("Irrelevant", "Redundant", "Incoherent")
+F_ERRORS = ("Wrong-Grounding", "Unverifiable")
+MISSING_TYPES = ("Missing-Answer", "Missing-Major-Auxiliary", "Missing-Minor-Auxiliary")
+PREFERENCE_PAIRS = ((1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4))
+
+
+@dataclasses.dataclass
+class QAFeedbackConfig:
+    seed: int = dataclasses.field(default=42, metadata={"help": "random seed; equal seeds give identical files"})
+    sft_examples: int = dataclasses.field(default=300, metadata={"help": "train_1k.json size (SFT data)"})
+    feedback_examples: int = dataclasses.field(default=400, metadata={"help": "train_feedback.json size"})
+    dev_examples: int = dataclasses.field(default=100, metadata={"help": "dev.json / dev_feedback.json size"})
+    test_examples: int = dataclasses.field(default=100, metadata={"help": "test.json size"})
+    ambiguous_rate: float = dataclasses.field(default=0.6, metadata={"help": "questions whose name has two works"})
+    distractor_rate: float = dataclasses.field(default=0.7, metadata={"help": "questions with a distractor page"})
+    reference_error_rate: float = dataclasses.field(
+        default=0.25, metadata={"help": "train_1k references with one irrelevant or unverifiable sentence"}
+    )
+    reference_missing_rate: float = dataclasses.field(
+        default=0.15, metadata={"help": "train_1k references that leave out the second work (or the identity)"}
+    )
+    irrelevant_rate: float = 0.4
+    redundant_rate: float = 0.2
+    incoherent_rate: float = 0.1
+    wrong_grounding_rate: float = 0.2
+    unverifiable_rate: float = 0.25
+    drop_answer_rate: float = 0.3
+    drop_identity_rate: float = 0.25
+    extra_minor_rate: float = 0.2
+    annotate_minor_rate: float = dataclasses.field(
+        default=0.5, metadata={"help": "left-out minor facts reported as Missing-Minor-Auxiliary"}
+    )
+    preference_noise: float = dataclasses.field(
+        default=0.05, metadata={"help": "preference pairs whose label is replaced by a random one"}
+    )
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name.endswith("_examples") and value < 0:
+                raise ValueError(f"{field.name} must be >= 0, got {value}")
+            if field.name.endswith(("_rate", "_noise")) and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{field.name} must be in [0, 1], got {value}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Word lists
+# --------------------------------------------------------------------------------------------------------------
+
+TITLE_WORDS_A = (
+    "Silver Hollow Crimson Quiet Broken Golden Distant Northern Painted Hidden "
+    "Burning Frozen Lonely Velvet Iron Paper Wild Bitter Last Secret"
+).split()
+TITLE_WORDS_B = (
+    "Harbor Garden River Lantern Mirror Orchard Tower Meadow Bridge Echo "
+    "Valley Station Island Compass Winter Letters Shadows Kingdom Road Tide"
+).split()
+FIRST_NAMES = (
+    "Mara Tomas Lena Oskar Ines Felix Nadia Pavel Greta Hugo Selma Anton Clara Ivo Rosa Emil Vera Jonas Alma Milo"
+).split()
+LAST_NAMES = (
+    "Quill Reed Varga Holm Castell Brandt Okoro Lind Moreno Falk "
+    "Dorsey Kade Wren Sato Navarro Ashby Petrov Lowe Ibarra Strand"
+).split()
+CITIES = (
+    "Varnholm Belmora Ostrid Calvera Dunmere Kessling Porthaven Lisvale "
+    "Marrowby Tolberg Arvona Glenstead Rivemont Sandvik Coldharbor Eldwick"
+).split()
+COMPANY_WORDS = ["Kestrel", "Bluebell", "Northgate", "Harrow", "Copperline", "Juniper", "Lighthouse", "Redwood"]
+COLORS = ["red", "blue", "green", "yellow", "white", "black", "orange", "purple"]
+OBJECTS = ["lantern", "boat", "horse", "key", "door", "bird", "clock", "bicycle", "window", "tree"]
+AWARDS = ["Golden Lyre", "Silver Quill", "Blue Comet", "Crystal Owl", "Bronze Anchor", "Amber Star"]
+
+# Per kind: the genre pool, the company suffix, and the sentence templates. Slots: {Ref} (sentence-initial reference
+# to the work), {ref}, {value}, {genre}, {n}, {color}, {object}. "creator"/"year"/"setting"/"company" are the
+# askable attributes; "identity" is the major auxiliary sentence; "misc" are irrelevant facts.
+KINDS: dict[str, dict] = {
+    "film": {
+        "genres": ["drama", "comedy", "thriller", "western", "musical", "horror"],
+        "company": "Pictures",
+        "identity": "{Ref} is a {genre} film starring {value}.",
+        "creator": "{Ref} was directed by {value}.",
+        "year": "{Ref} was released in {value}.",
+        "setting": "{Ref} is set in the city of {value}.",
+        "company_sentence": "{Ref} was produced by {value}.",
+        "misc": [
+            "{Ref} has a running time of {n} minutes.",
+            "{Ref} earned {n} million dollars at the box office.",
+            "The poster of {ref} shows a {color} {object}.",
+        ],
+        "adaptation": "{Ref} was later adapted into a stage play by {value}.",
+    },
+    "novel": {
+        "genres": ["mystery", "romance", "fantasy", "historical", "crime", "adventure"],
+        "company": "Press",
+        "identity": "{Ref} is a {genre} novel about {value}.",
+        "creator": "{Ref} was written by {value}.",
+        "year": "{Ref} was first published in {value}.",
+        "setting": "{Ref} is set in the town of {value}.",
+        "company_sentence": "{Ref} was published by {value}.",
+        "misc": [
+            "{Ref} has {n} chapters in its first edition.",
+            "{Ref} sold {n} thousand copies in its first year.",
+            "The cover of {ref} shows a {color} {object}.",
+        ],
+        "adaptation": "{Ref} was later adapted into a film by {value}.",
+    },
+    "album": {
+        "genres": ["folk", "jazz", "rock", "pop", "soul", "electronic"],
+        "company": "Records",
+        "identity": "{Ref} is a {genre} album with {value} songs.",
+        "creator": "{Ref} was recorded by {value}.",
+        "year": "{Ref} was released in {value}.",
+        "setting": "{Ref} was recorded in the city of {value}.",
+        "company_sentence": "{Ref} was released by {value}.",
+        "misc": [
+            "{Ref} lasts {n} minutes in total.",
+            "{Ref} sold {n} thousand copies in its first year.",
+            "The cover of {ref} shows a {color} {object}.",
+        ],
+        "adaptation": "{Ref} was later performed live by {value}.",
+    },
+}
+NOVEL_TOPICS = ["two sisters", "a lost ship", "a village doctor", "a stolen painting", "an old lighthouse", "a war"]
+QUESTIONS = {
+    ("film", "creator"): "Who directed {name}?",
+    ("novel", "creator"): "Who wrote {name}?",
+    ("album", "creator"): "Who recorded the album {name}?",
+    ("film", "company"): "Which studio produced {name}?",
+    ("novel", "company"): "Who published {name}?",
+    ("album", "company"): "Which label released {name}?",
+    ("film", "setting"): "Where is {name} set?",
+    ("novel", "setting"): "Where is {name} set?",
+    ("album", "setting"): "Where was {name} recorded?",
+}
+YEAR_QUESTION = "When did {name} come out?"
+ATTRIBUTES = ("creator", "year", "setting", "company")
+BIO_TEMPLATES = [
+    "{person} was born in {city} in {year}.",
+    "{person} studied music and painting in {city}.",
+    "{person} has lived in {city} since {year}.",
+    "{person} is married to the writer {other}.",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The world: works, pages, questions
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _rng(seed: int, name: str) -> random.Random:
+    """An independent, reproducible stream per generator (str seeds are hashed with SHA-512, not hash())."""
+    return random.Random(f"feedbackflow-qa-synthetic:{seed}:{name}")
+
+
+def _capitalize(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _person(rng: random.Random) -> str:
+    return f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
+
+
+def _company(rng: random.Random, kind: str) -> str:
+    return f"{rng.choice(COMPANY_WORDS)} {KINDS[kind]['company']}"
+
+
+def _random_value(rng: random.Random, kind: str, attribute: str, year: int) -> str:
+    if attribute == "creator":
+        return _person(rng)
+    if attribute == "year":
+        return str(year)
+    if attribute == "setting":
+        return rng.choice(CITIES)
+    return _company(rng, kind)
+
+
+@dataclasses.dataclass
+class Work:
+    """One titled work: its attribute values and the sentences that state them."""
+
+    kind: str
+    ref: str  # how sentences refer to it ("the 1998 film Silver Harbor"), lower-case start
+    title: str  # its wiki page title
+    values: dict[str, str]  # attribute -> value
+    identity: str
+    misc: str  # an irrelevant fact
+
+    def fact(self, attribute: str, value: str | None = None) -> str:
+        """The sentence stating `attribute` (with `value`, default the true one)."""
+        spec = KINDS[self.kind]
+        template = spec["company_sentence"] if attribute == "company" else spec[attribute]
+        return template.format(Ref=_capitalize(self.ref), value=self.values[attribute] if value is None else value)
+
+
+def _make_work(rng: random.Random, kind: str, name: str, year: int, ref: str, title: str) -> Work:
+    spec = KINDS[kind]
+    values = {
+        "creator": _person(rng),
+        "year": str(year),
+        "setting": rng.choice(CITIES),
+        "company": _company(rng, kind),
+    }
+    identity_value = {"film": _person(rng), "novel": rng.choice(NOVEL_TOPICS), "album": str(rng.randint(8, 14))}[kind]
+    identity = spec["identity"].format(Ref=_capitalize(ref), genre=rng.choice(spec["genres"]), value=identity_value)
+    misc = rng.choice(spec["misc"]).format(
+        Ref=_capitalize(ref), ref=ref, n=rng.randint(20, 190), color=rng.choice(COLORS), object=rng.choice(OBJECTS)
+    )
+    return Work(kind=kind, ref=ref, title=title, values=values, identity=identity, misc=misc)
+
+
+@dataclasses.dataclass
+class QAItem:
+    """One question with its passages and what each passage sentence is for.
+
+    Sentence ids are (passage_id, sentence_id), 1-based, as in the feedback format's missing-info entries.
+    """
+
+    question: str
+    passages: list[list[str]]  # [title, sentence 1, ...]
+    answers: list[tuple[int, int]]  # one per work, in work order
+    identities: list[tuple[int, int]]  # one per work
+    minors: list[tuple[int, int]]  # one per work
+    irrelevant: list[str]  # passage sentences that do not help answer the question
+    unverifiable: list[str]  # sentences about the works that no passage supports
+    wrong: dict[tuple[int, int], list[str]]  # answer id -> wrong-value versions of the answer sentence
+
+    def sentence(self, sentence_id: tuple[int, int]) -> str:
+        return self.passages[sentence_id[0] - 1][sentence_id[1]]
+
+    def ideal(self) -> list[tuple[int, int]]:
+        """The ideal answer: per work, its identity sentence then its answer sentence."""
+        return [s for pair in zip(self.identities, self.answers, strict=True) for s in pair]
+
+    def prompt(self) -> str:
+        context = " | ".join(f"wikipage: {p[0]} text: {' '.join(p[1:])}" for p in self.passages)
+        return f"question: {self.question} context: {context}"
+
+
+def _unique_name(rng: random.Random) -> str:
+    return f"{rng.choice(TITLE_WORDS_A)} {rng.choice(TITLE_WORDS_B)}"
+
+
+def make_item(rng: random.Random, config: QAFeedbackConfig) -> QAItem:
+    """One question of the synthetic world (see the module docstring)."""
+    attribute = rng.choice(ATTRIBUTES)
+    name = _unique_name(rng)
+    ambiguous = rng.random() < config.ambiguous_rate
+    years = sorted(rng.sample(range(1955, 2021), 2))
+    if ambiguous and attribute == "year":
+        kinds = rng.sample(list(KINDS), 2)  # two kinds of work, told apart by kind (the year is the answer)
+        refs = [f"the {kind} {name}" for kind in kinds]
+        titles = [f"{name} ({kind})" for kind in kinds]
+    elif ambiguous:
+        kinds = [rng.choice(list(KINDS))] * 2  # two works of one kind, told apart by year
+        refs = [f"the {year} {kinds[0]} {name}" for year in years]
+        titles = [f"{name} ({year} {kinds[0]})" for year in years]
+    else:
+        kinds = [rng.choice(list(KINDS))]
+        refs = [name]
+        titles = [name]
+    works = [_make_work(rng, k, name, y, r, t) for k, y, r, t in zip(kinds, years, refs, titles, strict=False)]
+    while ambiguous and works[0].values[attribute] == works[1].values[attribute]:
+        works[1].values[attribute] = _random_value(rng, works[1].kind, attribute, years[1])  # distinct answers
+    question = (YEAR_QUESTION if attribute == "year" else QUESTIONS[(kinds[0], attribute)]).format(name=name)
+
+    passages: list[list[str]] = []
+    answers, identities, minors, irrelevant, unverifiable = [], [], [], [], []
+    wrong: dict[tuple[int, int], list[str]] = {}
+    for work in works:
+        minor_attribute = rng.choice([a for a in ATTRIBUTES if a != attribute and a != "year"])
+        body = [("answer", work.fact(attribute)), ("minor", work.fact(minor_attribute)), ("misc", work.misc)]
+        rng.shuffle(body)
+        sentences = [work.identity] + [text for _, text in body]
+        passage_id = len(passages) + 1
+        passages.append([work.title, *sentences])
+        roles = {"identity": 1, **{role: 2 + i for i, (role, _) in enumerate(body)}}
+        answers.append((passage_id, roles["answer"]))
+        identities.append((passage_id, roles["identity"]))
+        minors.append((passage_id, roles["minor"]))
+        irrelevant.append(work.misc)
+        # Unverifiable: an award, an adaptation, or an attribute that no passage states.
+        year = int(work.values["year"])
+        unverifiable.append(
+            f"{_capitalize(work.ref)} won the {rng.choice(AWARDS)} award in {year + rng.randint(1, 3)}."
+        )
+        unverifiable.append(KINDS[work.kind]["adaptation"].format(Ref=_capitalize(work.ref), value=_person(rng)))
+        unstated = [a for a in ATTRIBUTES if a not in (attribute, minor_attribute, "year")]
+        unverifiable.extend(work.fact(a, _random_value(rng, work.kind, a, year)) for a in unstated)
+        # Wrong grounding: the other work's value (the typical confusion) or another made-up one.
+        candidates = [w.values[attribute] for w in works if w is not work]
+        while len(candidates) < 2:
+            value = _random_value(rng, work.kind, attribute, rng.randint(1955, 2020))
+            if value != work.values[attribute] and value not in candidates:
+                candidates.append(value)
+        wrong[answers[-1]] = [work.fact(attribute, value) for value in candidates]
+    if rng.random() < config.distractor_rate:
+        person = works[0].values["creator"]
+        bio = [
+            template.format(person=person, city=rng.choice(CITIES), year=rng.randint(1930, 1990), other=_person(rng))
+            for template in rng.sample(BIO_TEMPLATES, 2)
+        ]
+        passages.append([person, *bio])
+        irrelevant.extend(bio)
+    order = list(range(len(passages)))
+    if len(works) == 2 and rng.random() < 0.5:
+        # The second work's page may come first; the answer order follows the question's works either way.
+        order[0], order[1] = 1, 0
+    if order != sorted(order):
+        remap = {old + 1: new + 1 for new, old in enumerate(order)}
+        passages = [passages[old] for old in order]
+        answers, identities, minors = ([(remap[p], s) for p, s in ids] for ids in (answers, identities, minors))
+        wrong = {(remap[p], s): texts for (p, s), texts in wrong.items()}
+    return QAItem(question, passages, answers, identities, minors, irrelevant, unverifiable, wrong)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Answers and simulated predictions
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Part:
+    """One sentence of an answer: a passage fact (`fact` set) or an error (`error` set), never both."""
+
+    text: str
+    fact: tuple[int, int] | None = None
+    error: str | None = None
+    explanation: str = ""
+    fixes: tuple[int, int] | None = None  # a Wrong-Grounding part: the answer sentence it misstates
+
+
+def _join(parts: list[Part]) -> str:
+    return " ".join(part.text for part in parts)
+
+
+def reference_answer(item: QAItem, rng: random.Random, config: QAFeedbackConfig) -> str:
+    """A train_1k reference: ideal, but sometimes with an irrelevant / unverifiable sentence or a missing part."""
+    ids = item.ideal()
+    if rng.random() < config.reference_missing_rate:
+        ids = ids[:2] if len(item.answers) == 2 else [item.answers[0]]
+    sentences = [item.sentence(i) for i in ids]
+    if rng.random() < config.reference_error_rate:
+        pool = item.irrelevant if rng.random() < 0.6 else item.unverifiable
+        sentences.insert(rng.randint(1, len(sentences)), rng.choice(pool))
+    return " ".join(sentences)
+
+
+def _incoherent(item: QAItem, rng: random.Random) -> str:
+    """A passage sentence (not an answer) with a run of four middle words in reverse order: "The cover of
+    Silver shows Harbor the a red lantern." Answers are not used, so an incoherent sentence never restates one."""
+    answers = {item.sentence(a) for a in item.answers}
+    sources = [s for s in item.irrelevant + [item.sentence(m) for m in item.minors] if s not in answers]
+    while True:
+        words = rng.choice(sources).split()
+        start = rng.randint(1, len(words) - 5)
+        window = words[start : start + 4]
+        if window != window[::-1]:
+            words[start : start + 4] = window[::-1]
+            return " ".join(words)
+
+
+def simulate_prediction(item: QAItem, rng: random.Random, config: QAFeedbackConfig) -> list[Part]:
+    """One sampled answer of the simulated initial policy, with its errors known (module docstring)."""
+    parts: list[Part] = []
+    answer_ids = set(item.answers)
+    wrong_target = rng.choice(item.answers) if rng.random() < config.wrong_grounding_rate else None
+    first_answer = True
+    for sentence_id in item.ideal():
+        if sentence_id in answer_ids:
+            drop = config.drop_answer_rate / 3 if first_answer else config.drop_answer_rate
+            first_answer = False
+            if rng.random() < drop:
+                continue
+            if sentence_id == wrong_target:
+                explanation = json.dumps({"passage_id": sentence_id[0], "sentence_id": [sentence_id[1]]})
+                explanation = explanation.replace(" ", "")
+                text = rng.choice(item.wrong[sentence_id])
+                parts.append(Part(text, error="Wrong-Grounding", explanation=explanation, fixes=sentence_id))
+                continue
+        elif rng.random() < config.drop_identity_rate:
+            continue
+        parts.append(Part(item.sentence(sentence_id), fact=sentence_id))
+    if rng.random() < config.extra_minor_rate:
+        minor = rng.choice(item.minors)
+        parts.insert(rng.randint(0, len(parts)), Part(item.sentence(minor), fact=minor))
+    if not parts:
+        parts.append(Part(item.sentence(item.answers[0]), fact=item.answers[0]))
+
+    if rng.random() < config.irrelevant_rate:
+        for text in rng.sample(item.irrelevant, min(len(item.irrelevant), 2 if rng.random() < 0.25 else 1)):
+            parts.insert(rng.randint(0, len(parts)), Part(text, error="Irrelevant"))
+    if rng.random() < config.unverifiable_rate:
+        parts.insert(rng.randint(0, len(parts)), Part(rng.choice(item.unverifiable), error="Unverifiable"))
+    if rng.random() < config.incoherent_rate:
+        parts.insert(rng.randint(0, len(parts)), Part(_incoherent(item, rng), error="Incoherent"))
+    clean = [i for i, part in enumerate(parts) if part.error is None]
+    if clean and rng.random() < config.redundant_rate:
+        source = rng.choice(clean)
+        repeated = parts[source].text
+        parts.insert(rng.randint(source + 1, len(parts)), Part(repeated, error="Redundant", explanation=repeated))
+    return parts
+
+
+def quality(item: QAItem, parts: list[Part]) -> int:
+    """2 x correct answer sentences + identity sentences - 2 x error sentences (the preference rule)."""
+    facts = {part.fact for part in parts if part.fact is not None}
+    n_errors = sum(part.error is not None for part in parts)
+    return 2 * len(facts & set(item.answers)) + len(facts & set(item.identities)) - 2 * n_errors
+
+
+def preference_labels(qualities: list[int], rng: random.Random, noise: float) -> list[int]:
+    """Labels of the pairs (1v2, 1v3, 1v4, 2v3, 2v4, 3v4): 1 first better, 2 second better, 0 tie."""
+    labels = []
+    for first, second in PREFERENCE_PAIRS:
+        a, b = qualities[first - 1], qualities[second - 1]
+        label = 1 if a > b else 2 if a < b else 0
+        if rng.random() < noise:
+            label = rng.choice((0, 1, 2))
+        labels.append(label)
+    return labels
+
+
+def annotate(item: QAItem, parts: list[Part], rng: random.Random, config: QAFeedbackConfig) -> dict:
+    """The fine-grained feedback on `prediction 1` = `_join(parts)`: error spans, missing info and a correction."""
+    errors, offset = [], 0
+    for part in parts:
+        if part.error is not None:
+            errors.append(
+                {
+                    "error type": part.error,
+                    "explanation": part.explanation,
+                    "start": offset,
+                    "end": offset + len(part.text),
+                }
+            )
+        offset += len(part.text) + 1
+    stated = {part.fact for part in parts if part.fact is not None}
+    fixed = {part.fixes for part in parts if part.fixes is not None}
+    missing = []
+    for sentence_id in item.ideal():
+        if sentence_id not in stated and sentence_id not in fixed:
+            kind = "Missing-Answer" if sentence_id in item.answers else "Missing-Major-Auxiliary"
+            missing.append({"error type": kind, "passage_id": sentence_id[0], "sentence_id": [sentence_id[1]]})
+    minors = set(stated & set(item.minors))
+    for minor in item.minors:
+        if minor not in stated and rng.random() < config.annotate_minor_rate:
+            missing.append({"error type": "Missing-Minor-Auxiliary", "passage_id": minor[0], "sentence_id": [minor[1]]})
+            minors.add(minor)
+    corrected = item.ideal()
+    for minor in item.minors:
+        if minor in minors:
+            corrected.insert(corrected.index(item.answers[item.minors.index(minor)]) + 1, minor)
+    return {
+        "errors": errors,
+        "missing-info": missing,
+        "corrected-prediction": " ".join(item.sentence(s) for s in corrected),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Records and files
+# --------------------------------------------------------------------------------------------------------------
+
+
+def qa_record(item: QAItem, answers: list[str]) -> dict:
+    passages = [{"wikipage": p[0], "content": " ".join(p[1:])} for p in item.passages]
+    return {"text": item.prompt(), "answer": answers, "passages": passages, "question": item.question}
+
+
+def feedback_record(item: QAItem, rng: random.Random, config: QAFeedbackConfig) -> dict:
+    predictions = [simulate_prediction(item, rng, config) for _ in range(4)]
+    record = {
+        "question": item.question,
+        "passages": [list(p) for p in item.passages],
+        "gold": gold_answer(item),
+    }
+    for k, parts in enumerate(predictions, start=1):
+        record[f"prediction {k}"] = _join(parts)
+    record["feedback"] = annotate(item, predictions[0], rng, config)
+    record["preference"] = preference_labels([quality(item, p) for p in predictions], rng, config.preference_noise)
+    return record
+
+
+def build_items(config: QAFeedbackConfig) -> dict[str, list[QAItem]]:
+    """The questions of each split ("train_1k", "train_feedback", "dev", "test"), each from its own random stream."""
+    sizes = {
+        "train_1k": config.sft_examples,
+        "train_feedback": config.feedback_examples,
+        "dev": config.dev_examples,
+        "test": config.test_examples,
+    }
+    items = {}
+    for split, size in sizes.items():
+        rng = _rng(config.seed, f"{split}-items")
+        items[split] = [make_item(rng, config) for _ in range(size)]
+    return items
+
+
+def gold_answer(item: QAItem) -> str:
+    return " ".join(item.sentence(s) for s in item.ideal())
+
+
+def _answer_with_minors(item: QAItem) -> str:
+    ids = [s for triple in zip(item.identities, item.answers, item.minors, strict=True) for s in triple]
+    return " ".join(item.sentence(s) for s in ids)
+
+
+def build_records(config: QAFeedbackConfig) -> dict[str, list[dict]]:
+    """All records by file name."""
+    items = build_items(config)
+    reference_rng = _rng(config.seed, "train_1k-references")
+    train_1k = [qa_record(item, [reference_answer(item, reference_rng, config)]) for item in items["train_1k"]]
+    train_feedback_rng = _rng(config.seed, "train-feedback")
+    dev_feedback_rng = _rng(config.seed, "dev-feedback")
+    return {
+        QA_FILES["train_1k"]: train_1k,
+        QA_FILES["train"]: train_1k + [qa_record(item, [gold_answer(item)]) for item in items["train_feedback"]],
+        QA_FILES["dev"]: [qa_record(item, [gold_answer(item), _answer_with_minors(item)]) for item in items["dev"]],
+        QA_FILES["test"]: [qa_record(item, [gold_answer(item), _answer_with_minors(item)]) for item in items["test"]],
+        FEEDBACK_FILES["train"]: [feedback_record(i, train_feedback_rng, config) for i in items["train_feedback"]],
+        FEEDBACK_FILES["dev"]: [feedback_record(item, dev_feedback_rng, config) for item in items["dev"]],
+    }
+
+
+def corpus_texts(records: dict[str, list[dict]]) -> list[str]:
+    """Every distinct text of the records once, in order of first appearance (tokenizer training data)."""
+    texts: list[str] = []
+    for name in sorted(records):
+        for record in records[name]:
+            if "text" in record:
+                texts.append(record["text"])
+                texts.extend(record["answer"])
+            else:
+                texts.extend(record[f"prediction {k}"] for k in range(1, 5))
+                texts.extend((record["gold"], record["feedback"]["corrected-prediction"]))
+    return list(dict.fromkeys(text for text in texts if text))
+
+
+def _json_bytes(obj) -> bytes:
+    return (json.dumps(obj, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def make_synthetic_qa_feedback(
+    output_dir: str | os.PathLike, config: QAFeedbackConfig | None = None
+) -> dict[str, Path]:
+    """Write the qa-feedback files and corpus.txt under `output_dir`; return {file name: path}. corpus.txt is last."""
+    config = config or QAFeedbackConfig()
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = build_records(config)
+    files = {name: _json_bytes(rows) for name, rows in records.items()}
+    files[QA_CORPUS_FILE] = "".join(escape_corpus_line(t) + "\n" for t in corpus_texts(records)).encode("utf-8")
+    written = {}
+    for name, data in files.items():
+        with atomic_path(out / name) as tmp:
+            tmp.write_bytes(data)
+        written[name] = out / name
+        log.info("wrote %s (%d bytes)", out / name, len(data))
+    return written
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--output-dir", required=True, help="folder for the qa-feedback files (as tasks/qa_feedback/data)"
+    )
+    add_dataclass_arguments(parser, QAFeedbackConfig)
+
+
+def main(args: argparse.Namespace) -> None:
+    config = dataclass_from_args(QAFeedbackConfig, args)
+    make_synthetic_qa_feedback(args.output_dir, config)

@@ -1,0 +1,412 @@
+"""The PPO engine and `train-ppo` stage (SPEC section 1) on a tiny causal LM and a tiny T5 built here.
+
+The toy task: reward 1 on every generated " dog", " cat" and " the" (three `target_token` reward functions).
+In-process runs check learning, the outputs, the optimiser-step count and resume after SIGTERM; engine-level tests
+check the rollout's log-probs against generate(), the minibatch length weighting and the gradient accumulation;
+one run goes through the CLI with 2 processes (DDP over gloo).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+
+from feedbackflow.errors import ConfigError
+from feedbackflow.formats import PPO_LOG, PROMPTS, write_rows
+from feedbackflow.launch import build_accelerator
+from feedbackflow.ppo_losses import clipped_policy_loss, clipped_value_loss
+from feedbackflow.ppo_rewards import (
+    REWARD_TYPES,
+    RewardResult,
+    build_reward_functions,
+    check_reward_result,
+    register_reward_type,
+)
+from feedbackflow.ppo_training import (
+    META_FILE,
+    VALUE_HEAD_FILE,
+    PolicyAndValue,
+    PPOConfig,
+    PPOEngine,
+    encode_policy_prompts,
+    is_encoder_decoder,
+    load_policy_model,
+    load_value_model,
+    response_mask_from_ids,
+    train_ppo,
+)
+from feedbackflow.tiny_models import TinyModelConfig, build_causal_lm, train_tokenizer
+
+WORDS = "the cat sat on a mat and a dog ran to the park where birds sing".split()
+REWARD_SPEC = [
+    {"type": "target_token", "token": "Ġdog", "name": "dog"},
+    {"type": "target_token", "token": "Ġcat", "name": "cat"},
+    {"type": "target_token", "token": "Ġthe", "name": "the"},
+]
+TOY = {
+    "total_episodes": 960,  # 30 steps of 8 prompts x 4 samples
+    "prompts_per_step": 8,
+    "samples_per_prompt": 4,
+    "max_new_tokens": 8,
+    "max_input_length": 32,
+    "top_k": 0,
+    "temperature": 1.0,
+    "warmup_steps": 0,
+    "kl_coef": 0.3,
+    "eval_every": 15,
+    "save_every": 100,
+}
+FAMILIES = {
+    "causal": {"learning_rate": 5e-3, "minibatch_size": 16},  # 2 minibatches per epoch
+    "t5": {"learning_rate": 2e-3, "minibatch_size": 32},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, above all on a machine shared with other jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    """A BPE tokenizer (pad, eos), a tiny LLaMA and a tiny T5 (dropout 0.1) on it, and 32 prompts."""
+    root = tmp_path_factory.mktemp("ppo")
+    rng = random.Random(0)
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(200)) + "\n")
+    tokenizer = train_tokenizer([corpus], vocab_size=300, model_max_length=64)
+    assert all(entry["token"] in tokenizer.get_vocab() for entry in REWARD_SPEC)
+    causal = build_causal_lm(
+        tokenizer, TinyModelConfig(vocab_size=300, hidden_size=32, intermediate_size=64, max_position_embeddings=64)
+    )
+    causal.save_pretrained(root / "causal")
+    tokenizer.save_pretrained(root / "causal")
+    t5_config = T5Config(
+        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, dropout_rate=0.1,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(t5_config).save_pretrained(root / "t5")
+    tokenizer.save_pretrained(root / "t5")
+    rows = [
+        {"prompt_id": f"p{i}", "prompt": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6))),
+         "source": "synthetic", "record": i}
+        for i in range(32)
+    ]  # fmt: skip
+    write_rows(rows, root / "prompts.parquet", PROMPTS)
+    return {"root": root, "causal": root / "causal", "t5": root / "t5", "prompts": root / "prompts.parquet"}
+
+
+@pytest.fixture
+def sigterm_restored():
+    """train_ppo installs a SIGTERM handler (StopSignal); put pytest's back afterwards."""
+    previous = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+class OptimizerSteps:
+    """Counts Adam steps (the torch optimiser inside accelerate's wrapper) while active."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __enter__(self):
+        def hook(optimizer, args, kwargs):
+            if isinstance(optimizer, torch.optim.Adam):
+                self.count += 1
+
+        self.handle = register_optimizer_step_post_hook(hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def run_toy(tiny, family: str, name: str, **overrides) -> tuple[list[dict], dict[str, Path]]:
+    root = tiny["root"] / name
+    paths = {"output": root / "policy", "value": root / "value", "work": root / "work"}
+    config = PPOConfig(**{**TOY, **FAMILIES[family], **overrides})
+    history = train_ppo(
+        str(tiny["prompts"]), str(tiny[family]), str(tiny[family]), REWARD_SPEC, str(paths["output"]),
+        str(paths["value"]), str(paths["work"]), config, eval_prompts_path=str(tiny["prompts"]),
+    )  # fmt: skip
+    return history, paths
+
+
+# --- reward functions -------------------------------------------------------------------------------------------
+
+
+def test_target_token_reward_and_the_registry(tiny):
+    tokenizer = AutoTokenizer.from_pretrained(tiny["causal"])
+    dog = tokenizer.convert_tokens_to_ids("Ġdog")
+    functions = build_reward_functions([{"type": "target_token", "token": "Ġdog", "value": 0.5}], tokenizer)
+    assert [f.name for f in functions] == ["target_token"]  # the name defaults to the type
+    rewards, stats = functions[0](["p", "q"], ["", ""], [[dog, 7, dog], [7]])
+    assert rewards == [[0.5, 0.0, 0.5], [0.0]]  # 0.5 on each occurrence, one value per token
+    assert stats == {"count": [2.0, 0.0]}
+    # text that encodes to one token works too (" dog" -> Ġdog)
+    assert build_reward_functions([{"type": "target_token", "token": " dog"}], tokenizer)[0].token_id == dog
+    for bad, message in [
+        ([{"type": "nope"}], "unknown reward type 'nope'"),
+        ([{"type": "target_token", "token": " dog cat sat"}], "not one token"),
+        ([{"type": "target_token"}], r"missing key\(s\) \['token'\]"),
+        ([{"type": "target_token", "token": "Ġdog", "colour": 1}], "unknown key"),
+        ([{"type": "target_token", "token": "Ġdog"}, {"type": "target_token", "token": "Ġcat"}], "used twice"),
+        ([], "non-empty"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            build_reward_functions(bad, tokenizer)
+    # a type registered by "module:attribute" is imported on first use
+    register_reward_type("lazy_target", "feedbackflow.ppo_rewards:build_target_token_reward")
+    try:
+        lazy = build_reward_functions([{"type": "lazy_target", "token": "Ġcat", "name": "c"}], tokenizer)[0]
+        assert lazy.name == "c" and lazy.token_id == tokenizer.convert_tokens_to_ids("Ġcat")
+    finally:
+        del REWARD_TYPES["lazy_target"]
+
+
+def test_reward_results_are_checked_against_the_tokens():
+    with pytest.raises(ValueError, match="sample 1 has 1 tokens but 2 rewards"):
+        check_reward_result(RewardResult([[0.0], [0.0, 1.0]], {}), [[5], [6]], "r")
+    with pytest.raises(ValueError, match="1 reward lists for 2 samples"):
+        check_reward_result(RewardResult([[0.0]], {}), [[5], [6]], "r")
+    with pytest.raises(ValueError, match="statistic 'n'"):
+        check_reward_result(RewardResult([[0.0], [1.0]], {"n": [1.0]}), [[5], [6]], "r")
+
+
+def test_response_mask_runs_to_the_first_eos_inclusive():
+    ids = torch.tensor([[5, 1, 2, 1], [5, 6, 7, 8], [9, 2, 2, 2], [1, 1, 1, 1]])
+    # eos ids 1 and 9: row 0 ends at its first 1; row 1 has none; row 2 ends at once (9); row 3: its first token
+    mask = response_mask_from_ids(ids, torch.tensor([1, 9]))
+    expected = [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 0, 0, 0]]
+    assert mask.int().tolist() == expected
+
+
+# --- the engine -------------------------------------------------------------------------------------------------
+
+
+def build_engine(path: Path, **overrides) -> tuple[PPOEngine, object, list[str]]:
+    """An engine on one process over the model at `path`, where ~10% of the vocabulary ends a response (so that
+    responses have different lengths)."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    config = PPOConfig(**{**TOY, "learning_rate": 1e-3, **overrides})
+    encoder_decoder = is_encoder_decoder(str(path))
+    policy = load_policy_model(str(path), encoder_decoder)
+    policy.generation_config.eos_token_id = [tokenizer.eos_token_id, *range(100, 130)]
+    reference = load_policy_model(str(path), encoder_decoder).eval()
+    backbone, head = load_value_model(str(path))
+    accelerator = build_accelerator()
+    model = PolicyAndValue(policy, backbone, head, encoder_decoder)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=config.adam_eps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 1.0 / (n + 1))
+    functions = build_reward_functions(REWARD_SPEC, tokenizer)
+    engine = PPOEngine(accelerator, model, reference, tokenizer, functions, config, encoder_decoder, optimizer,
+                       scheduler)  # fmt: skip
+    prompts = ["the cat", "a dog ran to the park where", "sing", "birds sing on a mat"]
+    return engine, encode_policy_prompts(tokenizer, prompts, encoder_decoder, 32), prompts
+
+
+@pytest.mark.parametrize("family", ["causal", "t5"])
+def test_rollout_logprobs_are_those_of_the_sampling_distribution(tiny, family):
+    engine, token_ids, _ = build_engine(tiny[family])
+    prompt_ids, prompt_mask = engine.pad_prompts(token_ids)
+    if family == "causal":  # prompts of different lengths, left-padded
+        assert prompt_mask[:, 0].tolist() == [0, 1, 0, 0]
+    torch.manual_seed(3)
+    response_ids, response_mask = engine.generate(prompt_ids, prompt_mask, sample=True, n=2)
+    torch.manual_seed(3)  # the same draw, straight from generate(), with its raw (untempered) logits
+    policy = engine.unwrapped.policy
+    out = policy.generate(
+        input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
+        max_new_tokens=8, num_return_sequences=2, pad_token_id=engine.pad_id, eos_token_id=engine.eos_ids.tolist(),
+        output_logits=True, return_dict_in_generate=True,
+    )  # fmt: skip
+    width = response_ids.shape[1]
+    generated = out.sequences[:, 1:] if family == "t5" else out.sequences[:, prompt_ids.shape[1] :]
+    lengths = response_mask.sum(dim=1)
+    assert len(set(lengths.tolist())) > 1  # responses of different lengths
+    assert torch.equal(torch.where(response_mask, generated[:, :width], response_ids), response_ids)
+    assert (response_ids[~response_mask] == engine.pad_id).all()
+    expected = torch.log_softmax(torch.stack(out.logits, dim=1)[:, :width].float(), dim=-1)
+    expected = expected.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+    prompt_ids, prompt_mask = prompt_ids.repeat_interleave(2, 0), prompt_mask.repeat_interleave(2, 0)
+    old_logprobs, old_values, ref_logprobs = engine.score_rollout(prompt_ids, prompt_mask, response_ids, response_mask)
+    torch.testing.assert_close(old_logprobs, torch.where(response_mask, expected, 0.0), atol=1e-5, rtol=0)
+    assert torch.equal(ref_logprobs, old_logprobs)  # the reference is the initial policy
+    assert (old_values[~response_mask] == 0).all() and (old_values[response_mask] != 0).all()
+
+
+def test_minibatches_are_weighted_by_length_and_accumulate_into_one_step_per_epoch(tiny):
+    engine, token_ids, prompts = build_engine(tiny["causal"], samples_per_prompt=2, minibatch_size=2, ppo_epochs=3)
+    torch.manual_seed(0)
+    rollout, _ = engine.rollout(token_ids, prompts, kl_coef=0.3)
+    lengths = rollout.response_mask.sum(dim=1).tolist()
+    minibatches = engine.minibatches(rollout)
+    # weight of minibatch k = mean length of its 2 responses / mean length of all 8
+    global_mean = sum(lengths) / len(lengths)
+    expected = [(lengths[i] + lengths[i + 1]) / 2 / global_mean for i in range(0, 8, 2)]
+    assert [w for _, w in minibatches] == pytest.approx(expected)
+    assert max(expected) - min(expected) > 0.2  # the weights really differ
+    assert all(batch.response_ids.shape[1] == max(lengths[2 * k : 2 * k + 2]) for k, (batch, _) in
+               enumerate(minibatches))  # fmt: skip
+
+    # accumulated gradient = gradient of sum_k w_k * (policy loss_k + value loss_k), each loss a token mean in k
+    model, params = engine.model, list(engine.model.parameters())
+    model.train()
+    engine.optimizer.zero_grad()
+    engine.accumulate_epoch_gradients(minibatches)
+    accumulated = [p.grad.clone() for p in params]
+    grads_of = {}
+    for weighted in (True, False):
+        engine.optimizer.zero_grad()
+        total = 0.0
+        for batch, weight in minibatches:
+            logprobs, values = engine.unwrapped(batch.prompt_ids, batch.prompt_mask, batch.response_ids,
+                                                batch.response_mask)  # fmt: skip
+            pg, _ = clipped_policy_loss(logprobs, batch.old_logprobs, batch.advantages, batch.response_mask, 0.2)
+            vf = clipped_value_loss(values, batch.old_values, batch.returns, batch.response_mask, 0.2)
+            total = total + (weight if weighted else 1.0) * (pg + vf)
+        total.backward()
+        grads_of[weighted] = [p.grad.clone() for p in params]
+    for got, want in zip(accumulated, grads_of[True], strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+    assert any(not torch.allclose(got, plain, atol=1e-6, rtol=1e-4)
+               for got, plain in zip(accumulated, grads_of[False], strict=True))  # fmt: skip
+
+    # ppo_epochs: 4 minibatches per epoch, ONE optimiser step (and one scheduler step) per epoch
+    before = [p.detach().clone() for p in params]
+    with OptimizerSteps() as steps:
+        losses = engine.ppo_epochs(rollout)
+    assert steps.count == 3
+    assert engine.scheduler.last_epoch == 3
+    assert set(losses) == {"policy_loss", "value_loss", "clip_fraction"}
+    assert any(not torch.equal(b, p) for b, p in zip(before, params, strict=True))
+
+
+# --- toy runs ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["causal", "t5"])
+def test_toy_run_raises_the_reward_with_bounded_kl(tiny, family, sigterm_restored):
+    with OptimizerSteps() as steps:
+        history, paths = run_toy(tiny, family, f"learn_{family}")
+    rewards = [row["reward"] for row in history]
+    kls = [row["kl"] for row in history]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    print(f"{family}: reward first 5 steps {first:.3f}, last 5 {last:.3f}; max KL {max(kls):.3f}; "
+          f"eval rewards {[row['eval_reward'] for row in history if row['eval_reward'] is not None]}")  # fmt: skip
+    assert len(history) == 30
+    assert last > first + 0.25 and last > 3 * first
+    assert max(kls) < 5.0  # far from the early-stop threshold 10
+    assert steps.count == 30 * 4  # one optimiser step per PPO epoch
+
+    # the log: one row per step, per-function rewards in spec order adding up to the total
+    table = pq.read_table(paths["output"] / "training_log.parquet")
+    assert table.schema.equals(PPO_LOG)
+    log = table.to_pandas()
+    assert log["step"].tolist() == list(range(1, 31))
+    assert log["episodes"].tolist() == [32 * s for s in range(1, 31)]
+    for row in history:
+        assert [r["name"] for r in row["rewards"]] == ["dog", "cat", "the"]
+        assert sum(r["value"] for r in row["rewards"]) == pytest.approx(row["reward"])
+        assert {s["name"] for s in row["statistics"]} == {"dog/count", "cat/count", "the/count"}
+    assert log["kl_coef"].eq(0.3).all()
+    assert log["eval_reward"].notna().tolist() == [(s % 15 == 0) for s in range(1, 31)]
+    # linear schedule, no warm-up, 120 optimiser steps: step s starts at lr * (1 - 4 (s - 1) / 120)
+    lr = FAMILIES[family]["learning_rate"]
+    assert log["learning_rate"].tolist() == pytest.approx([lr * (1 - 4 * s / 120) for s in range(30)])
+
+    # the outputs: a trained policy that loads, a value model with its head, the summary
+    model_class = AutoModelForCausalLM if family == "causal" else AutoModelForSeq2SeqLM
+    trained = model_class.from_pretrained(paths["output"])
+    initial = model_class.from_pretrained(tiny[family])
+    assert any(not torch.equal(a, b) for a, b in zip(trained.parameters(), initial.parameters(), strict=True))
+    assert AutoTokenizer.from_pretrained(paths["output"]).pad_token == "<pad>"
+    backbone, head = load_value_model(str(paths["value"]))
+    saved_head = load_file(paths["value"] / VALUE_HEAD_FILE)
+    assert torch.equal(head.model[0].weight, saved_head["model.0.weight"])
+    assert backbone.config.hidden_size == 32
+    summary = json.loads((paths["output"] / META_FILE).read_text())
+    assert summary["steps"] == 30 and summary["stopped_early"] is False
+    assert summary["family"] == {"causal": "causal", "t5": "seq2seq"}[family]
+    assert not paths["work"].exists()  # checkpoints removed once the outputs are written
+
+
+def test_resume_after_sigterm_equals_an_uninterrupted_run(tiny, sigterm_restored):
+    """T5 (dropout on during the PPO epochs): SIGTERM after step 3 saves a checkpoint and exits 143; the rerun
+    resumes there and ends with the same weights and log as a run that was never interrupted."""
+    six_steps = {"total_episodes": 6 * 32, "save_every": 2, "eval_every": 100}
+    reference, reference_paths = run_toy(tiny, "t5", "uninterrupted", **six_steps)
+
+    def interrupt(row):
+        if row["step"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    root = tiny["root"] / "interrupted"
+    config = PPOConfig(**{**TOY, **FAMILIES["t5"], **six_steps})
+    args = (str(tiny["prompts"]), str(tiny["t5"]), str(tiny["t5"]), REWARD_SPEC, str(root / "policy"),
+            str(root / "value"), str(root / "work"), config)  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        train_ppo(*args, eval_prompts_path=str(tiny["prompts"]), on_step=interrupt)
+    assert exit_info.value.code == 143
+    assert (root / "work" / "checkpoint-00000003" / "trainer_state.json").is_file()
+    assert not (root / "policy").exists()
+    steps_run = []
+    resumed = train_ppo(*args, eval_prompts_path=str(tiny["prompts"]), on_step=lambda r: steps_run.append(r["step"]))
+    assert steps_run == [4, 5, 6]  # it resumed (a fresh start would also end equal: same seed)
+    assert resumed == reference
+    for directory, name in (("policy", "model.safetensors"), ("value", "model.safetensors"),
+                            ("value", VALUE_HEAD_FILE)):  # fmt: skip
+        want = load_file(reference_paths["output" if directory == "policy" else "value"] / name)
+        got = load_file(root / directory / name)
+        assert want.keys() == got.keys()
+        for key in want:
+            assert torch.equal(want[key], got[key]), (directory, key)
+
+
+def test_two_processes_through_the_cli(tiny, repo_root):
+    """`launch --processes 2 -- train-ppo` (DDP over gloo, statistics across processes), reward spec from a file."""
+    root = tiny["root"] / "two_processes"
+    root.mkdir()
+    spec = root / "rewards.json"
+    spec.write_text(json.dumps(REWARD_SPEC))
+    hparams = {**TOY, **FAMILIES["causal"], "total_episodes": 64, "minibatch_size": 4}
+    command = [
+        sys.executable, "-m", "feedbackflow", "launch", "--processes", "2", "--", "train-ppo",
+        "--prompts", str(tiny["prompts"]), "--policy", str(tiny["causal"]), "--reward-spec", str(spec),
+        "--output", str(root / "policy"), "--value-output", str(root / "value"), "--work-dir", str(root / "work"),
+        "--threads", "2", "--hparams", json.dumps(hparams),
+    ]  # fmt: skip
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = pd.read_parquet(root / "policy" / "training_log.parquet")
+    assert log["step"].tolist() == [1, 2] and log["episodes"].tolist() == [32, 64]
+    assert json.loads((root / "policy" / META_FILE).read_text())["processes"] == 2
+    assert log["response_length"].between(1, 8).all() and log["kl"].notna().all()
