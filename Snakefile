@@ -32,12 +32,19 @@ if "rrhf" in config:
     include: "workflow/rules/rrhf.smk"
 
 
+if "qa_feedback" in config:
+
+    include: "workflow/rules/qa_feedback.smk"
+
+
 # Quick CPU-only jobs run where Snakemake runs, never on a cluster node: conversion, the tiny-scale builders and
 # the reports (each module names its own). Training, sampling, scoring and evaluation go to a cluster executor.
 localrules:
     all,
     make_synthetic_data,
     build_tiny_models,
+    make_synthetic_qa_feedback,
+    build_tiny_qa_model,
     convert_preferences,
     convert_dsp_domain,
 

@@ -83,3 +83,29 @@ def test_unknown_dataset_reference_names_the_config_key(finished_run, tmp_path):
     assert result.returncode != 0
     assert "dsp.eval_sets.helpful" in result.stdout + result.stderr
     assert "hh_helpfull_test" in result.stdout + result.stderr
+
+
+def test_qa_feedback_dag_is_wired(finished_run):
+    """The Fine-Grained RLHF rules plan the whole chain on request (not yet part of the default run): the data, SFT,
+    four reward models, mean/std of the sequence RMs, both PPO variants with their reward specs, evaluation."""
+    result = snakemake(finished_run, "-n", "-p", "results/qa_feedback/metrics.parquet")
+    assert planned_jobs(result.stdout) == {
+        "make_synthetic_qa_feedback": 1,
+        "build_tiny_qa_model": 2,
+        "convert_qa_prompts": 4,
+        "convert_qa_feedback": 2,
+        "train_qa_sft": 1,
+        "train_qa_reward_model": 4,
+        "qa_reward_mean_std": 2,
+        "train_qa_ppo": 2,
+        "evaluate_qa_policy": 3,
+        "qa_metrics": 1,
+    }
+    commands = [line for line in result.stdout.splitlines() if "train-ppo" in line]
+    fine = next(c for c in commands if "models/fine_grained " in c or "models/fine_grained'" in c)
+    holistic = next(c for c in commands if "models/holistic " in c or "models/holistic'" in c)
+    for reward in ("qa_relevance", "qa_factuality", "qa_completeness", "completeness.mean_std.json"):
+        assert reward in fine
+    assert '"type": "preference"' in holistic and "preference.mean_std.json" in holistic
+    assert '"kl_coef": 0.3' in fine and '"lam": 0.95' in fine
+    assert '"kl_coef": 0.2' in holistic and '"lam": 0.99' in holistic

@@ -116,17 +116,48 @@ def rrhf_trainer_hparams(section):
     return hparams({"seed": config["seed"], **values})
 
 
+def qa_ppo_reward_spec(variant):
+    """The PPO reward spec (ppo_rewards) of a qa-feedback variant: R1 + R2 + R3, or the holistic preference RM."""
+    qa = config["qa_feedback"]
+    rewards = qa["rewards"]
+    models = f"{RESULTS}/qa_feedback/models"
+    common = {"max_length": rewards.get("max_length", 2048)}
+
+    def mean_std(name):
+        # the configured mean/std (e.g. the published ones) when given, else the reward-mean-std stage's file
+        given = rewards[name]
+        return dict(given) if "mean" in given else {**given, "mean_std": f"{models}/{name}.mean_std.json"}
+    if variant == "holistic":
+        return [{"type": "preference", "model": f"{models}/preference", **mean_std("preference"), **common}]
+    return [
+        {"type": "qa_relevance", "name": "relevance", "model": f"{models}/relevance", **rewards["relevance"], **common},
+        {"type": "qa_factuality", "name": "factuality", "model": f"{models}/factuality", **rewards["factuality"],
+         **common},
+        {"type": "qa_completeness", "name": "completeness", "model": f"{models}/completeness",
+         **mean_std("completeness"), **common},
+    ]
+
+
+def qa_ppo_reward_inputs(variant):
+    """The reward-model directories and mean/std files a PPO variant reads."""
+    return [entry[key] for entry in qa_ppo_reward_spec(variant) for key in ("model", "mean_std") if key in entry]
+
+
 def final_outputs():
     outputs = []
     if "dsp" in config["experiments"]:
         outputs += [f"{RESULTS}/dsp/metrics.parquet", f"{RESULTS}/dsp/metrics.md", f"{RESULTS}/dsp/accuracy.png"]
     if "rrhf" in config["experiments"]:
         outputs += [f"{RESULTS}/rrhf/metrics.parquet", f"{RESULTS}/rrhf/metrics.md"]
+    if "qa_feedback" in config["experiments"]:
+        outputs += [f"{RESULTS}/qa_feedback/metrics.parquet", f"{RESULTS}/qa_feedback/metrics.md"]
     return outputs
 
 
 if "dsp" in config["experiments"] and "dsp" not in config:
     raise ValueError("config: experiments lists dsp but there is no `dsp` section")
+if "qa_feedback" in config["experiments"] and "qa_feedback" not in config:
+    raise ValueError("config: experiments lists qa_feedback but there is no `qa_feedback` section")
 if "rrhf" in config["experiments"] and "rrhf" not in config:
     raise ValueError("config: experiments lists rrhf but there is no `rrhf` section")
 if "dsp" in config:

@@ -44,3 +44,51 @@ rule build_tiny_models:
     shell:
         "python -m feedbackflow build-tiny-models --corpus {input.corpus:q} --output-dir {output:q} "
         "--hparams {params.hparams:q} > {log:q} 2>&1"
+
+
+rule make_synthetic_qa_feedback:
+    output:
+        sft_train=f"{TINY_RAW}/qa_feedback/train_1k.json",
+        ppo_train=f"{TINY_RAW}/qa_feedback/train.json",
+        dev=f"{TINY_RAW}/qa_feedback/dev.json",
+        test=f"{TINY_RAW}/qa_feedback/test.json",
+        train_feedback=f"{TINY_RAW}/qa_feedback/train_feedback.json",
+        dev_feedback=f"{TINY_RAW}/qa_feedback/dev_feedback.json",
+        corpus=f"{TINY_RAW}/qa_feedback/corpus.txt",
+    params:
+        hparams=hparams({"seed": config["seed"], **config.get("tiny", {}).get("qa_feedback", {})}),
+        output_dir=lambda wildcards, output: os.path.dirname(output.corpus),
+    threads: job_threads("cpu")
+    resources:
+        **job_resources("cpu"),
+    log:
+        f"{RESULTS}/logs/tiny/make_synthetic_qa_feedback.log",
+    conda:
+        "../envs/feedbackflow.yaml"
+    shell:
+        "python -m feedbackflow make-synthetic-qa-feedback --output-dir {params.output_dir:q} "
+        "--hparams {params.hparams:q} > {log:q} 2>&1"
+
+
+# qa-feedback: a T5 (policy and value body) and a Longformer (reward-model body), each with the tokenizer trained on
+# the qa-feedback corpus (the same corpus and settings give the same tokenizer).
+rule build_tiny_qa_model:
+    input:
+        corpus=f"{TINY_RAW}/qa_feedback/corpus.txt",
+    output:
+        directory(f"{TINY_MODELS}/qa_{{architecture}}"),
+    wildcard_constraints:
+        architecture="t5|longformer",
+    params:
+        architecture=lambda wildcards: {"t5": "seq2seq", "longformer": "longformer"}[wildcards.architecture],
+        hparams=hparams({"seed": config["seed"], **config.get("tiny", {}).get("qa_model", {})}),
+    threads: job_threads("cpu")
+    resources:
+        **job_resources("cpu"),
+    log:
+        f"{RESULTS}/logs/tiny/build_tiny_qa_{{architecture}}.log",
+    conda:
+        "../envs/feedbackflow.yaml"
+    shell:
+        "python -m feedbackflow build-tiny-models --corpus {input.corpus:q} --output-dir {output:q} "
+        "--architecture {params.architecture} --hparams {params.hparams:q} > {log:q} 2>&1"
