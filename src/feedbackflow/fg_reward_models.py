@@ -104,6 +104,16 @@ def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
     return input_ids, attention_mask
 
 
+def token_classifier_inputs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, separators: torch.Tensor):
+    """Forward arguments of a token classifier: local (windowed) attention only, as the paper's Longformer RMs.
+
+    `separators` (bool, same shape) marks the label-carrying tokens. Global attention on them would let a separator
+    see passages outside the window (R2 at tiny scale, where the window is small); tried, a tiny Longformer then
+    learned markedly worse in the same number of steps (its global projections start untrained), so it is not used.
+    """
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
 def load_fg_reward_model(path: str | os.PathLike, kind: str, dtype: torch.dtype | None = None):
     """(model, tokenizer) of `kind` from a trained directory or a base encoder (new head, seeded by the caller)."""
     if kind not in KINDS:
@@ -133,7 +143,11 @@ def segment_error_predictions(model, tokenizer, inputs: list[SegmentInput], batc
     for start in range(0, len(inputs), batch_size):
         chunk = inputs[start : start + batch_size]
         input_ids, attention_mask = pad_batch([c.input_ids for c in chunk], pad_id(tokenizer))
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        separators = torch.zeros_like(input_ids, dtype=torch.bool)
+        for row, c in enumerate(chunk):
+            separators[row, c.separator_positions] = True
+        forward = token_classifier_inputs(model, input_ids.to(device), attention_mask.to(device), separators.to(device))
+        logits = model(**forward).logits
         labels = logits.argmax(-1).cpu()
         out.extend(labels[row, c.separator_positions].tolist() for row, c in enumerate(chunk))
     return out

@@ -42,7 +42,9 @@ from feedbackflow.fg_reward_models import (
     pad_batch,
     pad_id,
     segment_error_predictions,
+    separator_id,
     sequence_scores,
+    token_classifier_inputs,
 )
 from feedbackflow.formats import (
     PREFERENCE_LISTS,
@@ -158,20 +160,23 @@ def pair_examples(path: str, tokenizer, config: FGRewardTrainingConfig) -> list[
     return out
 
 
-def token_loss_sum(model, items: list, pad: int, device) -> torch.Tensor:
-    """Summed cross-entropy over the labelled separators of a micro batch."""
+def token_loss_sum(model, items: list, pad: int, device, separator: int | None = None) -> torch.Tensor:
+    """Summed cross-entropy over the labelled separators of a micro batch (`separator`: its token id, for global
+    attention; default: the labelled positions)."""
     input_ids, attention_mask = pad_batch([ids for ids, _ in items], pad)
     labels = torch.full_like(input_ids, IGNORE)
     for row, (_, targets) in enumerate(items):
         for position, label in targets:
             labels[row, position] = label
-    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+    separators = input_ids == separator if separator is not None else labels != IGNORE
+    inputs = token_classifier_inputs(model, input_ids.to(device), attention_mask.to(device), separators.to(device))
+    logits = model(**inputs).logits
     return F.cross_entropy(
         logits.float().flatten(0, 1), labels.to(device).flatten(), ignore_index=IGNORE, reduction="sum"
     )
 
 
-def pair_loss_sum(model, items: list, pad: int, device) -> torch.Tensor:
+def pair_loss_sum(model, items: list, pad: int, device, separator: int | None = None) -> torch.Tensor:
     """Summed pairwise loss -log sigmoid(s_preferred - s_other) of a micro batch."""
     input_ids, attention_mask = pad_batch([ids for pair in items for ids in pair], pad)
     scores = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits[:, 0]
@@ -232,6 +237,7 @@ def train_fg_reward_model(
         )
     pad = pad_id(tokenizer)
     loss_sum = token_loss_sum if config.kind == "token" else pair_loss_sum
+    separator = separator_id(tokenizer, config.separator) if config.kind == "token" else None
     stop = StopSignal()
     model.train()
     for step in range(start_step, total_steps):
@@ -242,7 +248,7 @@ def train_fg_reward_model(
         for start in range(0, len(mine), config.micro_batch_size):
             micro = [items[i] for i in mine[start : start + config.micro_batch_size]]
             with accelerator.accumulate(model):
-                loss = loss_sum(model, micro, pad, accelerator.device) / count
+                loss = loss_sum(model, micro, pad, accelerator.device, separator) / count
                 backward_micro_batch(accelerator, model, optimizer, loss, accumulation, config.max_grad_norm)
             total += loss.detach()
         learning_rate = scheduler.get_last_lr()[0]
