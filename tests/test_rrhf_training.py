@@ -27,8 +27,15 @@ from feedbackflow.rrhf_training import (
     RankedBatchPlan,
     RankedQueries,
     RRHFTrainingConfig,
+    length_bucketed,
     load_ranked_responses,
     micro_batch_loss,
+    padded_token_logprobs,
+    query_tokens,
+    shared_prompt_attention_mask,
+    shared_prompt_rows,
+    shared_prompt_token_logprobs,
+    supports_prompt_sharing,
     tokenize_ranked,
 )
 from feedbackflow.tiny_models import TinyModelConfig, build_tiny_models
@@ -163,7 +170,7 @@ def runs(tiny) -> dict:
 class FixedLogits(torch.nn.Module):
     """A stand-in causal LM over a vocabulary of 2 with logits [0, ln 3] everywhere: p(0) = 1/4, p(1) = 3/4."""
 
-    def forward(self, input_ids, attention_mask, use_cache=False):
+    def forward(self, input_ids, attention_mask, use_cache=False, position_ids=None):
         logits = torch.tensor([0.0, math.log(3.0)]).expand(*input_ids.shape, 2)
 
         class Output:
@@ -174,22 +181,145 @@ class FixedLogits(torch.nn.Module):
         return output
 
 
-def test_micro_batch_loss_masks_the_prompt_and_takes_sft_on_the_best_response():
-    # query 0: context [1, 0] (bos + prompt), response a = [0, 1, 1] (score 1), response b = [1] (score 0)
-    # query 1: context [1], response c = [1, 1] (score 0.5), response d = [0] (score 0.5): a tie
-    plan = RankedBatchPlan(
-        token_ids=[[[1, 0, 0, 1, 1], [1, 0, 1]], [[1, 1, 1], [1, 0]]],
-        scores=[[1.0, 0.0], [0.5, 0.5]],
-        steps_per_epoch=1,
-        prompt_lengths=[2, 1],
-    )
+# query 0: context [1, 0] (bos + prompt), response a = [0, 1, 1] (score 1), response b = [1] (score 0)
+# query 1: context [1], response c = [1, 1] (score 0.5), response d = [0] (score 0.5): a tie
+LITERAL_PLAN = RankedBatchPlan(
+    token_ids=[[[1, 0, 0, 1, 1], [1, 0, 1]], [[1, 1, 1], [1, 0]]],
+    scores=[[1.0, 0.0], [0.5, 0.5]],
+    steps_per_epoch=1,
+    prompt_lengths=[2, 1],
+)
+
+
+@pytest.mark.parametrize("share_prompt", [False, True], ids=["padded", "shared-prompt"])
+def test_micro_batch_loss_masks_the_prompt_and_takes_sft_on_the_best_response(share_prompt):
     config = RRHFTrainingConfig(length_penalty=1.0)
-    rank_sum, sft_sum = micro_batch_loss(FixedLogits(), plan, [0, 1], config, pad_id=0, device=torch.device("cpu"))
+    rank_sum, sft_sum = micro_batch_loss(
+        FixedLogits(), LITERAL_PLAN, [0, 1], config, pad_id=0, device=torch.device("cpu"), share_prompt=share_prompt
+    )
     # p_a = (ln 1/4 + 2 ln 3/4) / 3 = ln(9/64) / 3 = -0.65368; p_b = ln(3/4) / 1 = -0.28768 (prompt tokens excluded)
     # query 0: r_b < r_a, max(0, p_b - p_a) = ln(3/4) - ln(9/64) / 3 = 0.36600; query 1: a tie, no pair
     torch.testing.assert_close(rank_sum, torch.tensor(math.log(3 / 4) - math.log(9 / 64) / 3))
     # SFT: query 0 on a (best): -ln(9/64) / 3 = 0.65368; query 1 on c (first of the tied best): -2 ln(3/4) / 2
     torch.testing.assert_close(sft_sum, torch.tensor(-math.log(9 / 64) / 3 - math.log(3 / 4)))
+
+
+def test_shared_prompt_rows_hold_each_context_once_and_continue_its_positions():
+    rows = shared_prompt_rows(LITERAL_PLAN, [0, 1], pad_id=9)
+    # row 0: context [1, 0], a = [0, 1, 1] at positions 2-4, b = [1] at position 2 again (it follows the context)
+    # row 1: context [1], c = [1, 1] at positions 1-2, d = [0] at position 1, then 2 pads (9) to width 6
+    assert rows.input_ids.tolist() == [[1, 0, 0, 1, 1, 1], [1, 1, 1, 0, 9, 9]]
+    assert rows.position_ids.tolist() == [[0, 1, 2, 3, 4, 2], [0, 1, 2, 1, 0, 0]]
+    assert rows.segments.tolist() == [[0, 0, 1, 1, 1, 2], [0, 1, 1, 2, -1, -1]]
+    assert rows.row_lengths() == [6, 4]
+    # response tokens in order a0 a1 a2 b0 | c0 c1 d0; a response's first token is predicted from the context's
+    # last position (row 0: 1; row 1: 0), the others from the position before them
+    assert rows.token_row.tolist() == [0, 0, 0, 0, 1, 1, 1]
+    assert rows.token_position.tolist() == [2, 3, 4, 5, 1, 2, 3]
+    assert rows.token_source.tolist() == [1, 2, 3, 1, 0, 1, 0]
+    assert rows.token_sequence.tolist() == [0, 0, 0, 1, 2, 2, 3]  # a, b, c, d: the flattened sequences
+    assert rows.token_column.tolist() == [1, 2, 3, 1, 1, 2, 1]
+    assert (rows.sequences, rows.columns) == (4, 4)  # 1 + the longest response (a: 3 tokens)
+    wrong = RankedBatchPlan([[[1, 0, 5, 1], [1, 4, 6, 1]]], [[1.0, 0.0]], 1, prompt_lengths=[2])
+    with pytest.raises(ValueError, match="response 1 does not start with the query's context"):
+        shared_prompt_rows(wrong, [0], pad_id=9)  # contexts [1, 0] and [1, 4] differ: nothing to share
+
+
+def test_shared_prompt_attention_mask_lets_a_response_see_the_context_and_itself_only():
+    mask = shared_prompt_attention_mask(torch.tensor([[0, 0, 1, 1, 1, 2], [0, 1, 1, 2, -1, -1]]))
+    assert mask.shape == (2, 1, 6, 6)
+    # key j visible from query i when j <= i and j is context (segment 0) or in i's segment
+    assert mask[0, 0].int().tolist() == [
+        [1, 0, 0, 0, 0, 0],  # context
+        [1, 1, 0, 0, 0, 0],  # context
+        [1, 1, 1, 0, 0, 0],  # a0
+        [1, 1, 1, 1, 0, 0],  # a1
+        [1, 1, 1, 1, 1, 0],  # a2
+        [1, 1, 0, 0, 0, 1],  # b0: the context and itself, not a
+    ]
+    assert mask[1, 0].int().tolist() == [
+        [1, 0, 0, 0, 0, 0],  # context
+        [1, 1, 0, 0, 0, 0],  # c0
+        [1, 1, 1, 0, 0, 0],  # c1
+        [1, 0, 0, 1, 0, 0],  # d0: the context and itself, not c
+        [1, 0, 0, 0, 1, 0],  # padding: the context and padding, never an empty row
+        [1, 0, 0, 0, 1, 1],
+    ]
+
+
+# Three queries with contexts of 3, 1 and 5 tokens and responses of different lengths (eos = 1 last).
+VARIED_PLAN = RankedBatchPlan(
+    token_ids=[
+        [[0, 7, 8, 12, 13, 14, 1], [0, 7, 8, 20, 1], [0, 7, 8, 30, 31, 32, 33, 34, 1]],
+        [[0, 5, 1], [0, 6, 6, 6, 1], [0, 9, 10, 1]],
+        [[0, 21, 22, 23, 24, 15, 16, 1], [0, 21, 22, 23, 24, 17, 1], [0, 21, 22, 23, 24, 25, 26, 27, 28, 29, 1]],
+    ],
+    scores=[[0.2, 0.9, -1.0], [0.5, 0.1, 0.3], [1.0, -0.5, 0.0]],
+    steps_per_epoch=1,
+    prompt_lengths=[3, 1, 5],
+)
+
+
+def tiny_llama(attention: str) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=64, attn_implementation=attention,
+    )  # fmt: skip
+    return LlamaForCausalLM(config).float().train()
+
+
+def gradients(model: torch.nn.Module, losses: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    model.zero_grad()
+    sum(rank + sft for rank, sft in losses).backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_shared_prompt_log_probs_and_gradients_equal_the_full_sequence_forward(attention):
+    model, device, indices = tiny_llama(attention), torch.device("cpu"), [0, 1, 2]
+    assert supports_prompt_sharing(model) and not supports_prompt_sharing(FixedLogits())  # no config: padded
+    full_logp, full_mask = padded_token_logprobs(model, VARIED_PLAN, indices, pad_id=2, device=device)
+    shared_logp, shared_mask = shared_prompt_token_logprobs(model, shared_prompt_rows(VARIED_PLAN, indices, 2), device)
+    lengths = [len(ids) - VARIED_PLAN.prompt_lengths[q] for q in indices for ids in VARIED_PLAN.token_ids[q]]
+    assert shared_mask.sum(dim=1).tolist() == full_mask.sum(dim=1).tolist() == lengths
+    for s, n in enumerate(lengths):  # the same response tokens, in order: columns 1..n against the masked positions
+        torch.testing.assert_close(shared_logp[s, 1 : n + 1], full_logp[s][full_mask[s]], atol=1e-5, rtol=0)
+    config = RRHFTrainingConfig()
+    full = micro_batch_loss(model, VARIED_PLAN, indices, config, 2, device, share_prompt=False)
+    shared = micro_batch_loss(model, VARIED_PLAN, indices, config, 2, device, share_prompt=True)
+    assert full[0].item() > 0  # some pair is out of order in the random model: the ranking term has a gradient
+    torch.testing.assert_close(torch.stack(shared), torch.stack(full), atol=1e-5, rtol=0)
+    for got, expected in zip(gradients(model, [shared]), gradients(model, [full]), strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_query_tokens_count_the_positions_of_either_layout():
+    # query 0: context 2 + responses 3 and 1 = 6 shared; 2 sequences padded to the longest (5) = 10
+    # query 1: context 1 + responses 2 and 1 = 4 shared; 2 x 3 = 6 padded
+    assert [query_tokens(LITERAL_PLAN, q, share_prompt=True) for q in (0, 1)] == [6, 4]
+    assert [query_tokens(LITERAL_PLAN, q, share_prompt=False) for q in (0, 1)] == [10, 6]
+
+
+def test_length_bucketing_groups_similar_lengths_and_keeps_the_loss_and_gradient():
+    # stable sort by length: 3 (10), 1 (10), 5 (20), 7 (30), 9 (40); cut into 2s
+    assert length_bucketed([7, 3, 5, 1, 9], [30, 10, 20, 10, 40], 2) == [[3, 1], [5, 7], [9]]
+    model, config, device = tiny_llama("sdpa"), RRHFTrainingConfig(), torch.device("cpu")
+    indices = [2, 0, 1]
+    lengths = [query_tokens(VARIED_PLAN, q, share_prompt=True) for q in indices]
+    # context + response tokens (eos included): query 2: 5 + 3 + 2 + 6 = 16; query 0: 3 + 4 + 2 + 6 = 15;
+    # query 1: 1 + 2 + 4 + 3 = 10; sorted 1, 0, 2 and cut into 2s
+    assert lengths == [16, 15, 10]
+    buckets = length_bucketed(indices, lengths, 2)
+    assert buckets == [[1, 0], [2]]
+    whole = [micro_batch_loss(model, VARIED_PLAN, indices, config, 2, device)]
+    bucketed = [micro_batch_loss(model, VARIED_PLAN, micro, config, 2, device) for micro in buckets]
+    for part in (0, 1):  # ranking and SFT sums
+        torch.testing.assert_close(sum(b[part] for b in bucketed), whole[0][part], atol=1e-6, rtol=0)
+    for got, expected in zip(gradients(model, bucketed), gradients(model, whole), strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,20 @@ scores of different lengths, an empty (or whitespace-only) response, a non-finit
 2 responses. Errors name the file, the record (the 0-based row index in that file) and the field.
 
 One optimiser step sees `batch_size` queries (global, over all processes); a micro batch of `micro_batch_size`
-queries is one forward pass over all their responses (right-padded). The step's loss is the mean over its queries of
-the per-query loss L = rrhf_weight * L_rank + L_sft (see `rrhf_losses`), whatever the micro-batch size and process
-count, so a 2-process run follows the same curve as a 1-process run. Queries are shuffled per epoch from the seed; an
+queries is one forward pass over all their responses. The step's loss is the mean over its queries of the per-query
+loss L = rrhf_weight * L_rank + L_sft (see `rrhf_losses`), whatever the micro-batch size and process count, so a
+2-process run follows the same curve as a 1-process run.
+
+Layout of a forward pass (speed only; the log-probabilities are those of the full sequences): all responses of a
+query share its context, so a query is ONE row holding the context once and then each response in turn (prompt
+sharing, `shared_prompt_rows`): a custom 4D attention mask lets a response token attend to the context and to the
+earlier tokens of its own response only, and position ids restart after the context for every response, so each
+token sees exactly the prefix and positions it has in its full sequence (equal to the full-sequence forward up to
+float rounding; tests check log-probs and gradients). This costs one context instead of one per response and pads
+only rows to the longest of the micro batch. It needs an attention implementation that takes a 4D mask (sdpa or
+eager); otherwise every response is its own full sequence, right-padded (the original code's layout). A process's
+queries of a step are sorted by length before they are cut into micro batches (`length_bucketed`), so a micro batch
+pads little; only the grouping changes, not the loss. Queries are shuffled per epoch from the seed; an
 incomplete last batch of an epoch is dropped. Checkpoints go to `--work-dir`; a rerun resumes from the last one, and
 SIGTERM saves one at the current step and exits 143. The weights are kept in float32 (mixed precision only changes
 the compute dtype). The output is a causal-LM directory (`save_pretrained` + tokenizer), `training_log.parquet` and
@@ -32,7 +43,8 @@ import sys
 from dataclasses import dataclass, field
 
 import torch
-from accelerate.utils import set_seed
+import torch.nn.functional as F
+from accelerate.utils import extract_model_from_parallel, set_seed
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, get_scheduler
 
 from feedbackflow.checkpoints import CheckpointStore, StopSignal, fingerprint_of
@@ -189,6 +201,146 @@ def response_mask_of(plan: RankedBatchPlan, indices: list[int], attention_mask: 
     return mask
 
 
+def padded_token_logprobs(
+    model: torch.nn.Module, plan: RankedBatchPlan, indices: list[int], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token log-probs, response mask), both (sequences, len): one forward over every response of `indices` as its
+    own full sequence (context + response), right-padded to the longest (the original RRHF code's layout)."""
+    sequences = [ids for q in indices for ids in plan.token_ids[q]]
+    input_ids, attention_mask = pad_right(sequences, pad_id)
+    response_mask = response_mask_of(plan, indices, attention_mask).to(device)
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    return token_logprobs(logits, input_ids), response_mask
+
+
+@dataclass
+class SharedPromptRows:
+    """Prompt sharing: one row per query holding its context once, then every response (ids + eos) in turn.
+
+    `segments` is 0 on the context, k + 1 on response k and -1 on padding; a response attends causally to the
+    context and to itself only, and its positions continue the context's, so each response token sees exactly the
+    prefix (bos + prompt + its response so far) and positions of its full sequence. The `token_*` tensors list every
+    response token: its row and position, the position whose logits predict it (the context's last for a response's
+    first token), and its place in the response-aligned output (flattened sequence, 1-based column).
+    """
+
+    input_ids: torch.Tensor  # (queries, width), right-padded
+    position_ids: torch.Tensor  # (queries, width)
+    segments: torch.Tensor  # (queries, width)
+    token_row: torch.Tensor  # (tokens,)
+    token_position: torch.Tensor
+    token_source: torch.Tensor
+    token_sequence: torch.Tensor
+    token_column: torch.Tensor
+    sequences: int
+    columns: int  # 1 + the longest response (with eos)
+
+    def row_lengths(self) -> list[int]:
+        return (self.segments >= 0).sum(dim=1).tolist()
+
+
+def shared_prompt_rows(plan: RankedBatchPlan, indices: list[int], pad_id: int) -> SharedPromptRows:
+    """The prompt-sharing layout of the queries `indices` (see `SharedPromptRows`)."""
+    rows, positions, segments = [], [], []
+    token = {name: [] for name in ("row", "position", "source", "sequence", "column")}
+    sequence, columns = 0, 1
+    for row, q in enumerate(indices):
+        context = plan.prompt_lengths[q]
+        ids, pos, seg = list(plan.token_ids[q][0][:context]), list(range(context)), [0] * context
+        for k, full in enumerate(plan.token_ids[q]):
+            if full[:context] != ids[:context]:
+                raise ValueError(f"query {q}: response {k} does not start with the query's context")
+            response = full[context:]
+            start = len(ids)
+            ids += response
+            pos += range(context, context + len(response))
+            seg += [k + 1] * len(response)
+            token["row"] += [row] * len(response)
+            token["position"] += range(start, start + len(response))
+            token["source"] += [context - 1, *range(start, start + len(response) - 1)]
+            token["sequence"] += [sequence] * len(response)
+            token["column"] += range(1, len(response) + 1)
+            sequence += 1
+            columns = max(columns, len(response) + 1)
+        rows.append(ids)
+        positions.append(pos)
+        segments.append(seg)
+    width = max(len(ids) for ids in rows)
+
+    def padded(values: list[list[int]], fill: int) -> torch.Tensor:
+        return torch.tensor([v + [fill] * (width - len(v)) for v in values], dtype=torch.long)
+
+    return SharedPromptRows(
+        padded(rows, pad_id),
+        padded(positions, 0),
+        padded(segments, -1),
+        *(torch.tensor(token[name], dtype=torch.long) for name in token),
+        sequences=sequence,
+        columns=columns,
+    )
+
+
+def shared_prompt_attention_mask(segments: torch.Tensor) -> torch.Tensor:
+    """(rows, 1, width, width) True where query position i may attend to key position j: j <= i and j is in the
+    context or in i's own segment (padding, segment -1, sees the context and padding: no empty softmax row)."""
+    width = segments.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=segments.device).tril()
+    keys, queries = segments[:, None, :], segments[:, :, None]
+    return (causal & ((keys == 0) | (keys == queries)))[:, None]
+
+
+PROMPT_SHARING_ATTENTION = ("sdpa", "eager")  # implementations that take a custom 4D mask
+
+
+def supports_prompt_sharing(model: torch.nn.Module) -> bool:
+    """True for a transformers model whose attention implementation takes a custom 4D mask (sdpa, eager)."""
+    config = getattr(extract_model_from_parallel(model), "config", None)
+    return getattr(config, "_attn_implementation", None) in PROMPT_SHARING_ATTENTION
+
+
+def shared_prompt_token_logprobs(
+    model: torch.nn.Module, rows: SharedPromptRows, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token log-probs, response mask), both (sequences, 1 + longest response): one forward over the prompt-sharing
+    rows; column 0 stands for the context (never a response token), column t for a response's token t."""
+    visible = shared_prompt_attention_mask(rows.segments).to(device)
+    config = getattr(extract_model_from_parallel(model), "config", None)
+    if getattr(config, "_attn_implementation", None) == "eager":  # eager adds the mask to the attention scores
+        dtype = next(model.parameters()).dtype
+        visible = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill(~visible, torch.finfo(dtype).min)
+    input_ids = rows.input_ids.to(device)
+    logits = model(
+        input_ids=input_ids, attention_mask=visible, position_ids=rows.position_ids.to(device), use_cache=False
+    ).logits
+    row, position, source = (t.to(device) for t in (rows.token_row, rows.token_position, rows.token_source))
+    nll = F.cross_entropy(logits[row, source].float(), input_ids[row, position], reduction="none")
+    where = (rows.token_sequence.to(device), rows.token_column.to(device))
+    token_logp = torch.zeros((rows.sequences, rows.columns), dtype=nll.dtype, device=device).index_put(where, -nll)
+    response_mask = torch.zeros(token_logp.shape, dtype=torch.bool, device=device).index_put(
+        where, torch.ones_like(nll, dtype=torch.bool)
+    )
+    return token_logp, response_mask
+
+
+def ranked_losses(
+    token_logp: torch.Tensor, response_mask: torch.Tensor, scores: list[list[float]], length_penalty: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed per-query ranking and SFT losses from the token log-probs of the flattened responses of the queries
+    whose `scores` are given (rows in query order), whatever the layout they came from."""
+    device = token_logp.device
+    rewards, mask = pad_scores(scores)
+    rewards, mask = rewards.to(device), mask.to(device)
+    sum_logp, lengths = response_logprob_sums(token_logp, response_mask)
+    p_flat = length_normalised_scores(sum_logp, lengths, length_penalty)
+    p = torch.zeros(mask.shape, dtype=p_flat.dtype, device=device).masked_scatter(mask, p_flat)
+    _, rank_sum = rrhf_rank_loss(p, rewards, mask)
+    first_row = torch.cumsum(mask.sum(dim=1), dim=0) - mask.sum(dim=1)
+    best_rows = first_row + best_response_index(rewards, mask)
+    _, sft_sum = rrhf_sft_loss(-token_logp[best_rows], response_mask[best_rows])
+    return rank_sum, sft_sum
+
+
 def micro_batch_loss(
     model: torch.nn.Module,
     plan: RankedBatchPlan,
@@ -196,27 +348,39 @@ def micro_batch_loss(
     config: RRHFTrainingConfig,
     pad_id: int,
     device: torch.device,
+    share_prompt: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed per-query ranking and SFT losses of one micro batch of queries: one forward over all responses.
 
-    The caller divides the sums by the number of queries in the global batch (the mean over queries).
+    The layout is prompt sharing (`shared_prompt_rows`) where the model supports it (`share_prompt` None: ask
+    `supports_prompt_sharing`), else one padded full sequence per response. The caller divides the sums by the
+    number of queries in the global batch (the mean over queries).
     """
-    rewards, mask = pad_scores([plan.scores[q] for q in indices])
-    rewards, mask = rewards.to(device), mask.to(device)
-    sequences = [ids for q in indices for ids in plan.token_ids[q]]
-    input_ids, attention_mask = pad_right(sequences, pad_id)
-    response_mask = response_mask_of(plan, indices, attention_mask).to(device)
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    token_logp = token_logprobs(logits, input_ids)
-    sum_logp, lengths = response_logprob_sums(token_logp, response_mask)
-    p_flat = length_normalised_scores(sum_logp, lengths, config.length_penalty)
-    p = torch.zeros(mask.shape, dtype=p_flat.dtype, device=device).masked_scatter(mask, p_flat)
-    _, rank_sum = rrhf_rank_loss(p, rewards, mask)
-    first_row = torch.cumsum(mask.sum(dim=1), dim=0) - mask.sum(dim=1)
-    best_rows = first_row + best_response_index(rewards, mask)
-    _, sft_sum = rrhf_sft_loss(-token_logp[best_rows], response_mask[best_rows])
-    return rank_sum, sft_sum
+    if share_prompt is None:
+        share_prompt = supports_prompt_sharing(model)
+    if share_prompt:
+        rows = shared_prompt_rows(plan, indices, pad_id)
+        token_logp, response_mask = shared_prompt_token_logprobs(model, rows, device)
+    else:
+        token_logp, response_mask = padded_token_logprobs(model, plan, indices, pad_id, device)
+    return ranked_losses(token_logp, response_mask, [plan.scores[q] for q in indices], config.length_penalty)
+
+
+def query_tokens(plan: RankedBatchPlan, q: int, share_prompt: bool) -> int:
+    """Positions query `q` fills in a forward pass: its prompt-sharing row, or its responses padded to the longest."""
+    responses = plan.token_ids[q]
+    if share_prompt:
+        return plan.prompt_lengths[q] + sum(len(ids) - plan.prompt_lengths[q] for ids in responses)
+    return len(responses) * max(len(ids) for ids in responses)
+
+
+def length_bucketed(indices: list[int], lengths: list[int], size: int) -> list[list[int]]:
+    """`indices` cut into micro batches of `size` after a stable sort by `lengths` (so a micro batch pads little).
+
+    Only the grouping changes: the step's loss is a sum over its queries, the same in any grouping."""
+    order = sorted(range(len(indices)), key=lambda i: lengths[i])
+    ordered = [indices[i] for i in order]
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
 def load_policy(name_or_path: str) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
@@ -283,17 +447,23 @@ def train_rrhf(
         log.info("training from %s: %d queries, %d steps", model_name_or_path, len(plan.token_ids), total_steps)
 
     pad_id = pad_id_of(tokenizer)
+    share_prompt = supports_prompt_sharing(model)
+    if not share_prompt:
+        log.warning("attention implementation takes no custom 4D mask: one padded full sequence per response")
     stop = StopSignal()
     model.train()
     for step in range(start_step, total_steps):
         indices = plan.batch_indices(step, config.batch_size, config.seed)
         mine = indices[accelerator.process_index :: world]
-        micro_batches = [mine[i : i + micro_per_process] for i in range(0, len(mine), micro_per_process)]
+        lengths = [query_tokens(plan, q, share_prompt) for q in mine]
+        micro_batches = length_bucketed(mine, lengths, micro_per_process)
         rank_total = torch.zeros((), device=accelerator.device)
         sft_total = torch.zeros((), device=accelerator.device)
         for micro in micro_batches:
             with accelerator.accumulate(model):
-                rank_sum, sft_sum = micro_batch_loss(model, plan, micro, config, pad_id, accelerator.device)
+                rank_sum, sft_sum = micro_batch_loss(
+                    model, plan, micro, config, pad_id, accelerator.device, share_prompt
+                )
                 rank_part = rank_sum / config.batch_size  # the mean over the global batch's queries
                 sft_part = sft_sum / config.batch_size
                 loss = rrhf_loss(rank_part, sft_part, config.rrhf_weight)
