@@ -14,6 +14,10 @@ Token inputs are built from token ids, not from a re-tokenised string: ids = [bo
 When the input is longer than `max_length`, the prefix is cut from its end first (the question at its start is
 kept; passages lose their tail), then trailing segments are dropped: a dropped segment has no prediction (the
 paper's code truncates on the right as well).
+
+Attention is Longformer's local window only, as in the paper's RMs. Global attention on the separators (so that R2
+could see passages outside a small window) was tried at tiny scale: the tiny RM then learned markedly worse in the
+same number of steps (its global projections start untrained), so it is not used.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from transformers import (
 )
 
 from feedbackflow.errors import ConfigError
+from feedbackflow.reward_model import pad_id_of, pad_right
 
 KINDS = ("token", "sequence")
 LABELS = {0: "O", 1: "ERR"}
@@ -94,26 +99,6 @@ def encode_pair_text(tokenizer: PreTrainedTokenizerBase, text: str, max_length: 
     return tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
 
 
-def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, : len(ids)] = 1
-    return input_ids, attention_mask
-
-
-def token_classifier_inputs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, separators: torch.Tensor):
-    """Forward arguments of a token classifier: local (windowed) attention only, as the paper's Longformer RMs.
-
-    `separators` (bool, same shape) marks the label-carrying tokens. Global attention on them would let a separator
-    see passages outside the window (R2 at tiny scale, where the window is small); tried, a tiny Longformer then
-    learned markedly worse in the same number of steps (its global projections start untrained), so it is not used.
-    """
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
-
-
 def load_fg_reward_model(path: str | os.PathLike, kind: str, dtype: torch.dtype | None = None):
     """(model, tokenizer) of `kind` from a trained directory or a base encoder (new head, seeded by the caller)."""
     if kind not in KINDS:
@@ -131,10 +116,6 @@ def load_fg_reward_model(path: str | os.PathLike, kind: str, dtype: torch.dtype 
     return model, tokenizer
 
 
-def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
 @torch.inference_mode()
 def segment_error_predictions(model, tokenizer, inputs: list[SegmentInput], batch_size: int = 16) -> list[list[int]]:
     """Per input, the argmax label (1 = error, 0 = O) at each kept separator."""
@@ -142,12 +123,8 @@ def segment_error_predictions(model, tokenizer, inputs: list[SegmentInput], batc
     out: list[list[int]] = []
     for start in range(0, len(inputs), batch_size):
         chunk = inputs[start : start + batch_size]
-        input_ids, attention_mask = pad_batch([c.input_ids for c in chunk], pad_id(tokenizer))
-        separators = torch.zeros_like(input_ids, dtype=torch.bool)
-        for row, c in enumerate(chunk):
-            separators[row, c.separator_positions] = True
-        forward = token_classifier_inputs(model, input_ids.to(device), attention_mask.to(device), separators.to(device))
-        logits = model(**forward).logits
+        input_ids, attention_mask = pad_right([c.input_ids for c in chunk], pad_id_of(tokenizer))
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
         labels = logits.argmax(-1).cpu()
         out.extend(labels[row, c.separator_positions].tolist() for row, c in enumerate(chunk))
     return out
@@ -160,7 +137,7 @@ def sequence_scores(model, tokenizer, texts: list[str], max_length: int, batch_s
     scores: list[float] = []
     for start in range(0, len(texts), batch_size):
         ids = [encode_pair_text(tokenizer, t, max_length) for t in texts[start : start + batch_size]]
-        input_ids, attention_mask = pad_batch(ids, pad_id(tokenizer))
+        input_ids, attention_mask = pad_right(ids, pad_id_of(tokenizer))
         logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
         scores.extend(logits[:, 0].float().cpu().tolist())
     return scores

@@ -39,12 +39,8 @@ from feedbackflow.fg_reward_models import (
     encode_pair_text,
     encode_segments,
     load_fg_reward_model,
-    pad_batch,
-    pad_id,
     segment_error_predictions,
-    separator_id,
     sequence_scores,
-    token_classifier_inputs,
 )
 from feedbackflow.formats import (
     PREFERENCE_LISTS,
@@ -56,6 +52,7 @@ from feedbackflow.formats import (
     write_rows,
 )
 from feedbackflow.reward_losses import ranking_loss_terms
+from feedbackflow.reward_model import pad_id_of, pad_right
 from feedbackflow.stage_args import add_dataclass_arguments, dataclass_from_args
 from feedbackflow.training_loop import (
     backward_micro_batch,
@@ -160,25 +157,22 @@ def pair_examples(path: str, tokenizer, config: FGRewardTrainingConfig) -> list[
     return out
 
 
-def token_loss_sum(model, items: list, pad: int, device, separator: int | None = None) -> torch.Tensor:
-    """Summed cross-entropy over the labelled separators of a micro batch (`separator`: its token id, for global
-    attention; default: the labelled positions)."""
-    input_ids, attention_mask = pad_batch([ids for ids, _ in items], pad)
+def token_loss_sum(model, items: list, pad: int, device) -> torch.Tensor:
+    """Summed cross-entropy over the labelled separators of a micro batch."""
+    input_ids, attention_mask = pad_right([ids for ids, _ in items], pad)
     labels = torch.full_like(input_ids, IGNORE)
     for row, (_, targets) in enumerate(items):
         for position, label in targets:
             labels[row, position] = label
-    separators = input_ids == separator if separator is not None else labels != IGNORE
-    inputs = token_classifier_inputs(model, input_ids.to(device), attention_mask.to(device), separators.to(device))
-    logits = model(**inputs).logits
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
     return F.cross_entropy(
         logits.float().flatten(0, 1), labels.to(device).flatten(), ignore_index=IGNORE, reduction="sum"
     )
 
 
-def pair_loss_sum(model, items: list, pad: int, device, separator: int | None = None) -> torch.Tensor:
+def pair_loss_sum(model, items: list, pad: int, device) -> torch.Tensor:
     """Summed pairwise loss -log sigmoid(s_preferred - s_other) of a micro batch."""
-    input_ids, attention_mask = pad_batch([ids for pair in items for ids in pair], pad)
+    input_ids, attention_mask = pad_right([ids for pair in items for ids in pair], pad)
     scores = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits[:, 0]
     rewards = scores.float().view(len(items), 2)
     order = torch.tensor([[1.0, 0.0]] * len(items), device=device)  # the first text is preferred
@@ -235,9 +229,8 @@ def train_fg_reward_model(
             len(items),
             total_steps,
         )
-    pad = pad_id(tokenizer)
+    pad = pad_id_of(tokenizer)
     loss_sum = token_loss_sum if config.kind == "token" else pair_loss_sum
-    separator = separator_id(tokenizer, config.separator) if config.kind == "token" else None
     stop = StopSignal()
     model.train()
     for step in range(start_step, total_steps):
@@ -248,7 +241,7 @@ def train_fg_reward_model(
         for start in range(0, len(mine), config.micro_batch_size):
             micro = [items[i] for i in mine[start : start + config.micro_batch_size]]
             with accelerator.accumulate(model):
-                loss = loss_sum(model, micro, pad, accelerator.device, separator) / count
+                loss = loss_sum(model, micro, pad, accelerator.device) / count
                 backward_micro_batch(accelerator, model, optimizer, loss, accumulation, config.max_grad_norm)
             total += loss.detach()
         learning_rate = scheduler.get_last_lr()[0]
