@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from feedbackflow.qa_evaluation import collect_qa_metrics, summarise
+from feedbackflow.qa_evaluation import collect_qa_metrics, fine_grained_total, summarise
 
 
-def row(rouge, sub, rel, sent, fact, comp, length):
+def row(rouge, sub, rel, sent, fact, comp, length, fine=0.0, preference=None):
     return dict(
         rouge_lsum=rouge,
         n_sub_sentences=sub,
@@ -17,12 +17,22 @@ def row(rouge, sub, rel, sent, fact, comp, length):
         n_sentences=sent,
         n_factual=fact,
         completeness=comp,
+        fine_grained_reward=fine,
+        preference=preference,
         length=length,
     )
 
 
+def test_fine_grained_total_is_what_ppo_pays():
+    # 4 sub-sentences, 3 relevant: 3 x 0.3 - 1 x 0.3 = 0.6; 3 sentences, 1 factual: 0.5 - 2 x 0.5 = -0.5;
+    # R3 z = -2.0: 0.3 x -2.0 = -0.6. Total 0.6 - 0.5 - 0.6 = -0.5.
+    assert fine_grained_total(4, 3, 3, 1, -2.0) == pytest.approx(-0.5)
+    assert fine_grained_total(0, 0, 0, 0, 1.0) == pytest.approx(0.3)  # empty response: R3 only
+    assert fine_grained_total(2, 2, 1, 1, 0.0) == pytest.approx(0.6 + 0.5)
+
+
 def test_ratios_are_pooled_over_segments():
-    rows = [row(40.0, 4, 3, 2, 2, 0.5, 10), row(60.0, 1, 0, 1, 0, -1.5, 30)]
+    rows = [row(40.0, 4, 3, 2, 2, 0.5, 10, 1.0, 0.25), row(60.0, 1, 0, 1, 0, -1.5, 30, -2.0, -1.25)]
     got = summarise(rows)
     # relevance: (3 + 0) / (4 + 1) = 0.6 (a mean of per-response ratios would give (0.75 + 0) / 2 = 0.375)
     # factuality: (2 + 0) / (2 + 1); rouge, completeness, length: plain means.
@@ -32,11 +42,14 @@ def test_ratios_are_pooled_over_segments():
             "relevance_ratio": 0.6,
             "factuality_ratio": 2 / 3,
             "completeness": -0.5,
+            "fine_grained_reward": -0.5,
+            "preference": -0.5,
             "mean_length": 20.0,
             "n_responses": 2,
         }
     )
     assert summarise([row(0.0, 0, 0, 0, 0, 0.0, 1)])["relevance_ratio"] is None  # no segment: no ratio
+    assert summarise([row(0.0, 0, 0, 0, 0, 0.0, 1)])["preference"] is None  # no preference RM given
 
 
 def test_metrics_table_keeps_policy_order(tmp_path):

@@ -4,6 +4,9 @@
 - rougeLsum (F x 100, stemming, the best over the references; `text_metrics.rouge_lsum`),
 - the R1 judgement of every sub-sentence (relevance) and the R2 judgement of every sentence (factuality),
 - R3's normalised completeness score (score - mean) / std (unscaled, as the paper's eval_metrics),
+- the fine-grained reward the response earns (`fine_grained_total`: R1 + R2 + R3 as PPO pays them),
+- optionally the holistic preference RM's normalised score (the holistic PPO's reward), so that both PPO variants
+  are compared on each other's reward,
 - the response length in policy tokens (eos included).
 Written: a per-response Parquet (QA_EVAL_RESPONSES) and a one-row summary JSON. The relevance and factuality ratios
 are pooled over segments (sum of segments judged without error / sum of segments), as the paper's
@@ -25,6 +28,7 @@ import pyarrow as pa
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+from feedbackflow.errors import ConfigError
 from feedbackflow.fg_reward_models import read_mean_std
 from feedbackflow.fine_grained_rewards import SegmentErrorReward, SequenceReward, question_of_prompt
 from feedbackflow.formats import QA_PROMPTS, atomic_path, read_table, write_json, write_rows
@@ -45,11 +49,34 @@ QA_EVAL_RESPONSES = pa.schema(
         pa.field("n_sentences", pa.int64(), nullable=False),
         pa.field("n_factual", pa.int64(), nullable=False),
         pa.field("completeness", pa.float64(), nullable=False),
+        pa.field("fine_grained_reward", pa.float64(), nullable=False),
+        pa.field("preference", pa.float64()),
         pa.field("length", pa.int64(), nullable=False),
     ]
 )
 
-METRIC_COLUMNS = ["rouge_lsum", "relevance_ratio", "factuality_ratio", "completeness", "mean_length", "n_responses"]
+METRIC_COLUMNS = [
+    "rouge_lsum",
+    "relevance_ratio",
+    "factuality_ratio",
+    "completeness",
+    "fine_grained_reward",
+    "preference",
+    "mean_length",
+    "n_responses",
+]
+# SPEC section 1, "Reward assignment during PPO": R1 +-0.3 per sub-sentence, R2 +-0.5 per sentence, R3 0.3 x z.
+RELEVANCE_REWARDS, FACTUALITY_REWARDS, COMPLETENESS_SCALE = (0.3, -0.3), (0.5, -0.5), 0.3
+
+
+def fine_grained_total(n_sub_sentences: int, n_relevant: int, n_sentences: int, n_factual: int, z: float) -> float:
+    """The sum over a response's tokens of the fine-grained reward (SPEC section 1): +0.3 / -0.3 per sub-sentence
+    judged relevant / not, +0.5 / -0.5 per sentence judged factual / not, and 0.3 x R3's normalised score."""
+    positive, negative = RELEVANCE_REWARDS
+    relevance = positive * n_relevant + negative * (n_sub_sentences - n_relevant)
+    positive, negative = FACTUALITY_REWARDS
+    factuality = positive * n_factual + negative * (n_sentences - n_factual)
+    return relevance + factuality + COMPLETENESS_SCALE * z
 
 
 def load_policy(path: str):
@@ -73,6 +100,8 @@ def summarise(rows: list[dict]) -> dict:
         "relevance_ratio": sum(r["n_relevant"] for r in rows) / sub if sub else None,
         "factuality_ratio": sum(r["n_factual"] for r in rows) / sent if sent else None,
         "completeness": math.fsum(r["completeness"] for r in rows) / n,
+        "fine_grained_reward": math.fsum(r["fine_grained_reward"] for r in rows) / n,
+        "preference": None if rows[0].get("preference") is None else math.fsum(r["preference"] for r in rows) / n,
         "mean_length": sum(r["length"] for r in rows) / n,
         "n_responses": n,
     }
@@ -90,6 +119,8 @@ def evaluate_qa(
     batch_size: int,
     rm_max_length: int,
     max_examples: int | None = None,
+    preference_model: str | None = None,
+    preference_mean_std: str | None = None,
 ) -> tuple[list[dict], dict]:
     """Per-response rows and the summary of one policy on the test prompts."""
     table = read_table(prompts_path, QA_PROMPTS).to_pylist()[:max_examples]
@@ -117,6 +148,11 @@ def evaluate_qa(
     mean, std = read_mean_std(completeness_mean_std)
     r3 = SequenceReward("r3", completeness_model, mean, std, 0.3, 0.0, rm_max_length, batch_size)
     _, completeness = r3.normalised(prompts, responses)
+    preference = [None] * len(responses)
+    if preference_model:
+        mean, std = read_mean_std(preference_mean_std)
+        holistic = SequenceReward("preference", preference_model, mean, std, 1.0, 0.0, rm_max_length, batch_size)
+        _, preference = holistic.normalised(prompts, responses)
 
     rows = [
         {
@@ -128,10 +164,14 @@ def evaluate_qa(
             "n_sentences": len(fact),
             "n_factual": sum(1 for label in fact if not label),
             "completeness": comp,
+            "fine_grained_reward": fine_grained_total(
+                len(rel), sum(1 for x in rel if not x), len(fact), sum(1 for x in fact if not x), comp
+            ),
+            "preference": pref,
             "length": length,
         }
-        for row, response, rel, fact, comp, length in zip(
-            table, responses, relevance, factuality, completeness, lengths, strict=True
+        for row, response, rel, fact, comp, pref, length in zip(
+            table, responses, relevance, factuality, completeness, preference, lengths, strict=True
         )
     ]
     return rows, summarise(rows)
@@ -144,6 +184,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--factuality-model", required=True, help="R2 token-classifier directory")
     parser.add_argument("--completeness-model", required=True, help="R3 sequence-RM directory")
     parser.add_argument("--completeness-mean-std", required=True, help="R3's reward-mean-std JSON")
+    parser.add_argument("--preference-model", default=None, help="holistic preference RM directory (optional)")
+    parser.add_argument("--preference-mean-std", default=None, help="its reward-mean-std JSON (with the model)")
     parser.add_argument("--responses", required=True, help="per-response Parquet to write")
     parser.add_argument("--summary", required=True, help="summary JSON to write")
     parser.add_argument("--name", required=True, help="the policy's name in the summary (sft, holistic, ...)")
@@ -156,6 +198,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    if bool(args.preference_model) != bool(args.preference_mean_std):
+        raise ConfigError("--preference-model and --preference-mean-std go together")
     if args.threads:
         torch.set_num_threads(args.threads)
     rows, summary = evaluate_qa(
@@ -170,6 +214,8 @@ def main(args: argparse.Namespace) -> None:
         args.batch_size,
         args.rm_max_length,
         args.max_examples,
+        args.preference_model,
+        args.preference_mean_std,
     )
     write_rows(rows, args.responses, QA_EVAL_RESPONSES)
     write_json({"policy": args.name, "model": args.policy, **summary}, args.summary)
@@ -250,7 +296,8 @@ def main_metrics(args: argparse.Namespace) -> None:
             "# qa-feedback: policies on the test prompts (greedy)\n\n"
             + frame.to_markdown(index=False, floatfmt=".3f")
             + "\n\nrelevance / factuality ratio: sub-sentences / sentences that R1 / R2 label without error; "
-            "completeness: R3 (score - mean) / std.\n"
+            "completeness: R3 (score - mean) / std; fine_grained_reward: R1 + R2 + R3 as PPO pays them (sum per "
+            "response); preference: the holistic preference RM's (score - mean) / std (the holistic PPO's reward).\n"
         )
     if args.ppo_runs:
         curves = ppo_curves(args.ppo_runs)

@@ -186,6 +186,8 @@ rule evaluate_qa_policy:
         factuality=f"{QA}/models/factuality",
         completeness=f"{QA}/models/completeness",
         mean_std=f"{QA}/models/completeness.mean_std.json",
+        preference=f"{QA}/models/preference",
+        preference_mean_std=f"{QA}/models/preference.mean_std.json",
     output:
         responses=f"{QA}/eval/{{qa_policy}}.responses.parquet",
         summary=f"{QA}/eval/{{qa_policy}}.json",
@@ -205,6 +207,7 @@ rule evaluate_qa_policy:
         "python -m feedbackflow evaluate-qa --prompts {input.prompts:q} --policy {input.policy:q} "
         "--relevance-model {input.relevance:q} --factuality-model {input.factuality:q} "
         "--completeness-model {input.completeness:q} --completeness-mean-std {input.mean_std:q} "
+        "--preference-model {input.preference:q} --preference-mean-std {input.preference_mean_std:q} "
         "--responses {output.responses:q} --summary {output.summary:q} --name {wildcards.qa_policy} "
         "{params.evaluation} --rm-max-length {params.rm_max_length} --threads {threads} > {log:q} 2>&1"
 
