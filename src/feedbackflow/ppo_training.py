@@ -238,6 +238,24 @@ def shift_right(response_ids: torch.Tensor, start_id: int) -> torch.Tensor:
     return torch.cat([start, response_ids[:, :-1]], dim=1)
 
 
+def forward_inputs(
+    model: nn.Module,
+    encoder_decoder: bool,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> dict[str, torch.Tensor | bool]:
+    """Keyword arguments of one teacher-forced forward over prompt + response (no KV cache): the prompt to the
+    encoder and the shifted response to the decoder (seq2seq), or the concatenation (causal, `causal_inputs`)."""
+    if encoder_decoder:
+        decoder_ids = shift_right(response_ids, model.config.decoder_start_token_id)
+        return {"input_ids": prompt_ids, "attention_mask": prompt_mask, "decoder_input_ids": decoder_ids,
+                "use_cache": False}  # fmt: skip
+    input_ids, attention_mask, position_ids = causal_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
+
+
 def gathered_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[ids] without materialising the log-softmax: logit[id] - logsumexp(logits), in float32."""
     logits = logits.float()
@@ -254,20 +272,11 @@ def policy_response_logprobs(
 ) -> torch.Tensor:
     """(B, R) log pi(response token | prompt, earlier response tokens); used for policy and reference alike."""
     length = response_ids.shape[1]
+    inputs = forward_inputs(policy, encoder_decoder, prompt_ids, prompt_mask, response_ids, response_mask)
     if encoder_decoder:
-        decoder_ids = shift_right(response_ids, policy.config.decoder_start_token_id)
-        logits = policy(
-            input_ids=prompt_ids, attention_mask=prompt_mask, decoder_input_ids=decoder_ids, use_cache=False
-        ).logits
+        logits = policy(**inputs).logits
     else:
-        input_ids, attention_mask, position_ids = causal_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
-        logits = policy(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-            logits_to_keep=length + 1,
-        ).logits[:, :length]
+        logits = policy(**inputs, logits_to_keep=length + 1).logits[:, :length]
     return gathered_logprobs(logits, response_ids)
 
 
@@ -283,16 +292,9 @@ def response_values(
     """(B, R) values: the head on the decoder's last hidden state (seq2seq), or on the last hidden state of the
     position that predicts each response token (causal)."""
     length = response_ids.shape[1]
-    if encoder_decoder:
-        decoder_ids = shift_right(response_ids, backbone.config.decoder_start_token_id)
-        hidden = backbone(
-            input_ids=prompt_ids, attention_mask=prompt_mask, decoder_input_ids=decoder_ids, use_cache=False
-        ).last_hidden_state
-    else:
-        input_ids, attention_mask, position_ids = causal_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
-        hidden = backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state
+    inputs = forward_inputs(backbone, encoder_decoder, prompt_ids, prompt_mask, response_ids, response_mask)
+    hidden = backbone(**inputs).last_hidden_state
+    if not encoder_decoder:
         start = prompt_ids.shape[1] - 1
         hidden = hidden[:, start : start + length]
     return head(hidden).float()

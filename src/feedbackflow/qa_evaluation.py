@@ -135,18 +135,24 @@ def evaluate_qa(
         tokenizer,
         sub_sentence_spans,
         lambda p: relevance_prefix(question_of_prompt(p)),
-        0.3,
-        -0.3,
+        *RELEVANCE_REWARDS,
         rm_max_length,
         batch_size,
     )
     _, relevance = r1.judge(prompts, responses)
     r2 = SegmentErrorReward(
-        "r2", factuality_model, tokenizer, sentence_spans, grounded_prefix, 0.5, -0.5, rm_max_length, batch_size
+        "r2",
+        factuality_model,
+        tokenizer,
+        sentence_spans,
+        grounded_prefix,
+        *FACTUALITY_REWARDS,
+        rm_max_length,
+        batch_size,
     )
     _, factuality = r2.judge(prompts, responses)
     mean, std = read_mean_std(completeness_mean_std)
-    r3 = SequenceReward("r3", completeness_model, mean, std, 0.3, 0.0, rm_max_length, batch_size)
+    r3 = SequenceReward("r3", completeness_model, mean, std, COMPLETENESS_SCALE, 0.0, rm_max_length, batch_size)
     _, completeness = r3.normalised(prompts, responses)
     preference = [None] * len(responses)
     if preference_model:

@@ -43,6 +43,7 @@ from feedbackflow.training_loop import (
     checkpoint_after_step,
     prepare_accelerator,
     resume_if_possible,
+    steps_to_train,
 )
 
 log = logging.getLogger("feedbackflow.reward_training")
@@ -173,9 +174,7 @@ def train_reward_model(
     if steps_per_epoch == 0:
         raise ConfigError(f"batch_size {config.batch_size} exceeds the {len(scores)} training lists")
     plan = PreferenceBatchPlan(token_ids, scores, steps_per_epoch)
-    total_steps = steps_per_epoch * config.num_epochs
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    total_steps = steps_to_train(steps_per_epoch, config.num_epochs, config.max_steps)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)

@@ -68,6 +68,7 @@ from feedbackflow.training_loop import (
     checkpoint_after_step,
     prepare_accelerator,
     resume_if_possible,
+    steps_to_train,
 )
 
 log = logging.getLogger("feedbackflow.rrhf_training")
@@ -418,9 +419,7 @@ def train_rrhf(
     if plan.steps_per_epoch == 0:
         raise ConfigError(f"batch_size {config.batch_size} exceeds the {len(plan.token_ids)} training queries")
     steps_per_epoch = plan.steps_per_epoch
-    total_steps = steps_per_epoch * config.num_epochs
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    total_steps = steps_to_train(steps_per_epoch, config.num_epochs, config.max_steps)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -42,6 +42,12 @@ def prepare_accelerator(
     return accelerator, accumulation
 
 
+def steps_to_train(steps_per_epoch: int, num_epochs: int, max_steps: int | None) -> int:
+    """Optimiser steps of a run: every epoch's steps, cut at `max_steps` when given."""
+    total = steps_per_epoch * num_epochs
+    return total if max_steps is None else min(total, max_steps)
+
+
 def resume_if_possible(store: CheckpointStore, accelerator: Accelerator, total_steps: int) -> tuple[int, list[dict]]:
     """(first step, history so far): from the newest complete checkpoint in the store, else (0, [])."""
     store.open(accelerator)
