@@ -37,6 +37,11 @@ if "qa_feedback" in config:
     include: "workflow/rules/qa_feedback.smk"
 
 
+if "detox" in config:
+
+    include: "workflow/rules/detox.smk"
+
+
 # Quick CPU-only jobs run where Snakemake runs, never on a cluster node: conversion, the tiny-scale builders and
 # the reports (each module names its own). Training, sampling, scoring and evaluation go to a cluster executor.
 localrules:
@@ -45,6 +50,8 @@ localrules:
     build_tiny_models,
     make_synthetic_qa_feedback,
     build_tiny_qa_model,
+    make_synthetic_rtp,
+    build_tiny_detox_model,
     convert_preferences,
     convert_dsp_domain,
 

@@ -117,3 +117,21 @@ def test_finegrained_qa_config_is_the_papers_setup(tmp_path):
     assert '"kl_coef": 0.3' in fine and '"lam": 0.95' in fine and '"total_episodes": 80000' in fine
     assert '"kl_coef": 0.2' in holistic and '"lam": 0.99' in holistic
     assert "t5-large" in result.stdout and "allenai/longformer-base-4096" in result.stdout
+
+
+def test_finegrained_detox_config_is_the_papers_setup(tmp_path):
+    """SPEC section 1, detoxification: GPT-2 large as it is (no SFT), Perspective API rewards for both PPO variants,
+    25 nucleus samples per test prompt, perplexity under GPT-2 XL."""
+    workdir = copy_project(REPO_ROOT, tmp_path)
+    result = plan_with_placeholder_inputs(workdir, "config/experiments/finegrained_detox.yaml")
+    jobs = planned_jobs(result.stdout)
+    assert jobs["train_detox_ppo"] == 2 and jobs["sample_detox"] == 3 and "train_detox_lm" not in jobs
+    ppo = {re.search(r"--output (\S+)", line).group(1): line for line in result.stdout.splitlines()
+           if "-- train-ppo " in line}  # fmt: skip
+    for variant, lam in (("fine_grained", 0.95), ("holistic", 0.99)):
+        line = ppo[f"results/detox/models/{variant}"]
+        assert "--policy gpt2-large --value-model gpt2-large" in line
+        assert f'"variant": "{variant}"' in line and '"backend": "perspective"' in line and f'"lam": {lam}' in line
+    sampling = [line for line in result.stdout.splitlines() if "sample-responses" in line]
+    assert all('"num_return_sequences": 25' in line and '"top_p": 0.9' in line for line in sampling)
+    assert all("--perplexity-model gpt2-xl" in line for line in result.stdout.splitlines() if "evaluate-detox" in line)

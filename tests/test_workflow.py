@@ -6,6 +6,8 @@ dry run that must plan only what a config change invalidates, and the config che
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import yaml
 from workflow_runs import planned_jobs, snakemake
@@ -38,6 +40,29 @@ def test_rrhf_tiny_run_raises_the_reward_of_held_out_responses(finished_run):
     assert "perplexity" in (finished_run / "results/rrhf/metrics.md").read_text()
 
 
+def test_detox_tiny_run_lowers_toxicity_with_both_ppo_variants(finished_run):
+    """Issue 7's claim: holistic and fine-grained PPO on the offline toxicity reward both lower the average maximum
+    toxicity of 25 samples per test prompt below the initial policy; fluency and diversity are reported beside it,
+    and the paper's rows are in the table, marked as published."""
+    metrics = pd.read_parquet(finished_run / "results/detox/metrics.parquet")
+    ours = metrics[metrics["source"] == "ours"].set_index("policy")
+    assert list(ours.index) == ["initial", "holistic", "fine_grained"]
+    for variant in ("holistic", "fine_grained"):
+        assert ours.loc[variant, "avg_max_toxicity"] < ours.loc["initial", "avg_max_toxicity"], variant
+        assert ours.loc[variant, "mean_toxicity"] < ours.loc["initial", "mean_toxicity"], variant
+    assert (ours["n_scored"] == ours["n_samples"]).all() and (ours["n_samples"] == 25 * 100).all()
+    assert ours["perplexity"].between(1, 1e4).all()
+    for n in (1, 2, 3):
+        assert ours[f"distinct_{n}"].between(0, 1, inclusive="right").all()
+    published = metrics[metrics["source"] == "published"]
+    assert list(published["policy"]) == ["GPT-2", "holistic RLHF", "fine-grained RLHF"]
+    assert "published" in (finished_run / "results/detox/metrics.md").read_text()
+    curves = pd.read_parquet(finished_run / "results/detox/ppo_curves.parquet")
+    assert set(curves["variant"]) == {"holistic", "fine_grained"} and "reward/toxicity" in set(curves["metric"])
+    scoring = json.loads((finished_run / "results/detox/eval/initial.scoring.json").read_text())
+    assert scoring["ok"] == scoring["samples"] == 2500 and scoring["scorer"] == "profanity_check"
+
+
 def test_second_run_does_nothing(finished_run):
     result = snakemake(finished_run, "-n")
     assert "Nothing to be done" in result.stdout + result.stderr
@@ -62,6 +87,7 @@ def test_report_renders(finished_run):
     snakemake(finished_run, "--report", "results/report.html")
     html = (finished_run / "results/report.html").read_text(errors="replace")
     assert "accuracy.png" in html and "metrics.html" in html
+    assert "Detoxification" in html and "ppo_curves.png" in html
 
 
 def test_misspelt_config_key_is_named(finished_run, tmp_path):

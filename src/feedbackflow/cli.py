@@ -41,6 +41,11 @@ STAGES: dict[str, tuple[str, str]] = {
     "reward-mean-std": ("feedbackflow.fg_reward_training:mean_std", "mean/std of a sequence RM's train-pair scores"),
     "evaluate-qa": ("feedbackflow.qa_evaluation", "qa-feedback: rougeLsum, relevance, factuality, completeness"),
     "qa-metrics": ("feedbackflow.qa_evaluation:metrics", "qa-feedback policy summaries -> metrics Parquet/Markdown"),
+    "make-synthetic-rtp": ("feedbackflow.detox_synthetic", "write the tiny-scale synthetic RealToxicityPrompts file"),
+    "convert-rtp": ("feedbackflow.detox_data", "RealToxicityPrompts -> detox prompt splits (+ continuations for SFT)"),
+    "score-toxicity": ("feedbackflow.toxicity", "score samples' toxicity (Perspective API or offline), cached"),
+    "evaluate-detox": ("feedbackflow.detox_evaluation", "detox: max toxicity, toxic probability, perplexity, distinct"),
+    "detox-metrics": ("feedbackflow.detox_evaluation:metrics", "detox policy summaries -> metrics Parquet/Markdown"),
     "launch": ("feedbackflow.launch", "run a stage here or under `accelerate launch` with N processes"),
 }
 

@@ -75,8 +75,9 @@ SAMPLES = pa.schema(
     ]
 )
 
-# Scores of samples, by a reward model or a language-model judge. `status` is "ok" (score set), "unparsed" (the
-# judge replied but no score could be read: never guessed) or "failed" (no reply after retries); `reason` says why.
+# Scores of samples, by a reward model, a language-model judge or a toxicity scorer. `status` is "ok" (score set),
+# "unparsed" (a reply came but no score could be read: never guessed), "failed" (no reply after retries) or, for the
+# Perspective API, "too_long" (over its text limit, not sent); `reason` says why.
 SCORED_SAMPLES = pa.schema(
     [
         *SAMPLES,
@@ -112,6 +113,21 @@ QA_PROMPTS = pa.schema(
             pa.list_(pa.struct([pa.field("title", pa.string()), pa.field("content", pa.string())])),
             nullable=False,
         ),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("record", pa.int64(), nullable=False),
+    ]
+)
+
+# Detoxification prompts (SPEC section 1, RealToxicityPrompts): the prompt given to the policy, its toxicity as the
+# data set states it (null when the data set has none), the data set's "challenging" flag, the data set's own
+# continuation (null when it has none), and where the row came from (the raw file or hub id, 0-based record index).
+DETOX_PROMPTS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("prompt_toxicity", pa.float64()),
+        pa.field("challenging", pa.bool_(), nullable=False),
+        pa.field("continuation", pa.string()),
         pa.field("source", pa.string(), nullable=False),
         pa.field("record", pa.int64(), nullable=False),
     ]

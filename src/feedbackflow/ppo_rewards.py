@@ -113,6 +113,7 @@ REWARD_TYPES: dict[str, RewardBuilder | str] = {
     "qa_factuality": "feedbackflow.fine_grained_rewards:build_factuality_reward",
     "qa_completeness": "feedbackflow.fine_grained_rewards:build_sequence_reward",
     "preference": "feedbackflow.fine_grained_rewards:build_sequence_reward",
+    "toxicity": "feedbackflow.detox_rewards:build_toxicity_reward",
 }
 
 

@@ -143,6 +143,37 @@ def qa_ppo_reward_inputs(variant):
     return [entry[key] for entry in qa_ppo_reward_spec(variant) for key in ("model", "mean_std") if key in entry]
 
 
+DETOX_TRAINABLE_LMS = ("initial", "perplexity_lm")
+
+
+def detox_lm_section(name):
+    """`detox.train_lms.<name>`: the SFT of a tiny-scale stand-in LM (base_model + train-sft hyperparameters)."""
+    return config["detox"].get("train_lms", {})[name]
+
+
+def detox_policy_model(name):
+    """The model directory (or hub id) of a detox policy: the configured initial policy, or a PPO output."""
+    return config["detox"]["policy_model"] if name == "initial" else f"{RESULTS}/detox/models/{name}"
+
+
+def detox_value_model():
+    """The value model's body: `detox.value_model`, by default the initial policy (as GPT-2 large in the paper)."""
+    return config["detox"].get("value_model") or config["detox"]["policy_model"]
+
+
+def detox_perplexity_model():
+    return config["detox"]["perplexity_model"]
+
+
+def detox_reward_spec(variant):
+    """The PPO reward spec of a detox variant: -toxicity(y) on the last token, or the per-sentence drops."""
+    reward = {"type": "toxicity", "variant": variant, "scorer": config["detox"]["toxicity"],
+              "cache": f"{RESULTS}/detox/cache/ppo_{variant}.sqlite"}  # fmt: skip
+    if "reward_scale" in config["detox"]:
+        reward["scale"] = config["detox"]["reward_scale"]
+    return [reward]
+
+
 def final_outputs():
     outputs = []
     if "dsp" in config["experiments"]:
@@ -151,6 +182,8 @@ def final_outputs():
         outputs += [f"{RESULTS}/rrhf/metrics.parquet", f"{RESULTS}/rrhf/metrics.md"]
     if "qa_feedback" in config["experiments"]:
         outputs += [f"{RESULTS}/qa_feedback/metrics.parquet", f"{RESULTS}/qa_feedback/metrics.md"]
+    if "detox" in config["experiments"]:
+        outputs += [f"{RESULTS}/detox/metrics.parquet", f"{RESULTS}/detox/metrics.md"]
     return outputs
 
 
@@ -160,6 +193,14 @@ if "qa_feedback" in config["experiments"] and "qa_feedback" not in config:
     raise ValueError("config: experiments lists qa_feedback but there is no `qa_feedback` section")
 if "rrhf" in config["experiments"] and "rrhf" not in config:
     raise ValueError("config: experiments lists rrhf but there is no `rrhf` section")
+if "detox" in config["experiments"] and "detox" not in config:
+    raise ValueError("config: experiments lists detox but there is no `detox` section")
+if "detox" in config:
+    for _name in DETOX_TRAINABLE_LMS:
+        _trained = f"{RESULTS}/detox/models/{_name}"
+        _used = {"initial": detox_policy_model("initial"), "perplexity_lm": detox_perplexity_model()}[_name]
+        if _used == _trained and _name not in config["detox"].get("train_lms", {}):
+            raise ValueError(f"config detox: {_trained} is used but detox.train_lms has no {_name!r} entry to train it")
 if "dsp" in config:
     for _ref in config["dsp"]["general_train"]:
         check_dataset_ref(_ref, "dsp.general_train")

@@ -92,3 +92,48 @@ rule build_tiny_qa_model:
     shell:
         "python -m feedbackflow build-tiny-models --corpus {input.corpus:q} --output-dir {output:q} "
         "--architecture {params.architecture} --hparams {params.hparams:q} > {log:q} 2>&1"
+
+
+# Detoxification: RealToxicityPrompts-format prompts and continuations whose toxic sentences the offline scorer
+# detects, and two tiny causal LMs with the tokenizer trained on them (the policy's stand-in for GPT-2 and a larger
+# one for perplexity; both are fine-tuned on the continuations by workflow/rules/detox.smk).
+rule make_synthetic_rtp:
+    output:
+        prompts=f"{TINY_RAW}/rtp/prompts.jsonl",
+        corpus=f"{TINY_RAW}/rtp/corpus.txt",
+    params:
+        hparams=hparams({"seed": config["seed"], **config.get("tiny", {}).get("rtp", {})}),
+        output_dir=lambda wildcards, output: os.path.dirname(output.corpus),
+    threads: job_threads("cpu")
+    resources:
+        **job_resources("cpu"),
+    log:
+        f"{RESULTS}/logs/tiny/make_synthetic_rtp.log",
+    conda:
+        "../envs/feedbackflow.yaml"
+    shell:
+        "python -m feedbackflow make-synthetic-rtp --output-dir {params.output_dir:q} "
+        "--hparams {params.hparams:q} > {log:q} 2>&1"
+
+
+rule build_tiny_detox_model:
+    input:
+        corpus=f"{TINY_RAW}/rtp/corpus.txt",
+    output:
+        directory(f"{TINY_MODELS}/detox_{{detox_size}}"),
+    wildcard_constraints:
+        detox_size="lm|lm_large",
+    params:
+        hparams=lambda wildcards: hparams(
+            {"seed": config["seed"], **config.get("tiny", {}).get(f"detox_{wildcards.detox_size}", {})}
+        ),
+    threads: job_threads("cpu")
+    resources:
+        **job_resources("cpu"),
+    log:
+        f"{RESULTS}/logs/tiny/build_tiny_detox_{{detox_size}}.log",
+    conda:
+        "../envs/feedbackflow.yaml"
+    shell:
+        "python -m feedbackflow build-tiny-models --corpus {input.corpus:q} --output-dir {output:q} "
+        "--hparams {params.hparams:q} > {log:q} 2>&1"
