@@ -19,9 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Sequence
 
-import torch
-import torch.nn.functional as F
-
+from feedbackflow.response_evaluation import sequence_nll
 from feedbackflow.text_metrics import distinct_n as distinct_n_of_texts
 
 TOXIC_THRESHOLD = 0.5
@@ -84,7 +82,6 @@ def continuation_token_ids(tokenizer, prompt: str, continuation: str, max_length
     return bos + prompt_ids + continuation_ids, len(bos) + len(prompt_ids)
 
 
-@torch.no_grad()
 def continuation_nll(
     model,
     tokenizer,
@@ -95,39 +92,14 @@ def continuation_nll(
 ) -> list[tuple[float, int]]:
     """(summed NLL, number of scored tokens) of each continuation given bos + its prompt under the causal LM `model`.
 
-    Batched by length with right padding (the attention mask hides the padding); the loss only on continuation
-    tokens (a first token with nothing before it, with no bos and no prompt, is not scored).
+    Batched by length with right padding (`response_evaluation.sequence_nll`); the loss only on continuation tokens
+    (a first token with nothing before it, with no bos and no prompt, is not scored).
     """
     if len(prompts) != len(continuations):
         raise ValueError(f"{len(prompts)} prompts for {len(continuations)} continuations")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    model.eval()
-    device = next(model.parameters()).device
     pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
     encoded = [continuation_token_ids(tokenizer, p, c, max_length) for p, c in zip(prompts, continuations, strict=True)]
-    results: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        width = max(len(encoded[i][0]) for i in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        scored = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for row, i in enumerate(chunk):
-            sequence, first = encoded[i]
-            ids[row, : len(sequence)] = torch.tensor(sequence)
-            mask[row, : len(sequence)] = 1
-            scored[row, max(first, 1) : len(sequence)] = True
-        if width < 2:
-            continue  # nothing can be predicted: every sample of the batch keeps (0.0, 0)
-        ids, mask = ids.to(device), mask.to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").cpu()
-        predicted = scored[:, 1:]
-        for row, i in enumerate(chunk):
-            results[i] = (float(nll[row][predicted[row]].sum()), int(predicted[row].sum()))
-    return results
+    return sequence_nll(model, encoded, batch_size, pad_id)
 
 
 def perplexity(nll_and_counts: Sequence[tuple[float, int]], cap: float = PERPLEXITY_CAP) -> float:

@@ -53,30 +53,41 @@ def response_token_ids(tokenizer, prompt: str, response: str, max_length: int) -
 
 
 @torch.no_grad()
-def response_nll(model, tokenizer, pairs: list[tuple[str, str]], config: ResponseEvaluationConfig) -> list[tuple]:
-    """(summed NLL, token count) of each response given its prompt under `model`."""
+def sequence_nll(model, encoded: list[tuple[list[int], int]], batch_size: int, pad_id: int) -> list[tuple[float, int]]:
+    """(summed NLL, number of scored tokens) of each (ids, first) sequence under the causal LM `model`: the loss on
+    ids[first:] (never on ids[0], which nothing predicts). Batched by length, right-padded, on the model's device."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     model.eval()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = [response_token_ids(tokenizer, p, r, config.max_length) for p, r in pairs]
-    results = [(0.0, 0)] * len(encoded)
+    device = next(model.parameters()).device
+    results: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-    for start in range(0, len(order), config.batch_size):
-        chunk = order[start : start + config.batch_size]
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
         width = max(len(encoded[i][0]) for i in chunk)
+        if width < 2:
+            continue  # nothing can be predicted: every sequence of the batch keeps (0.0, 0)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        targets = torch.zeros((len(chunk), width), dtype=torch.bool)
+        scored = torch.zeros((len(chunk), width), dtype=torch.bool)
         for row, i in enumerate(chunk):
-            seq, first = encoded[i]
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-            targets[row, first : len(seq)] = True
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-        predicted = targets[:, 1:]
+            sequence, first = encoded[i]
+            ids[row, : len(sequence)] = torch.tensor(sequence)
+            mask[row, : len(sequence)] = 1
+            scored[row, max(first, 1) : len(sequence)] = True
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
+        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:].to(device), reduction="none").cpu()
+        predicted = scored[:, 1:]
         for row, i in enumerate(chunk):
             results[i] = (float(nll[row][predicted[row]].sum()), int(predicted[row].sum()))
     return results
+
+
+def response_nll(model, tokenizer, pairs: list[tuple[str, str]], config: ResponseEvaluationConfig) -> list[tuple]:
+    """(summed NLL, token count) of each response (+ eos) given its prompt under `model`."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [response_token_ids(tokenizer, p, r, config.max_length) for p, r in pairs]
+    return sequence_nll(model, encoded, config.batch_size, pad_id)
 
 
 def origin_metrics(scored: pd.DataFrame, nll: list[tuple]) -> list[dict]:
