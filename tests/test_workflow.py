@@ -7,10 +7,11 @@ dry run that must plan only what a config change invalidates, and the config che
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import yaml
-from workflow_runs import planned_jobs, snakemake
+from workflow_runs import copy_project, planned_jobs, snakemake
 
 
 def test_dsp_tiny_run_shows_the_papers_point(finished_run):
@@ -135,3 +136,16 @@ def test_qa_feedback_dag_is_wired(finished_run):
     assert '"type": "preference"' in holistic and "preference.mean_std.json" in holistic
     assert '"kl_coef": 0.3' in fine and '"lam": 0.95' in fine
     assert '"kl_coef": 0.2' in holistic and '"lam": 0.99' in holistic
+
+
+def test_detox_stand_in_lm_without_its_training_entry_is_named(tmp_path):
+    """The tiny initial policy is a pipeline output: a config that uses it but drops `detox.train_lms.initial` must
+    say so when the workflow is parsed (a dry run in a scratch copy), not fail later with a missing input."""
+    workdir = copy_project(Path(__file__).resolve().parents[1], tmp_path)
+    config = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    del config["detox"]["train_lms"]["initial"]
+    bad = tmp_path / "no_initial.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "-n", "--configfile", str(bad), check=False)
+    assert result.returncode != 0
+    assert "detox.train_lms has no 'initial' entry" in result.stdout + result.stderr
