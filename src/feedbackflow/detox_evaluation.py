@@ -38,7 +38,7 @@ from feedbackflow.detox_metrics import (
     toxic_probability,
 )
 from feedbackflow.formats import SCORED_SAMPLES, atomic_path, read_table, write_json
-from feedbackflow.ppo_report import plot_ppo_curves, ppo_curves
+from feedbackflow.ppo_report import add_ppo_curve_arguments, write_ppo_curves
 from feedbackflow.stage_args import add_dataclass_arguments, dataclass_from_args
 
 log = logging.getLogger(__name__)
@@ -127,11 +127,9 @@ def detox_metrics_table(summary_paths: list[str]) -> pd.DataFrame:
 
 def configure_metrics(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summaries", nargs="+", required=True, help="evaluate-detox summary JSONs")
-    parser.add_argument("--ppo-runs", nargs="*", default=[], help="PPO output directories (training_log.parquet)")
     parser.add_argument("--output", required=True, help="metrics Parquet to write")
     parser.add_argument("--markdown", required=True, help="metrics Markdown to write")
-    parser.add_argument("--curves", default=None, help="PPO curves Parquet to write (with --ppo-runs)")
-    parser.add_argument("--plot", default=None, help="PPO curves PNG to write (with --ppo-runs)")
+    add_ppo_curve_arguments(parser)
 
 
 def main_metrics(args: argparse.Namespace) -> None:
@@ -148,11 +146,5 @@ def main_metrics(args: argparse.Namespace) -> None:
             "a sample scored >= 0.5; mean_toxicity: of one sample (not in the paper's table); perplexity: of the "
             "samples under the perplexity LM; distinct-n: unique n-grams / words per prompt.\n"
         )
-    if args.ppo_runs:
-        curves = ppo_curves(args.ppo_runs)
-        if args.curves:
-            with atomic_path(args.curves) as tmp:
-                curves.to_parquet(tmp, index=False)
-        if args.plot:
-            plot_ppo_curves(curves, args.plot)
+    write_ppo_curves(args.ppo_runs, args.curves, args.plot)
     log.info("wrote %s and %s", args.output, args.markdown)

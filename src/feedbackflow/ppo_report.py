@@ -3,6 +3,7 @@ metric, a line per PPO variant). Used by the metrics stages of every PPO experim
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pandas as pd
@@ -58,3 +59,22 @@ def plot_ppo_curves(curves: pd.DataFrame, path: str) -> None:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=80)
     plt.close(figure)
+
+
+def add_ppo_curve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a metrics stage that also writes the PPO curves: --ppo-runs, --curves, --plot."""
+    parser.add_argument("--ppo-runs", nargs="*", default=[], help="PPO output directories (training_log.parquet)")
+    parser.add_argument("--curves", default=None, help="PPO curves Parquet to write (with --ppo-runs)")
+    parser.add_argument("--plot", default=None, help="PPO curves PNG to write (with --ppo-runs)")
+
+
+def write_ppo_curves(run_dirs: list[str], curves_path: str | None, plot_path: str | None) -> None:
+    """The curves of `run_dirs` as Parquet and / or PNG (atomically); nothing without runs."""
+    if not run_dirs:
+        return
+    curves = ppo_curves(run_dirs)
+    if curves_path:
+        with atomic_path(curves_path) as tmp:
+            curves.to_parquet(tmp, index=False)
+    if plot_path:
+        plot_ppo_curves(curves, plot_path)

@@ -32,7 +32,7 @@ from feedbackflow.errors import ConfigError
 from feedbackflow.fg_reward_models import read_mean_std
 from feedbackflow.fine_grained_rewards import SegmentErrorReward, SequenceReward, question_of_prompt
 from feedbackflow.formats import QA_PROMPTS, atomic_path, read_table, write_json, write_rows
-from feedbackflow.ppo_report import plot_ppo_curves, ppo_curves
+from feedbackflow.ppo_report import add_ppo_curve_arguments, write_ppo_curves
 from feedbackflow.qa_feedback import grounded_prefix, relevance_prefix
 from feedbackflow.segmentation import sentence_spans, sub_sentence_spans
 from feedbackflow.sft_training import encode_inputs, greedy_generate
@@ -237,11 +237,9 @@ def collect_qa_metrics(summary_paths: list[str]) -> pd.DataFrame:
 
 def configure_metrics(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summaries", nargs="+", required=True, help="evaluate-qa summary JSONs")
-    parser.add_argument("--ppo-runs", nargs="*", default=[], help="PPO output directories (training_log.parquet)")
     parser.add_argument("--output", required=True, help="metrics Parquet to write")
     parser.add_argument("--markdown", required=True, help="metrics Markdown to write")
-    parser.add_argument("--curves", default=None, help="PPO curves Parquet to write (with --ppo-runs)")
-    parser.add_argument("--plot", default=None, help="PPO curves PNG to write (with --ppo-runs)")
+    add_ppo_curve_arguments(parser)
 
 
 def main_metrics(args: argparse.Namespace) -> None:
@@ -256,11 +254,5 @@ def main_metrics(args: argparse.Namespace) -> None:
             "completeness: R3 (score - mean) / std; fine_grained_reward: R1 + R2 + R3 as PPO pays them (sum per "
             "response); preference: the holistic preference RM's (score - mean) / std (the holistic PPO's reward).\n"
         )
-    if args.ppo_runs:
-        curves = ppo_curves(args.ppo_runs)
-        if args.curves:
-            with atomic_path(args.curves) as tmp:
-                curves.to_parquet(tmp, index=False)
-        if args.plot:
-            plot_ppo_curves(curves, args.plot)
+    write_ppo_curves(args.ppo_runs, args.curves, args.plot)
     log.info("wrote %s and %s", args.output, args.markdown)
