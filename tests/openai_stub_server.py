@@ -18,6 +18,8 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
+from loopback_http import LoopbackHTTPServer
+
 
 @dataclasses.dataclass
 class Action:
@@ -49,7 +51,7 @@ def error_body(status: int, message: str) -> dict:
     return {"error": {"message": message, "type": "stub_error", "param": None, "code": str(status)}}
 
 
-class StubOpenAIServer:
+class StubOpenAIServer(LoopbackHTTPServer):
     def __init__(
         self,
         script: Callable[[str, int], Action] | None = None,
@@ -66,32 +68,11 @@ class StubOpenAIServer:
         self.authorization: set[str] = set()
         self.models: set[str] = set()
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._server.block_on_close = False
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        super().__init__()
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    def start(self) -> StubOpenAIServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> StubOpenAIServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        return self.origin + "/v1"
 
     def _handler_class(self):
         stub = self

@@ -25,6 +25,8 @@ import threading
 import urllib.parse
 from collections import deque
 
+from loopback_http import LoopbackHTTPServer
+
 TOXIC_WORDS = {"idiot": 0.9, "stupid": 0.8, "hate": 0.7}
 MAX_TEXT_BYTES = 20480
 
@@ -63,7 +65,7 @@ def analyze_body(score: float, text: str, languages: list[str]) -> dict:
     }
 
 
-class StubPerspectiveServer:
+class StubPerspectiveServer(LoopbackHTTPServer):
     def __init__(self, toxic_words: dict[str, float] | None = None, clean_score: float = 0.05,
                  max_requests: int = 200, max_delay_s: float = 3.0):
         self.toxic_words = dict(TOXIC_WORDS if toxic_words is None else toxic_words)
@@ -73,32 +75,11 @@ class StubPerspectiveServer:
         self.requests: list[RecordedRequest] = []
         self._script: deque[_Action] = deque()
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._server.block_on_close = False
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        super().__init__()
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1alpha1/comments:analyze"
-
-    def start(self) -> StubPerspectiveServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> StubPerspectiveServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        return self.origin + "/v1alpha1/comments:analyze"
 
     # scripted trouble -------------------------------------------------------------------------------------------
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from feedbackflow.errors import DataError
+
 # A list of texts with one score each (the common "text-score" format of SPEC section 4). A DSP pair, an HH
 # chosen/rejected pair and a webgpt comparison are all rows of this table. `source` and `record` say where the
 # row came from (the raw file and the 0-based index of the record in it), so any later error can name them.
@@ -293,6 +295,20 @@ def read_table(path: str | os.PathLike, schema: pa.Schema | None = None) -> pa.T
             raise ValueError(f"{path}: missing columns {missing}; expected {schema.names}")
         table = table.select(schema.names).cast(schema)
     return table
+
+
+def read_sample_rows(path: str | os.PathLike) -> list[dict]:
+    """The rows of a SAMPLES Parquet; DataError naming the file (and record and field) when it is not one."""
+    try:
+        table = read_table(path, SAMPLES)
+    except ValueError as error:  # missing columns, or not Parquet (ArrowInvalid is a ValueError)
+        raise DataError(str(path), None, None, str(error)) from error
+    rows = table.to_pylist()
+    for index, row in enumerate(rows):
+        for name in SAMPLES.names:
+            if row[name] is None:
+                raise DataError(str(path), index, name, "missing value")
+    return rows
 
 
 def write_json(obj, path: str | os.PathLike) -> None:

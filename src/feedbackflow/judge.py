@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Protocol
 
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.formats import RANKED_RESPONSES, SAMPLES, SCORED_SAMPLES, read_table, write_rows
+from feedbackflow.formats import RANKED_RESPONSES, SCORED_SAMPLES, read_sample_rows, write_rows
 from feedbackflow.stage_args import add_dataclass_arguments, dataclass_from_args
 
 log = logging.getLogger(__name__)
@@ -689,19 +689,6 @@ class Judge:
 # The stage
 
 
-def _read_samples(path: str | os.PathLike) -> list[dict]:
-    try:
-        table = read_table(path, SAMPLES)
-    except ValueError as error:  # missing columns, or not Parquet (ArrowInvalid is a ValueError)
-        raise DataError(str(path), None, None, str(error)) from error
-    rows = table.to_pylist()
-    for index, row in enumerate(rows):
-        for name in SAMPLES.names:
-            if row[name] is None:
-                raise DataError(str(path), index, name, "missing value")
-    return rows
-
-
 def judge_samples(
     samples_path: str | os.PathLike,
     output_path: str | os.PathLike,
@@ -710,7 +697,7 @@ def judge_samples(
     backend: Backend | None = None,
 ) -> JudgeStats:
     """Rate every sample of a SAMPLES Parquet and write a SCORED_SAMPLES Parquet (atomically); return the counts."""
-    rows = _read_samples(samples_path)
+    rows = read_sample_rows(samples_path)
     with Judge(config, cache_path, backend=backend) as judge:
         ratings = judge.rate([(row["prompt"], row["response"]) for row in rows])
         scorer = judge.scorer
@@ -820,7 +807,7 @@ def configure_sft_data(parser: argparse.ArgumentParser) -> None:
 def main_sft_data(args: argparse.Namespace) -> None:
     config = dataclass_from_args(JudgeConfig, args)
     targets = dict(args.target)
-    rows = _read_samples(args.samples)
+    rows = read_sample_rows(args.samples)
     out = rating_sft_rows(rows, config, targets)
     if not out:
         raise DataError(args.samples, None, "origin", f"no sample has one of the target origins {sorted(targets)}")

@@ -51,8 +51,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.formats import SAMPLES, SCORED_SAMPLES, read_table, write_json, write_rows
+from feedbackflow.errors import ConfigError
+from feedbackflow.formats import SCORED_SAMPLES, read_sample_rows, write_json, write_rows
 from feedbackflow.judge import CachedReply, ReplyCache, request_key
 
 log = logging.getLogger(__name__)
@@ -481,19 +481,6 @@ def make_toxicity_scorer(config: ToxicityConfig, cache_path: str | os.PathLike |
 # The stage
 
 
-def _read_samples(path: str | os.PathLike) -> list[dict]:
-    try:
-        table = read_table(path, SAMPLES)
-    except ValueError as error:  # missing columns, or not Parquet (ArrowInvalid is a ValueError)
-        raise DataError(str(path), None, None, str(error)) from error
-    rows = table.to_pylist()
-    for index, row in enumerate(rows):
-        for name in SAMPLES.names:
-            if row[name] is None:
-                raise DataError(str(path), index, name, "missing value")
-    return rows
-
-
 def score_toxicity(
     samples_path: str | os.PathLike,
     output_path: str | os.PathLike,
@@ -504,7 +491,7 @@ def score_toxicity(
     """Score the `response` of every sample; write a SCORED_SAMPLES Parquet (atomically); return the counts.
 
     `scorer` (default: made from `config` and `cache_path`) is closed at the end."""
-    rows = _read_samples(samples_path)
+    rows = read_sample_rows(samples_path)
     scorer = scorer or make_toxicity_scorer(config, cache_path)
     try:
         results = scorer.score([row["response"] for row in rows])
