@@ -135,6 +135,62 @@ DETOX_PROMPTS = pa.schema(
     ]
 )
 
+# ILF (SPEC section 3, SLF5K). Posts of a split: the id, subreddit, title and text, and the human reference summary
+# (`tldr_human_reference_summary`; null when the record has none).
+SLF5K_POSTS = pa.schema(
+    [
+        pa.field("post_id", pa.string(), nullable=False),
+        pa.field("subreddit", pa.string()),
+        pa.field("title", pa.string(), nullable=False),
+        pa.field("post", pa.string(), nullable=False),
+        pa.field("reference_summary", pa.string()),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("record", pa.int64(), nullable=False),
+    ]
+)
+# Language feedback on a model summary (`generated_summary_for_feedback`, `feedback`) and the annotator's ideal
+# summary (`ideal_human_summary`; null when absent). Only posts with non-empty feedback have a row.
+SLF5K_FEEDBACK = pa.schema(
+    [
+        pa.field("post_id", pa.string(), nullable=False),
+        pa.field("title", pa.string(), nullable=False),
+        pa.field("post", pa.string(), nullable=False),
+        pa.field("summary", pa.string(), nullable=False),
+        pa.field("feedback", pa.string(), nullable=False),
+        pa.field("ideal_summary", pa.string()),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("record", pa.int64(), nullable=False),
+    ]
+)
+# A human comparison of two model summaries (`generated_summary_for_comparison_A` / `_B`); `preferred` is "A" or "B".
+SLF5K_COMPARISONS = pa.schema(
+    [
+        pa.field("post_id", pa.string(), nullable=False),
+        pa.field("title", pa.string(), nullable=False),
+        pa.field("post", pa.string(), nullable=False),
+        pa.field("summary_a", pa.string(), nullable=False),
+        pa.field("summary_b", pa.string(), nullable=False),
+        pa.field("preferred", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("record", pa.int64(), nullable=False),
+    ]
+)
+# A selection scorer's score of one refinement (ILF): `refinement_index` is the SAMPLES sample_index; `status` "ok"
+# (score set), "empty" (an empty refinement: never chosen), "unparsed" (InstructRM: no template gave a Yes/No
+# probability) or "failed" (no reply); `template_scores` InstructRM's P(yes) per template (null where that template
+# gave none; empty for other scorers).
+REFINEMENT_SCORES = pa.schema(
+    [
+        pa.field("post_id", pa.string(), nullable=False),
+        pa.field("refinement_index", pa.int64(), nullable=False),
+        pa.field("refinement", pa.string(), nullable=False),
+        pa.field("scorer", pa.string(), nullable=False),
+        pa.field("score", pa.float64()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("template_scores", pa.list_(pa.float64()), nullable=False),
+    ]
+)
 # Token-classification reward-model data (SPEC section 1, R1 and R2): the model input is `prefix` followed by each
 # segment with a separator token before it; `labels[i]` is the label of segment i, carried by the separator before it
 # (1 = error, 0 = no error "O", -100 = ignored).
