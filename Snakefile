@@ -42,6 +42,11 @@ if "detox" in config:
     include: "workflow/rules/detox.smk"
 
 
+if "ilf" in config:
+
+    include: "workflow/rules/ilf.smk"
+
+
 # Quick CPU-only jobs run where Snakemake runs, never on a cluster node: conversion, the tiny-scale builders and
 # the reports (each module names its own). Training, sampling, scoring and evaluation go to a cluster executor.
 localrules:
@@ -52,6 +57,8 @@ localrules:
     build_tiny_qa_model,
     make_synthetic_rtp,
     build_tiny_detox_model,
+    make_synthetic_slf5k,
+    build_tiny_ilf_model,
     convert_preferences,
     convert_dsp_domain,
 

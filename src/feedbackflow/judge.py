@@ -21,6 +21,8 @@ later stages for refinements (ILF) and win rates through `Judge.complete`.
 - The API key is read from the environment only when a request has to be sent (a fully cached run needs none) and
   is never written to the cache, the output or the log; a reason taken from a server's error message has the key
   masked.
+- The client, retries, backoff, key handling and bounded concurrency are `OpenAIConnection`, shared with
+  `feedbackflow.language_model` (ILF's sampling and log-probabilities).
 """
 
 from __future__ import annotations
@@ -40,13 +42,15 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.formats import RANKED_RESPONSES, SCORED_SAMPLES, read_sample_rows, write_rows
 from feedbackflow.stage_args import add_dataclass_arguments, dataclass_from_args
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 BACKENDS = ("openai", "hf")
 CACHE_KEY_VERSION = 1
@@ -250,8 +254,11 @@ class Backend(Protocol):
         """Answer every conversation; call `on_reply(index, reply)` as each one is done."""
 
 
-class _MalformedReply(Exception):
-    pass
+class MalformedReply(Exception):
+    """A reply that cannot be read (no choices, no content): retried like a server error."""
+
+
+_MalformedReply = MalformedReply  # the earlier private name
 
 
 def _retry_after(error: Exception) -> float | None:
@@ -272,21 +279,25 @@ def _retry_after(error: Exception) -> float | None:
     return None
 
 
-class OpenAIBackend:
-    """Chat completions through the official `openai` client, with our own retries and bounded concurrency."""
+class OpenAIConnection:
+    """The official `openai` client with this module's retry rules and bounded concurrency (module docstring).
 
-    def __init__(self, config: JudgeConfig, sleep: Callable[[float], None] = time.sleep):
+    Shared by `OpenAIBackend` and `feedbackflow.language_model`. `config` needs the attributes base_url,
+    api_key_env, timeout_s, max_retries, backoff_s, max_backoff_s and max_concurrency. The client is made, and the
+    key read from the environment, on the first request only; `mask` hides the key in any text.
+    """
+
+    def __init__(self, config, sleep: Callable[[float], None] = time.sleep, thread_name_prefix: str = "openai"):
         self.config = config
         self._sleep = sleep
+        self._thread_name_prefix = thread_name_prefix
         self._client = None
         self._secret: str | None = None
         self._count_lock = threading.Lock()
         self.attempts = 0
 
-    def identity(self) -> dict:
-        return {"backend": "openai", "model": self.config.model, "base_url": self.config.base_url}
-
-    def _ensure_client(self):
+    def client(self):
+        """The client; a missing key is a ConfigError naming its environment variable."""
         if self._client is None:
             import openai
 
@@ -301,15 +312,88 @@ class OpenAIBackend:
             self._client = openai.OpenAI(**kwargs)
         return self._client
 
-    def _mask(self, text: str) -> str:
+    def mask(self, text: str) -> str:
         if self._secret:
             text = text.replace(self._secret, "***")
         return text
 
-    def _attempt(self, messages: Messages) -> Reply:
-        client = self._ensure_client()
-        with self._count_lock:
-            self.attempts += 1
+    def call(self, attempt: Callable[[object], T]) -> tuple[T | None, str | None]:
+        """(attempt(client), None), retried on 429 / 5xx / timeouts / connection errors / MalformedReply with
+        backoff; (None, reason) when it still fails or fails at once (other 4xx). HTTP 401 / 403 raise ConfigError.
+        """
+        import openai
+
+        cfg = self.config
+        delay = cfg.backoff_s
+        reason = "no attempt made"
+        for number in range(cfg.max_retries + 1):
+            wait = delay
+            try:
+                client = self.client()
+                with self._count_lock:
+                    self.attempts += 1
+                return attempt(client), None
+            except ConfigError:
+                raise
+            except openai.RateLimitError as error:
+                reason = f"HTTP 429 rate limited: {self.mask(str(error.message))}"
+                hint = _retry_after(error)
+                wait = delay if hint is None else hint
+            except openai.InternalServerError as error:
+                reason = f"HTTP {error.status_code} server error: {self.mask(str(error.message))}"
+                hint = _retry_after(error)
+                wait = delay if hint is None else hint
+            except openai.APITimeoutError:
+                reason = f"timed out after {cfg.timeout_s:g} s"
+            except openai.APIConnectionError as error:
+                cause = error.__cause__ or error
+                reason = f"connection error: {self.mask(f'{type(cause).__name__}: {cause}')}"
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
+                raise ConfigError(
+                    f"api_key_env: the server refused the key in ${cfg.api_key_env} "
+                    f"(HTTP {error.status_code}); check the key and base_url"
+                ) from None
+            except openai.APIStatusError as error:
+                return None, f"HTTP {error.status_code}: {self.mask(str(error.message))}"
+            except (MalformedReply, openai.APIResponseValidationError, ValueError) as error:
+                # json.JSONDecodeError is a ValueError: a body that is not JSON.
+                detail = str(error) if isinstance(error, MalformedReply) else f"{type(error).__name__}: {error}"
+                reason = f"malformed reply: {self.mask(detail)}"
+            if number < cfg.max_retries:
+                self._sleep(min(max(wait, 0.0), cfg.max_backoff_s))
+                delay *= 2
+        tries = cfg.max_retries + 1
+        return None, f"{reason} (gave up after {tries} attempt{'s' if tries > 1 else ''})"
+
+    def map(self, count: int, work: Callable[[int], None]) -> None:
+        """work(0) ... work(count - 1), at most `max_concurrency` at once; the key is checked before any."""
+        if count == 0:
+            return
+        self.client()  # a missing key fails here, before any request
+        pool = ThreadPoolExecutor(max_workers=self.config.max_concurrency, thread_name_prefix=self._thread_name_prefix)
+        try:
+            futures = [pool.submit(work, i) for i in range(count)]
+            for future in futures:
+                future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+class OpenAIBackend:
+    """Chat completions through the official `openai` client, with our own retries and bounded concurrency."""
+
+    def __init__(self, config: JudgeConfig, sleep: Callable[[float], None] = time.sleep):
+        self.config = config
+        self.connection = OpenAIConnection(config, sleep, thread_name_prefix="judge")
+
+    @property
+    def attempts(self) -> int:
+        return self.connection.attempts
+
+    def identity(self) -> dict:
+        return {"backend": "openai", "model": self.config.model, "base_url": self.config.base_url}
+
+    def _attempt(self, client, messages: Messages) -> Reply:
         response = client.chat.completions.create(
             model=self.config.model,
             messages=messages,
@@ -318,11 +402,11 @@ class OpenAIBackend:
         )
         choices = getattr(response, "choices", None)
         if isinstance(response, str | bytes) or not choices:
-            raise _MalformedReply("no choices in the reply")
+            raise MalformedReply("no choices in the reply")
         message = getattr(choices[0], "message", None)
         content = getattr(message, "content", None)
         if not isinstance(content, str):
-            raise _MalformedReply("no message content in the reply")
+            raise MalformedReply("no message content in the reply")
         usage = getattr(response, "usage", None)
         prompt_tokens = getattr(usage, "prompt_tokens", None)
         completion_tokens = getattr(usage, "completion_tokens", None)
@@ -334,62 +418,11 @@ class OpenAIBackend:
 
     def request(self, messages: Messages) -> Reply:
         """One conversation, with retries; never raises for a per-request failure (ConfigError for 401/403)."""
-        import openai
-
-        cfg = self.config
-        delay = cfg.backoff_s
-        reason = "no attempt made"
-        for attempt in range(cfg.max_retries + 1):
-            wait = delay
-            try:
-                return self._attempt(messages)
-            except ConfigError:
-                raise
-            except openai.RateLimitError as error:
-                reason = f"HTTP 429 rate limited: {self._mask(str(error.message))}"
-                hint = _retry_after(error)
-                wait = delay if hint is None else hint
-            except openai.InternalServerError as error:
-                reason = f"HTTP {error.status_code} server error: {self._mask(str(error.message))}"
-                hint = _retry_after(error)
-                wait = delay if hint is None else hint
-            except openai.APITimeoutError:
-                reason = f"timed out after {cfg.timeout_s:g} s"
-            except openai.APIConnectionError as error:
-                cause = error.__cause__ or error
-                reason = f"connection error: {self._mask(f'{type(cause).__name__}: {cause}')}"
-            except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
-                raise ConfigError(
-                    f"api_key_env: the server refused the key in ${cfg.api_key_env} "
-                    f"(HTTP {error.status_code}); check the key and base_url"
-                ) from None
-            except openai.APIStatusError as error:
-                return Reply(text=None, error=f"HTTP {error.status_code}: {self._mask(str(error.message))}")
-            except (_MalformedReply, openai.APIResponseValidationError, ValueError) as error:
-                # json.JSONDecodeError is a ValueError: a body that is not JSON.
-                detail = str(error) if isinstance(error, _MalformedReply) else f"{type(error).__name__}: {error}"
-                reason = f"malformed reply: {self._mask(detail)}"
-            if attempt < cfg.max_retries:
-                self._sleep(min(max(wait, 0.0), cfg.max_backoff_s))
-                delay *= 2
-        tries = cfg.max_retries + 1
-        return Reply(text=None, error=f"{reason} (gave up after {tries} attempt{'s' if tries > 1 else ''})")
+        reply, error = self.connection.call(lambda client: self._attempt(client, messages))
+        return reply if reply is not None else Reply(text=None, error=error)
 
     def run(self, conversations: Sequence[Messages], on_reply: Callable[[int, Reply], None]) -> None:
-        if not conversations:
-            return
-        self._ensure_client()  # a missing key fails here, before any request
-
-        def work(index: int) -> None:
-            on_reply(index, self.request(conversations[index]))
-
-        pool = ThreadPoolExecutor(max_workers=self.config.max_concurrency, thread_name_prefix="judge")
-        try:
-            futures = [pool.submit(work, i) for i in range(len(conversations))]
-            for future in futures:
-                future.result()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        self.connection.map(len(conversations), lambda index: on_reply(index, self.request(conversations[index])))
 
 
 def _directory_fingerprint(path: Path) -> str:

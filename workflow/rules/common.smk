@@ -174,6 +174,66 @@ def detox_reward_spec(variant):
     return [reward]
 
 
+ILF_TRAINABLE_LMS = ("initial", "assistant")
+
+
+def ilf_lm_section(name):
+    """`ilf.train_lms.<name>`: the SFT of a tiny-scale stand-in LM (base_model, train/dev tables, hyperparameters)."""
+    return config["ilf"].get("train_lms", {})[name]
+
+
+def ilf_policy_model(name):
+    """The model directory (or hub id) of an ILF policy: the configured initial policy, or a fine-tuned one."""
+    return config["ilf"]["policy_model"] if name == "initial" else f"{RESULTS}/ilf/models/{name}"
+
+
+def ilf_policy_lm(model):
+    """The LM settings (language_model.LMConfig) that sample from a policy: a local model, `ilf.policy_lm` keys."""
+    return {**config["ilf"].get("policy_lm", {}), "backend": "hf", "model": model}
+
+
+def ilf_lm_inputs(lm):
+    """The local model directory an LM setting reads (a rule input), nothing for an API model or a hub id."""
+    return local_input(lm["model"]) if lm.get("backend", "openai") == "hf" and lm.get("model") else []
+
+
+def ilf_scorer_lm(scorer):
+    """The LM a selection scorer asks: InstructRM's (`selection.instructrm_lm`), the refinement LM for `logprob`."""
+    selection = config["ilf"]["selection"]
+    if scorer == "instructrm":
+        return selection.get("instructrm_lm") or config["ilf"]["refinement"]["lm"]
+    if scorer == "logprob":
+        return config["ilf"]["refinement"]["lm"]
+    return {}
+
+
+def ilf_train_set(name):
+    """The fine-tuning set of an ILF policy: the chosen refinements of `selection.train_with`, or a baseline's."""
+    if name == "ilf":
+        return f"{RESULTS}/ilf/selection/{config['ilf']['selection']['train_with']}.sft.parquet"
+    return f"{RESULTS}/ilf/sft/{'human' if name == 'human' else 'initial'}.parquet"
+
+
+def ilf_data_inputs():
+    """The SLF5K split files a conversion reads: `<dir>/<split>.jsonl` of a local or pipeline-made directory, nothing
+    for a hub id."""
+    source = config["ilf"]["data"]
+    if not (source.startswith(f"{RESULTS}/") or os.path.exists(source)):
+        return []
+    if os.path.isfile(source):
+        return [source]
+    splits = ("train", "development", "validation", "test")
+    return [
+        f"{source}/{split}.jsonl.gz" if os.path.exists(f"{source}/{split}.jsonl.gz") else f"{source}/{split}.jsonl"
+        for split in splits
+    ]
+
+
+def ilf_oracle_inputs():
+    """The synthetic world's oracle (tiny scale), when configured."""
+    return [config["ilf"]["oracle"]] if config["ilf"].get("oracle") else []
+
+
 def final_outputs():
     outputs = []
     if "dsp" in config["experiments"]:
@@ -184,6 +244,8 @@ def final_outputs():
         outputs += [f"{RESULTS}/qa_feedback/metrics.parquet", f"{RESULTS}/qa_feedback/metrics.md"]
     if "detox" in config["experiments"]:
         outputs += [f"{RESULTS}/detox/metrics.parquet", f"{RESULTS}/detox/metrics.md"]
+    if "ilf" in config["experiments"]:
+        outputs += [f"{RESULTS}/ilf/metrics.parquet", f"{RESULTS}/ilf/metrics.md"]
     return outputs
 
 
@@ -195,6 +257,19 @@ if "rrhf" in config["experiments"] and "rrhf" not in config:
     raise ValueError("config: experiments lists rrhf but there is no `rrhf` section")
 if "detox" in config["experiments"] and "detox" not in config:
     raise ValueError("config: experiments lists detox but there is no `detox` section")
+if "ilf" in config["experiments"] and "ilf" not in config:
+    raise ValueError("config: experiments lists ilf but there is no `ilf` section")
+if "ilf" in config:
+    if config["ilf"]["selection"]["train_with"] not in config["ilf"]["selection"]["scorers"]:
+        raise ValueError("config ilf.selection.train_with: must be one of ilf.selection.scorers")
+    for _name in ILF_TRAINABLE_LMS:
+        _trained = f"{RESULTS}/ilf/models/{_name}"
+        _lms = [config["ilf"]["policy_model"], config["ilf"]["refinement"]["lm"].get("model"),
+                config["ilf"]["evaluation"]["judge"].get("model"),
+                (config["ilf"]["selection"].get("instructrm_lm") or {}).get("model"),
+                config["ilf"]["opt_rm"]["base_model"]]  # fmt: skip
+        if _trained in _lms and _name not in config["ilf"].get("train_lms", {}):
+            raise ValueError(f"config ilf: {_trained} is used but ilf.train_lms has no {_name!r} entry to train it")
 if "detox" in config:
     for _name in DETOX_TRAINABLE_LMS:
         _trained = f"{RESULTS}/detox/models/{_name}"

@@ -137,3 +137,44 @@ rule build_tiny_detox_model:
     shell:
         "python -m feedbackflow build-tiny-models --corpus {input.corpus:q} --output-dir {output:q} "
         "--hparams {params.hparams:q} > {log:q} 2>&1"
+
+
+rule make_synthetic_slf5k:
+    output:
+        splits=expand(f"{TINY_RAW}/slf5k/{{split}}.jsonl", split=("train", "development", "validation", "test")),
+        oracle=f"{TINY_RAW}/slf5k/oracle.jsonl",
+        tables=expand(f"{TINY_RAW}/slf5k/{{table}}_{{part}}.parquet", table=("policy", "assistant"),
+                      part=("train", "dev")),  # fmt: skip
+        corpus=f"{TINY_RAW}/slf5k/corpus.txt",
+    params:
+        output_dir=lambda wildcards, output: os.path.dirname(output.corpus),
+        hparams=hparams({"seed": config["seed"], **config.get("tiny", {}).get("slf5k", {})}),
+    threads: job_threads("cpu")
+    resources:
+        **job_resources("cpu"),
+    log:
+        f"{RESULTS}/logs/tiny/make_synthetic_slf5k.log",
+    conda:
+        "../envs/feedbackflow.yaml"
+    shell:
+        "python -m feedbackflow make-synthetic-slf5k --output-dir {params.output_dir:q} "
+        "--hparams {params.hparams:q} > {log:q} 2>&1"
+
+
+rule build_tiny_ilf_model:
+    input:
+        corpus=f"{TINY_RAW}/slf5k/corpus.txt",
+    output:
+        directory(f"{TINY_MODELS}/ilf_lm"),
+    params:
+        hparams=hparams({"seed": config["seed"], **config.get("tiny", {}).get("ilf_lm", {})}),
+    threads: job_threads("cpu")
+    resources:
+        **job_resources("cpu"),
+    log:
+        f"{RESULTS}/logs/tiny/build_tiny_ilf_lm.log",
+    conda:
+        "../envs/feedbackflow.yaml"
+    shell:
+        "python -m feedbackflow build-tiny-models --corpus {input.corpus:q} --output-dir {output:q} "
+        "--hparams {params.hparams:q} > {log:q} 2>&1"
