@@ -117,7 +117,7 @@ def initial_sft_rows(feedback_path, samples_path) -> tuple[list[dict], list[str]
         if target is None or not target.strip():
             missing.append(row["post_id"])
             continue
-        rows.append(_sft_row(row["post_id"], row["title"], row["post"], target, str(samples_path), record))
+        rows.append(_sft_row(row["post_id"], row["title"], row["post"], target, str(feedback_path), record))
     return rows, missing
 
 
@@ -209,11 +209,15 @@ def main_sft(args: argparse.Namespace) -> None:
 
 
 def reference_sample_rows(posts_path) -> list[dict]:
-    """SAMPLES rows of the human reference summaries (origin "reference"), so they are scored like a policy's."""
+    """SAMPLES rows of the human reference summaries (origin "reference"), so they are scored like a policy's; the
+    posts without one are left out (logged)."""
+    rows, missing = reference_sft_rows(posts_path)
+    if missing:
+        log.info("%s: %d posts without a reference summary left out: %s", posts_path, len(missing), missing[:10])
     return [
         {"prompt_id": row["prompt_id"], "prompt": row["prompt"], "response": row["references"][0],
          "origin": "reference", "sample_index": 0}
-        for row in reference_sft_rows(posts_path)[0]
+        for row in rows
     ]
 
 

@@ -119,9 +119,15 @@ def reference_posts(posts_path: str | os.PathLike) -> dict[str, dict]:
 
 def opt_rm_scores(scored_path: str | os.PathLike) -> dict[str, float]:
     """post_id -> OPT-RM's P(Yes) of sample 0 in a SCORED_SAMPLES table (rows without a score are left out)."""
-    scores = {}
-    for row in read_table(scored_path, SCORED_SAMPLES).to_pylist():
-        if row["sample_index"] == 0 and row["status"] == "ok" and row["score"] is not None:
+    scores: dict[str, float] = {}
+    seen: set[str] = set()
+    for record, row in enumerate(read_table(scored_path, SCORED_SAMPLES).to_pylist()):
+        if row["sample_index"] != 0:
+            continue
+        if row["prompt_id"] in seen:
+            raise DataError(scored_path, record, "prompt_id", f"{row['prompt_id']!r} has two samples with index 0")
+        seen.add(row["prompt_id"])
+        if row["status"] == "ok" and row["score"] is not None:
             scores[row["prompt_id"]] = float(row["score"])
     return scores
 
@@ -154,10 +160,12 @@ def judge_pairs(
         win = pairwise_win(p_first, p_second)
         if win is not None:
             status, reason = "ok", None
-        elif first.status == "failed" and second.status == "failed":
-            status, reason = "failed", f"{first.error}; {second.error}"
         else:
-            status, reason = "unparsed", "no A/B token among the next-token log-probabilities in either order"
+            status = "failed" if first.status == "failed" and second.status == "failed" else "unparsed"
+            reason = "; ".join(
+                f"{order}: {result.error if not result.ok else 'no A/B token among the next-token log-probabilities'}"
+                for order, result in (("policy first", first), ("policy second", second))
+            )
         rows.append(
             {
                 "post_id": post_id,
@@ -177,26 +185,51 @@ def judge_pairs(
 # --- win rates of one policy ------------------------------------------------------------------------------------
 
 
-def oracle_win_rate(summaries: dict[str, str], posts: dict[str, dict], oracle_path) -> tuple[float | None, int]:
-    """Win rate by the synthetic world's summary_quality (tiny scale)."""
-    from feedbackflow.slf5k_synthetic import load_oracle, summary_quality
+def load_oracle_by_post(oracle_path) -> dict[str, dict]:
+    """The synthetic world's oracle (`slf5k_synthetic.load_oracle`: {(split, id): {"facts", "flaw"}}) keyed by post
+    id, the key of every ILF table: {post_id: {"split", "facts", "flaw"}}. An id in two splits is a DataError (the
+    tables do not say the split, so the post would be ambiguous)."""
+    from feedbackflow.slf5k_synthetic import load_oracle
 
-    oracle = load_oracle(oracle_path)
+    by_post: dict[str, dict] = {}
+    for (split, post_id), entry in load_oracle(oracle_path).items():
+        if post_id in by_post:
+            raise DataError(oracle_path, None, "id", f"post {post_id!r} is in splits {by_post[post_id]['split']!r} "
+                            f"and {split!r}: the ILF tables key posts by id alone")
+        by_post[post_id] = {"split": split, "facts": entry["facts"], "flaw": entry["flaw"]}
+    return by_post
+
+
+def _oracle_entry(oracle: dict[str, dict], post_id: str, path, record: int | None, field: str, oracle_path) -> dict:
+    entry = oracle.get(post_id)
+    if entry is None:
+        raise DataError(path, record, field, f"post {post_id!r} is not in the oracle {oracle_path}")
+    return entry
+
+
+def _oracle_facts(oracle: dict[str, dict], post_id: str) -> dict[str, str] | None:
+    """The key facts ({kind: value}) of a post in `load_oracle_by_post`'s mapping; None when it is not there."""
+    entry = oracle.get(post_id)
+    return None if entry is None else entry["facts"]
+
+
+def oracle_win_rate(summaries: dict[str, str], posts: dict[str, dict], oracle_path) -> tuple[float | None, int]:
+    """Win rate by the synthetic world's `summary_quality` (tiny scale): the policy's summary against the post's
+    reference summary (ties 1/2), over the posts that have both. A judged post missing from the oracle is a
+    DataError (the oracle of another world)."""
+    from feedbackflow.slf5k_synthetic import summary_quality
+
+    oracle = load_oracle_by_post(oracle_path)
     wins = []
     for post_id, summary in summaries.items():
-        facts = _oracle_facts(oracle, post_id)
-        if facts is None or post_id not in posts:
+        if post_id not in posts:
             continue
+        facts = _oracle_facts(oracle, post_id)
+        if facts is None:
+            raise DataError(oracle_path, None, "id", f"test post {post_id!r} is not in the oracle")
         wins.append(score_win(summary_quality(summary, facts), summary_quality(posts[post_id]["reference_summary"],
                                                                                 facts)))
     return win_rate(wins)
-
-
-def _oracle_facts(oracle, post_id: str):
-    entry = oracle.get(post_id) if isinstance(oracle, dict) else None
-    if entry is None:
-        return None
-    return entry["facts"] if isinstance(entry, dict) and "facts" in entry else entry
 
 
 def policy_win_rates(
@@ -214,6 +247,9 @@ def policy_win_rates(
     result: dict = {"policy": policy, "posts": len(summaries)}
     if judgements_path:
         rows = read_table(judgements_path, PAIRWISE_JUDGEMENTS).to_pylist()
+        for record, row in enumerate(rows):
+            if row["policy"] != policy:
+                raise DataError(judgements_path, record, "policy", f"{row['policy']!r}, expected {policy!r}")
         rate, n = win_rate([row["win"] for row in rows])
         result.update(win_rate_judge=rate, judged_pairs=n,
                       judge_unparsed=sum(r["status"] == "unparsed" for r in rows),
@@ -239,25 +275,42 @@ def policy_win_rates(
 
 
 def refinement_quality(scorer: str, selected_path, feedback_path, oracle_path=None, all_refinements_path=None) -> dict:
-    """How good the chosen refinements are (tiny: fix rate of the named flaw, vs the mean over all refinements)."""
-    chosen = {row["prompt_id"]: row["references"][0] for row in read_table(selected_path, QA_PROMPTS).to_pylist()}
+    """How good the chosen refinements are. With the synthetic world's oracle (tiny scale): `fix_rate`, the share of
+    the chosen refinements that fix the flaw the feedback names (`fixes_flaw`), beside the same share over all
+    refinements (what random choice gets on average) and over the summaries the feedback was written on (0 in the
+    synthetic world, where feedback is only written on flawed summaries). A post missing from the oracle, or one
+    whose oracle entry has no flaw although it has feedback, is a DataError (the oracle of another world)."""
+    selected = read_table(selected_path, QA_PROMPTS).to_pylist()
+    chosen = {row["prompt_id"]: row["references"][0] for row in selected}
     feedback = read_table(feedback_path, SLF5K_FEEDBACK).to_pylist()
     result: dict = {"scorer": scorer, "posts_with_feedback": len(feedback), "chosen": len(chosen)}
     if oracle_path:
-        from feedbackflow.slf5k_synthetic import fixes_flaw, load_oracle
+        from feedbackflow.slf5k_synthetic import fixes_flaw
 
-        oracle = load_oracle(oracle_path)
-        fixed = [fixes_flaw(text, oracle[p]["flaw"]) for p, text in chosen.items() if p in oracle]
+        oracle = load_oracle_by_post(oracle_path)
+
+        def flaw_of(post_id: str, path, record: int, field: str) -> dict:
+            entry = _oracle_entry(oracle, post_id, path, record, field, oracle_path)
+            if entry["flaw"] is None:
+                raise DataError(path, record, field, f"post {post_id!r} has feedback, but the oracle {oracle_path} "
+                                "gives its feedback summary no flaw")
+            return entry["flaw"]
+
+        fixed = [
+            fixes_flaw(row["references"][0], flaw_of(row["prompt_id"], selected_path, record, "prompt_id"))
+            for record, row in enumerate(selected)
+        ]
         result["fix_rate"] = sum(fixed) / len(fixed) if fixed else None
         if all_refinements_path:
             every = [
-                fixes_flaw(row["response"], oracle[row["prompt_id"]]["flaw"])
-                for row in read_table(all_refinements_path, SAMPLES).to_pylist()
-                if row["prompt_id"] in oracle
+                fixes_flaw(row["response"], flaw_of(row["prompt_id"], all_refinements_path, record, "prompt_id"))
+                for record, row in enumerate(read_table(all_refinements_path, SAMPLES).to_pylist())
             ]
             result["fix_rate_all_refinements"] = sum(every) / len(every) if every else None
-        unchanged = [fixes_flaw(row["summary"], oracle[row["post_id"]]["flaw"]) for row in feedback
-                     if row["post_id"] in oracle]
+        unchanged = [
+            fixes_flaw(row["summary"], flaw_of(row["post_id"], feedback_path, record, "post_id"))
+            for record, row in enumerate(feedback)
+        ]
         result["fix_rate_initial_summary"] = sum(unchanged) / len(unchanged) if unchanged else None
     return result
 
@@ -347,16 +400,16 @@ def _percent(value: float | None) -> float | None:
 
 
 def metrics_rows(results: dict[str, dict], train_size: str | None) -> list[dict]:
-    """ILF_METRICS rows: this run's policies (win rates in %), then the paper's (human raters)."""
+    """ILF_METRICS rows: this run's policies (win rates in %; those of POLICY_ROWS in its order, then any other in
+    the order given), then the paper's (human raters)."""
     rows = []
-    for policy in POLICY_ROWS:
-        if policy not in results:
-            continue
+    order = [p for p in POLICY_ROWS if p in results] + [p for p in results if p not in POLICY_ROWS]
+    for policy in order:
         r = results[policy]
         rows.append(
             {
                 "policy": policy,
-                "label": POLICY_LABELS[policy],
+                "label": POLICY_LABELS.get(policy, policy),
                 "source": "this run",
                 "train_size": train_size,
                 "win_rate_judge": _percent(r.get("win_rate_judge")),
@@ -444,9 +497,11 @@ def configure_metrics(parser: argparse.ArgumentParser) -> None:
 def main_metrics(args: argparse.Namespace) -> None:
     from feedbackflow.formats import atomic_path, write_table
 
-    results = {}
+    results: dict[str, dict] = {}
     for path in args.win_rates:
         result = read_json(path)
+        if result["policy"] in results:
+            raise DataError(path, None, "policy", f"{result['policy']!r} is in two --win-rates files")
         results[result["policy"]] = result
     rows = metrics_rows(results, args.train_size)
     write_table(pa.Table.from_pylist(rows, schema=ILF_METRICS), args.output, ILF_METRICS)

@@ -8,7 +8,8 @@ tokens, cut at the first newline). Every reply is cached as it arrives (`--cache
 
 If any prompt is still without a reply after the retries, the stage fails naming the prompts and the reasons and
 writes nothing: the replies that came are in the cache, and a rerun sends only the missing ones. An empty text
-(a model that stopped at once) is a valid sample and is kept; it is counted in the log.
+(a model that stopped at once) is a valid sample and is kept; it is counted in the log. A prompt id given twice in
+the prompts file is a DataError (its samples could not be told apart).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from feedbackflow.errors import DataError
+from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.formats import PROMPTS, SAMPLES, read_table, write_rows
 from feedbackflow.language_model import LanguageModel, LMConfig, lm_config_from_json
 from feedbackflow.stage_args import add_dataclass_arguments, dataclass_from_args
@@ -38,6 +39,35 @@ class GenerationConfig:
     seed: int = 42
     origin: str = field(default="policy", metadata={"help": "written as the SAMPLES origin"})
 
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ConfigError(f"n: must be at least 1, got {self.n}")
+        if not self.origin:
+            raise ConfigError("origin: must not be empty")
+
+
+def read_prompts(prompts_path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """(prompt ids, prompts) of a PROMPTS file; DataError for a file that is not one, an empty one, a missing value
+    or a prompt id given twice (its samples could not be told apart)."""
+    try:
+        table = read_table(prompts_path, PROMPTS)
+    except ValueError as error:  # missing columns, or not Parquet (ArrowInvalid is a ValueError)
+        raise DataError(prompts_path, None, None, str(error)) from error
+    if table.num_rows == 0:
+        raise DataError(prompts_path, None, None, "no prompts")
+    prompt_ids = table.column("prompt_id").to_pylist()
+    prompts = table.column("prompt").to_pylist()
+    seen: dict[str, int] = {}
+    for record, (prompt_id, prompt) in enumerate(zip(prompt_ids, prompts, strict=True)):
+        if prompt_id is None:
+            raise DataError(prompts_path, record, "prompt_id", "missing value")
+        if prompt is None:
+            raise DataError(prompts_path, record, "prompt", "missing value")
+        if prompt_id in seen:
+            raise DataError(prompts_path, record, "prompt_id", f"{prompt_id!r} is also record {seen[prompt_id]}")
+        seen[prompt_id] = record
+    return prompt_ids, prompts
+
 
 def generate_texts(
     prompts_path: str | os.PathLike,
@@ -47,11 +77,7 @@ def generate_texts(
     config: GenerationConfig,
 ) -> list[dict]:
     """Sample `config.n` texts per prompt of a PROMPTS file and write SAMPLES (atomically); see the module doc."""
-    table = read_table(prompts_path, PROMPTS)
-    if table.num_rows == 0:
-        raise DataError(prompts_path, None, None, "no prompts")
-    prompt_ids = table.column("prompt_id").to_pylist()
-    prompts = table.column("prompt").to_pylist()
+    prompt_ids, prompts = read_prompts(prompts_path)
     with LanguageModel(lm_config, cache_path) as lm:
         results = lm.sample(prompts, config.n, config.temperature, config.top_p, config.max_tokens, config.stop,
                             config.seed)
