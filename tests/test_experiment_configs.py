@@ -21,6 +21,7 @@ import pytest
 from workflow_runs import copy_project, planned_jobs, snakemake
 
 from feedbackflow.cli import STAGES
+from feedbackflow.language_model import lm_config_from_json
 from feedbackflow.stage_args import dataclass_from_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -66,13 +67,17 @@ def stage_commands(output: str) -> list[tuple[list[str], int]]:
     return commands
 
 
-def stage_config_class(module) -> type | None:
-    """The stage module's own hyperparameter dataclass (the one its `main` builds from `--hparams`)."""
+def stage_config_class(module, configure) -> type | None:
+    """The stage's own hyperparameter dataclass (the one its `main` builds from `--hparams`): the module's only
+    *Config dataclass, or, when it has several (one per stage), the one its `configure` function adds."""
     classes = [
         value
         for name, value in vars(module).items()
         if name.endswith("Config") and dataclasses.is_dataclass(value) and value.__module__ == module.__name__
     ]
+    if len(classes) > 1:
+        source = inspect.getsource(configure)
+        classes = [cls for cls in classes if re.search(rf"\b{cls.__name__}\b", source)]
     return classes[0] if len(classes) == 1 else None
 
 
@@ -80,11 +85,14 @@ def check_stage_arguments(argv: list[str], processes: int) -> None:
     module_name, _, suffix = STAGES[argv[0]][0].partition(":")
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=argv[0], exit_on_error=False)
-    getattr(module, f"configure_{suffix}" if suffix else "configure")(parser)
+    configure = getattr(module, f"configure_{suffix}" if suffix else "configure")
+    configure(parser)
     args = parser.parse_args(argv[1:])
+    if getattr(args, "lm", None) and args.lm != "{}":  # a language model given as JSON (ILF stages)
+        lm_config_from_json(args.lm)
     if getattr(args, "hparams", None) is None:
         return
-    config_class = stage_config_class(module)
+    config_class = stage_config_class(module, configure)
     assert config_class is not None, f"{module_name}: no single *Config dataclass for --hparams"
     config = dataclass_from_args(config_class, args)
     if hasattr(config, "validate"):
@@ -135,3 +143,25 @@ def test_finegrained_detox_config_is_the_papers_setup(tmp_path):
     sampling = [line for line in result.stdout.splitlines() if "sample-responses" in line]
     assert all('"num_return_sequences": 25' in line and '"top_p": 0.9' in line for line in sampling)
     assert all("--perplexity-model gpt2-xl" in line for line in result.stdout.splitlines() if "evaluate-detox" in line)
+
+
+def test_ilf_config_is_the_papers_setup(tmp_path):
+    """SPEC section 3: SLF5K from the hub, 5 refinements per feedback cut at the first newline, the four selection
+    scorers with ILF trained on InstructRM's choice, three fine-tuning runs on 2 GPU processes, OPT-RM from OPT-1.3B,
+    best-of-64, the pairwise judge on an OpenAI-compatible endpoint."""
+    workdir = copy_project(REPO_ROOT, tmp_path)
+    result = plan_with_placeholder_inputs(workdir, "config/experiments/ilf_slf5k.yaml")
+    jobs = planned_jobs(result.stdout)
+    assert jobs["train_ilf_policy"] == 3 and jobs["select_refinements"] == 4 and "train_ilf_lm" not in jobs
+    assert jobs["judge_ilf"] == 5 and jobs["sample_ilf_test"] == 4
+    lines = result.stdout.splitlines()
+    assert any("convert-slf5k --input JeremyAlain/SLF5K" in line for line in lines)
+    refine = next(line for line in lines if "refinements.parquet" in line and "generate-texts" in line)
+    assert '"n": 5' in refine and '"stop": ["\\n"]' in refine and '"backend": "openai"' in refine
+    assert '"api": "completions"' in refine
+    training = [line for line in lines if "-- train-sft " in line]
+    assert len(training) == 3 and all("--processes 2 --gpus 2" in line for line in training)
+    assert all("--model facebook/opt-2.7b" in line for line in training)
+    assert any("selection/instructrm.sft.parquet" in line for line in training)
+    assert any("-- train-opt-rm " in line and "--model facebook/opt-1.3b" in line for line in lines)
+    assert any("generate-texts" in line and '"n": 64' in line for line in lines)
