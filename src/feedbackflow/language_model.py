@@ -92,8 +92,9 @@ class LMConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend: {self.backend!r} is not one of {list(BACKENDS)}")
-        if not self.model:
-            raise ConfigError("model: required (a model name for openai, a local path or hub id for hf)")
+        if not self.model or not isinstance(self.model, str):
+            raise ConfigError(f"model: required, a string (a model name for openai, a local path or hub id for hf), "
+                              f"got {self.model!r}")
         if self.api not in APIS:
             raise ConfigError(f"api: {self.api!r} is not one of {list(APIS)}")
         if not self.api_key_env:

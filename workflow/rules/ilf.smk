@@ -138,7 +138,7 @@ rule sample_initial_summaries:
     output:
         f"{ILF}/samples/train_initial.parquet",
     params:
-        lm=lambda wildcards, input: json.dumps(ilf_policy_lm(input.policy or ilf_policy_model("initial"))),
+        lm=json.dumps(ilf_policy_lm(ilf_policy_model("initial"))),
         hparams=hparams({"seed": config["seed"], **config["ilf"]["initial_summaries"], "origin": "initial"}),
         cache=f"{ILF}/cache/initial_summaries.sqlite",
     threads: job_threads("evaluation")
@@ -332,7 +332,7 @@ rule sample_ilf_test:
     output:
         f"{ILF}/eval/{{ilf_sampled}}.samples.parquet",
     params:
-        lm=lambda wildcards, input: json.dumps(ilf_policy_lm(input.policy or ilf_policy_model(wildcards.ilf_sampled))),
+        lm=lambda wildcards: json.dumps(ilf_policy_lm(ilf_policy_model(wildcards.ilf_sampled))),
         hparams=lambda wildcards: hparams(
             {"seed": config["seed"], **config["ilf"]["evaluation"]["sampling"], "origin": wildcards.ilf_sampled}
         ),
@@ -357,7 +357,7 @@ rule sample_ilf_candidates:
     output:
         f"{ILF}/eval/ilf_candidates.samples.parquet",
     params:
-        lm=lambda wildcards, input: json.dumps(ilf_policy_lm(input.policy)),
+        lm=json.dumps(ilf_policy_lm(f"{ILF}/models/ilf")),
         hparams=hparams(
             {
                 "seed": config["seed"],
