@@ -229,6 +229,16 @@ def ilf_data_inputs():
     ]
 
 
+def ilf_sft_source_inputs(wildcards):
+    """The inputs of a baseline's fine-tuning set: the feedback, the ILF set (same posts) and the targets."""
+    inputs = {"feedback": f"{RESULTS}/ilf/data/train_feedback.parquet", "same": ilf_train_set("ilf")}
+    if wildcards.source == "initial":
+        inputs["samples"] = f"{RESULTS}/ilf/samples/train_initial.parquet"
+    else:
+        inputs["posts"] = f"{RESULTS}/ilf/data/train_posts.parquet"
+    return inputs
+
+
 def ilf_oracle_inputs():
     """The synthetic world's oracle (tiny scale), when configured."""
     return [config["ilf"]["oracle"]] if config["ilf"].get("oracle") else []

@@ -40,7 +40,8 @@ rule convert_slf5k:
                       table=("posts", "feedback", "comparisons")),  # fmt: skip
         report=f"{ILF}/data/conversion.json",
     params:
-        source=config["ilf"]["data"],
+        # the directory of the split files (a local copy), else the hub id
+        source=lambda wildcards, input: os.path.dirname(input.source[0]) if input.source else config["ilf"]["data"],
         hparams=hparams({"seed": config["seed"], **config["ilf"].get("conversion", {})}),
         output_dir=lambda wildcards, output: os.path.dirname(output.report),
     threads: job_threads("cpu")
@@ -201,15 +202,6 @@ rule select_refinements:
         "python -m feedbackflow select-refinements --feedback {input.feedback:q} --refinements {input.refinements:q} "
         "--scorer {wildcards.ilf_scorer} --cache {params.cache:q} --lm {params.lm:q} --hparams {params.hparams:q} "
         "--scores {output.scores:q} --output {output.chosen:q} --report {output.report:q} > {log:q} 2>&1"
-
-
-def ilf_sft_source_inputs(wildcards):
-    inputs = {"feedback": f"{ILF}/data/train_feedback.parquet", "same": ilf_train_set("ilf")}
-    if wildcards.source == "initial":
-        inputs["samples"] = f"{ILF}/samples/train_initial.parquet"
-    else:
-        inputs["posts"] = f"{ILF}/data/train_posts.parquet"
-    return inputs
 
 
 rule ilf_sft_data:
