@@ -1,34 +1,52 @@
-"""SLF5K -> ILF tables (SPEC section 3): posts, language feedback and comparisons of each split.
+"""SLF5K -> the ILF tables (SPEC section 3): posts, language feedback and comparisons per split.
 
-Input: a directory with `train.jsonl`, `development.jsonl`, `validation.jsonl`, `test.jsonl` (or `.jsonl.gz`) in
-SLF5K's format, or the hub id `JeremyAlain/SLF5K` (read with `datasets.load_dataset`; never at test time). Fields:
-id, subreddit, title, post, tldr_human_reference_summary, summary_prompt, generated_summary_for_comparison_A / _B,
-comparison_preference ("Summary A" / "Summary B"), generated_summary_for_feedback, feedback, ideal_human_summary.
+Input: SLF5K (`JeremyAlain/SLF5K`; splits train 5,000, development 200, validation 500, test 698), either a directory
+holding `train.jsonl`, `development.jsonl`, `validation.jsonl` and `test.jsonl` (each may be `.jsonl.gz` instead; gzip
+is found by its magic bytes), or a hub id, loaded with `datasets.load_dataset(id, split=name)` per split only when no
+local path of that name exists. A record has the fields id, subreddit, title, post, tldr_human_reference_summary,
+summary_prompt, generated_summary_for_comparison_A / _B, comparison_preference ("Summary A" / "Summary B"),
+generated_summary_for_feedback, feedback and ideal_human_summary; all but id, title and post may be missing, null or
+empty (whitespace only), which means "absent".
 
-Output directory, per split: `{split}_posts.parquet` (SLF5K_POSTS: every post), `{split}_feedback.parquet`
-(SLF5K_FEEDBACK: the posts with non-empty feedback on a non-empty summary), `{split}_comparisons.parquet`
-(SLF5K_COMPARISONS: the posts with both comparison summaries and a preference), and `conversion.json`: per split the
-records read, rows written, and the ids of the posts without feedback, without a comparison and without a reference
-summary (a recorded outcome per post, not an error). `train_size` (the paper's 100 / 1K / 5K axis) keeps a seeded
-subset of the training posts, the same one for the three train tables; `max_posts_per_split` bounds the others.
-Everything is written at once (`atomic_directory`): a bad record leaves nothing behind.
+Output (`--output-dir`, written as a whole: all files or none), for each split:
 
-Bad input is a DataError naming the file, record and field: a missing or empty id, title or post; an id seen twice
-in a split; a field that is not a string; a preference other than "Summary A" / "Summary B" where both comparison
-summaries are present.
+- `{split}_posts.parquet` (SLF5K_POSTS): every post (of the selection below), with its human reference summary
+  (null when absent).
+- `{split}_feedback.parquet` (SLF5K_FEEDBACK): the posts with a non-empty feedback AND a non-empty
+  generated_summary_for_feedback: the summary, the feedback and the ideal human summary (null when absent).
+- `{split}_comparisons.parquet` (SLF5K_COMPARISONS): the posts with both comparison summaries and a preference;
+  `preferred` is "A" or "B".
+- `conversion.json`: the input, the config and, per split, the records read, the posts kept (and how many the size
+  selection left out), the feedback and comparison rows, and the ids of the kept posts without feedback
+  (`no_feedback`), without a comparison (`no_comparison`) and without a reference summary (`no_reference`): a
+  recorded outcome per post, not an error.
+
+Texts are stripped of surrounding whitespace. `record` is the 0-based line number of the JSON-lines file (blank lines
+counted) or the row number of the hub split; `source` the file path or "hub id:split".
+
+Selection (`SLF5KConversionConfig`): `train_size` keeps a seeded random subset of that many train posts (the paper's
+100 / 1K / 5K axis), the same posts in the three train tables; `max_posts_per_split` does the same for development,
+validation and test. Kept posts are written in record order. A size above the posts of the split is a ConfigError.
+
+Bad input is a DataError naming file, record and field: a line that is not a JSON object, a missing id, an id that is
+not a non-empty string, a duplicate id within a split, a missing or empty title or post, a field that is neither a
+string nor null, and a comparison_preference other than "Summary A" / "Summary B" when both comparison summaries are
+present (a preference that is absent there means the post has no comparison). Everything is checked before anything
+is written.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
+import dataclasses
 import logging
 import os
 import random
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
+from feedbackflow.convert import _json_kind
+from feedbackflow.detox_data import is_hub_id
 from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.formats import (
     SLF5K_COMPARISONS,
@@ -38,158 +56,287 @@ from feedbackflow.formats import (
     write_json,
     write_rows,
 )
+from feedbackflow.prompts import _iter_json_lines
 from feedbackflow.stage_args import add_dataclass_arguments, dataclass_from_args
 
 log = logging.getLogger(__name__)
 
+SLF5K_HUB_ID = "JeremyAlain/SLF5K"
 SPLITS = ("train", "development", "validation", "test")
+TABLES = ("posts", "feedback", "comparisons")
+REPORT_FILE = "conversion.json"
 TEXT_FIELDS = (
-    "id", "subreddit", "title", "post", "tldr_human_reference_summary", "summary_prompt",
-    "generated_summary_for_comparison_A", "generated_summary_for_comparison_B", "comparison_preference",
-    "generated_summary_for_feedback", "feedback", "ideal_human_summary",
-)  # fmt: skip
+    "id",
+    "subreddit",
+    "title",
+    "post",
+    "tldr_human_reference_summary",
+    "summary_prompt",
+    "generated_summary_for_comparison_A",
+    "generated_summary_for_comparison_B",
+    "comparison_preference",
+    "generated_summary_for_feedback",
+    "feedback",
+    "ideal_human_summary",
+)
 PREFERENCES = {"Summary A": "A", "Summary B": "B"}
 
 
-@dataclass
+def table_file(split: str, table: str) -> str:
+    """The output file name of one table of one split: "train_posts.parquet"."""
+    return f"{split}_{table}.parquet"
+
+
+@dataclasses.dataclass
 class SLF5KConversionConfig:
-    seed: int = 42
-    train_size: int | None = field(default=None, metadata={"help": "training posts kept (seeded); null = all"})
-    max_posts_per_split: int | None = field(default=None, metadata={"help": "first N posts of the other splits"})
+    """Which posts of each split are converted."""
+
+    train_size: int | None = dataclasses.field(
+        default=None, metadata={"help": "a seeded subset of this many train posts (null: all; the paper: 100/1K/5K)"}
+    )
+    max_posts_per_split: int | None = dataclasses.field(
+        default=None, metadata={"help": "a seeded subset of at most this many development/validation/test posts"}
+    )
+    seed: int = dataclasses.field(default=42, metadata={"help": "seed of the subsets"})
 
     def __post_init__(self) -> None:
         for name in ("train_size", "max_posts_per_split"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name}: must be at least 1 when set, got {value}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be null or an integer >= 1, got {value!r}")
 
 
-def _text(value) -> str:
-    return value.strip() if isinstance(value, str) else ""
+# --- reading records ------------------------------------------------------------------------------
 
 
-def split_file(directory: Path, split: str) -> Path:
-    for name in (f"{split}.jsonl", f"{split}.jsonl.gz"):
-        if (directory / name).exists():
-            return directory / name
-    raise DataError(directory, None, None, f"no {split}.jsonl or {split}.jsonl.gz")
+def split_path(directory: Path, split: str) -> Path:
+    """`{split}.jsonl` or `{split}.jsonl.gz` in `directory`; DataError when neither or both exist."""
+    plain, packed = directory / f"{split}.jsonl", directory / f"{split}.jsonl.gz"
+    found = [path for path in (plain, packed) if path.is_file()]
+    if not found:
+        raise DataError(str(plain), None, None, f"missing split file (expected {plain.name} or {packed.name})")
+    if len(found) == 2:
+        raise DataError(str(directory), None, None, f"both {plain.name} and {packed.name} exist: keep one")
+    return found[0]
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    records = []
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for index, line in enumerate(handle):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(path, len(records), None, f"line {index + 1} is not JSON ({error.msg})") from error
-            if not isinstance(record, dict):
-                raise DataError(path, len(records), None, "is not a JSON object")
-            records.append(record)
-    return records
+def _iter_hub_split(hub_id: str, split: str) -> Iterator[tuple[int, object]]:
+    import datasets  # only for hub ids: importing it is slow
+
+    yield from enumerate(datasets.load_dataset(hub_id, split=split))
 
 
-def read_split(source: str, split: str) -> tuple[str, list[dict]]:
-    """(the name errors use for the split's file, its records) from a local directory or the hub."""
-    path = Path(source)
-    if path.is_dir():
-        file = split_file(path, split)
-        return str(file), read_jsonl(file)
-    from datasets import load_dataset
-
-    return f"{source}[{split}]", [dict(row) for row in load_dataset(source, split=split)]
-
-
-def check_record(record: dict, where: str, index: int) -> None:
-    for name in TEXT_FIELDS:
-        value = record.get(name)
-        if value is not None and not isinstance(value, str):
-            raise DataError(where, index, name, f"must be a string, got {type(value).__name__}")
-    for name in ("id", "title", "post"):
-        if not _text(record.get(name)):
-            raise DataError(where, index, name, "is missing or empty")
+def iter_split_records(source: str | os.PathLike, split: str) -> tuple[str, Iterator[tuple[int, object]]]:
+    """(where the records come from, (record index, record) pairs) of one split of a directory or a hub id."""
+    text = os.fspath(source)
+    if Path(text).exists():
+        if not Path(text).is_dir():
+            raise DataError(text, None, None, "expected a directory holding the SLF5K split files")
+        path = split_path(Path(text), split)
+        return str(path), _iter_json_lines(path)
+    if is_hub_id(text):
+        return f"{text}:{split}", _iter_hub_split(text, split)
+    raise DataError(text, None, None, "no such directory (and not a hub id of the form owner/name)")
 
 
-def convert_split(where: str, records: list[dict], keep: list[int]) -> tuple[list, list, list, dict]:
-    """(posts, feedback, comparisons rows, the split's report) of the records at the indices `keep`."""
-    posts, feedback, comparisons = [], [], []
-    report = {"records": len(records), "no_feedback": [], "no_comparison": [], "no_reference": []}
-    seen: set[str] = set()
-    for index in keep:
-        record = records[index]
-        check_record(record, where, index)
-        post_id = record["id"].strip()
-        if post_id in seen:
-            raise DataError(where, index, "id", f"{post_id!r} appears twice in this split")
-        seen.add(post_id)
-        title, post = record["title"].strip(), record["post"].strip()
-        reference = _text(record.get("tldr_human_reference_summary")) or None
-        base = {"post_id": post_id, "source": where, "record": index}
-        posts.append({**base, "subreddit": record.get("subreddit"), "title": title, "post": post,
-                      "reference_summary": reference})  # fmt: skip
-        if reference is None:
-            report["no_reference"].append(post_id)
-        summary, text = _text(record.get("generated_summary_for_feedback")), _text(record.get("feedback"))
-        if summary and text:
-            feedback.append({**base, "title": title, "post": post, "summary": summary, "feedback": text,
-                             "ideal_summary": _text(record.get("ideal_human_summary")) or None})  # fmt: skip
+def _text(record: dict, name: str, path: str, index: int) -> str | None:
+    """The stripped text of a field, or None when it is missing, null or empty; DataError for a non-string."""
+    value = record.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise DataError(path, index, name, f"must be a string or null, got a JSON {_json_kind(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise DataError(path, index, name, f"not valid Unicode: {error}") from error
+    return value.strip() or None
+
+
+def parse_slf5k_record(record, path: str, index: int) -> dict:
+    """The fields of one SLF5K record, validated and stripped ({field: text or None}); `preferred` is "A", "B" or
+    None. Raises DataError naming path, record and field."""
+    if not isinstance(record, dict):
+        raise DataError(path, index, None, f"expected a JSON object, got a JSON {_json_kind(record)}")
+    if record.get("id") is None:
+        raise DataError(path, index, "id", "missing")
+    fields = {name: _text(record, name, path, index) for name in TEXT_FIELDS}
+    if fields["id"] is None:
+        raise DataError(path, index, "id", "is empty")
+    for name in ("title", "post"):
+        if fields[name] is None:
+            raise DataError(path, index, name, "missing or empty")
+    preference = fields["comparison_preference"]
+    both = fields["generated_summary_for_comparison_A"] is not None and (
+        fields["generated_summary_for_comparison_B"] is not None
+    )
+    fields["preferred"] = None
+    if both and preference is not None:
+        if preference not in PREFERENCES:
+            raise DataError(path, index, "comparison_preference", f"{preference!r} is not one of {sorted(PREFERENCES)}")
+        fields["preferred"] = PREFERENCES[preference]
+    return fields
+
+
+def read_split(source: str | os.PathLike, split: str) -> tuple[str, list[dict]]:
+    """(where, parsed records with their "record" index) of one split; DataError on a duplicate id or no record."""
+    where, records = iter_split_records(source, split)
+    parsed: list[dict] = []
+    seen: dict[str, int] = {}
+    for index, record in records:
+        fields = parse_slf5k_record(record, where, index)
+        first = seen.get(fields["id"])
+        if first is not None:
+            raise DataError(where, index, "id", f"{fields['id']!r} appears twice (first at record {first})")
+        seen[fields["id"]] = index
+        parsed.append({**fields, "record": index})
+    if not parsed:
+        raise DataError(where, None, None, "the split has no records")
+    return where, parsed
+
+
+# --- selection and tables -------------------------------------------------------------------------
+
+
+def select_posts(records: list[dict], size: int | None, seed: int, split: str) -> list[dict]:
+    """A seeded random subset of `size` records (all when None), in record order; ConfigError when too few."""
+    if size is None:
+        return records
+    if size > len(records):
+        raise ConfigError(f"{split}: asked for {size} posts, the split has {len(records)}")
+    chosen = sorted(random.Random(f"slf5k:{seed}:{split}").sample(range(len(records)), size))
+    return [records[i] for i in chosen]
+
+
+def post_row(fields: dict, source: str) -> dict:
+    return {
+        "post_id": fields["id"],
+        "subreddit": fields["subreddit"],
+        "title": fields["title"],
+        "post": fields["post"],
+        "reference_summary": fields["tldr_human_reference_summary"],
+        "source": source,
+        "record": fields["record"],
+    }
+
+
+def feedback_row(fields: dict, source: str) -> dict | None:
+    """The SLF5K_FEEDBACK row, or None without a feedback or without the summary it is about."""
+    if fields["feedback"] is None or fields["generated_summary_for_feedback"] is None:
+        return None
+    return {
+        "post_id": fields["id"],
+        "title": fields["title"],
+        "post": fields["post"],
+        "summary": fields["generated_summary_for_feedback"],
+        "feedback": fields["feedback"],
+        "ideal_summary": fields["ideal_human_summary"],
+        "source": source,
+        "record": fields["record"],
+    }
+
+
+def comparison_row(fields: dict, source: str) -> dict | None:
+    """The SLF5K_COMPARISONS row, or None without both summaries and a preference."""
+    if fields["preferred"] is None:
+        return None
+    return {
+        "post_id": fields["id"],
+        "title": fields["title"],
+        "post": fields["post"],
+        "summary_a": fields["generated_summary_for_comparison_A"],
+        "summary_b": fields["generated_summary_for_comparison_B"],
+        "preferred": fields["preferred"],
+        "source": source,
+        "record": fields["record"],
+    }
+
+
+def split_tables(records: list[dict], source: str) -> tuple[dict[str, list[dict]], dict]:
+    """({table: rows}, the split's report entries other than counts of records read)."""
+    tables = {"posts": [], "feedback": [], "comparisons": []}
+    report = {"no_feedback": [], "no_comparison": [], "no_reference": []}
+    for fields in records:
+        tables["posts"].append(post_row(fields, source))
+        feedback = feedback_row(fields, source)
+        comparison = comparison_row(fields, source)
+        if feedback is None:
+            report["no_feedback"].append(fields["id"])
         else:
-            report["no_feedback"].append(post_id)
-        a = _text(record.get("generated_summary_for_comparison_A"))
-        b = _text(record.get("generated_summary_for_comparison_B"))
-        preference = record.get("comparison_preference")
-        if a and b and preference is not None and preference.strip():
-            if preference.strip() not in PREFERENCES:
-                raise DataError(where, index, "comparison_preference",
-                                f"{preference!r} is not one of {sorted(PREFERENCES)}")  # fmt: skip
-            comparisons.append({**base, "title": title, "post": post, "summary_a": a, "summary_b": b,
-                                "preferred": PREFERENCES[preference.strip()]})  # fmt: skip
+            tables["feedback"].append(feedback)
+        if comparison is None:
+            report["no_comparison"].append(fields["id"])
         else:
-            report["no_comparison"].append(post_id)
-    report.update(posts=len(posts), feedback=len(feedback), comparisons=len(comparisons))
-    return posts, feedback, comparisons, report
+            tables["comparisons"].append(comparison)
+        if fields["tldr_human_reference_summary"] is None:
+            report["no_reference"].append(fields["id"])
+    return tables, report
 
 
-def kept_indices(split: str, count: int, config: SLF5KConversionConfig) -> list[int]:
-    """Train: a seeded subset of `train_size` records (in file order); other splits: the first N."""
-    if split == "train":
-        if config.train_size is None or config.train_size >= count:
-            return list(range(count))
-        return sorted(random.Random(config.seed).sample(range(count), config.train_size))
-    limit = config.max_posts_per_split
-    return list(range(count if limit is None else min(limit, count)))
+# --- conversion -----------------------------------------------------------------------------------
 
 
-def convert_slf5k(source: str, output_dir: str | os.PathLike, config: SLF5KConversionConfig) -> dict:
-    """Convert every split (see the module doc); return the report written as conversion.json."""
-    tables, report = {}, {"source": source, "train_size": config.train_size, "splits": {}}
+def _check_paths(source: str, output_dir: Path) -> None:
+    if not Path(source).exists():
+        return
+    input_path, out = Path(source).resolve(), output_dir.resolve()
+    if input_path == out or out in input_path.parents:
+        raise ConfigError(f"the input {source!r} is inside the output directory {str(output_dir)!r}")
+
+
+def convert_slf5k(
+    source: str | os.PathLike, output_dir: str | os.PathLike, config: SLF5KConversionConfig | None = None
+) -> dict:
+    """Read and check every split, select the posts, write the tables and conversion.json; return the report.
+
+    Everything is checked before anything is written, and the output directory appears whole or not at all.
+    """
+    config = config or SLF5KConversionConfig()
+    text, out = os.fspath(source), Path(output_dir)
+    _check_paths(text, out)
+    tables: dict[str, dict[str, list[dict]]] = {}
+    report: dict = {"input": text, "config": dataclasses.asdict(config), "splits": {}}
     for split in SPLITS:
-        where, records = read_split(source, split)
-        posts, feedback, comparisons, split_report = convert_split(
-            where, records, kept_indices(split, len(records), config)
-        )
-        tables[split] = (posts, feedback, comparisons)
-        report["splits"][split] = split_report
-    with atomic_directory(output_dir) as tmp:
-        for split, (posts, feedback, comparisons) in tables.items():
-            write_rows(posts, tmp / f"{split}_posts.parquet", SLF5K_POSTS)
-            write_rows(feedback, tmp / f"{split}_feedback.parquet", SLF5K_FEEDBACK)
-            write_rows(comparisons, tmp / f"{split}_comparisons.parquet", SLF5K_COMPARISONS)
-        write_json(report, tmp / "conversion.json")
-    for split, part in report["splits"].items():
-        log.info("%s: %d posts, %d with feedback, %d comparisons", split, part["posts"], part["feedback"],
-                 part["comparisons"])  # fmt: skip
+        where, records = read_split(text, split)
+        size = config.train_size if split == "train" else config.max_posts_per_split
+        kept = select_posts(records, size, config.seed, split)
+        tables[split], entries = split_tables(kept, where)
+        report["splits"][split] = {
+            "source": where,
+            "records": len(records),
+            "posts": len(kept),
+            "left_out_by_size": len(records) - len(kept),
+            "feedback": len(tables[split]["feedback"]),
+            "comparisons": len(tables[split]["comparisons"]),
+            **entries,
+        }
+    schemas = {"posts": SLF5K_POSTS, "feedback": SLF5K_FEEDBACK, "comparisons": SLF5K_COMPARISONS}
+    with atomic_directory(out) as tmp:
+        for split in SPLITS:
+            for table in TABLES:
+                write_rows(tables[split][table], tmp / table_file(split, table), schemas[table])
+        write_json(report, tmp / REPORT_FILE)
+    for split in SPLITS:
+        counts = report["splits"][split]
+        log.info(
+            "%s: %d records, %d posts, %d feedback, %d comparisons",
+            split, counts["records"], counts["posts"], counts["feedback"], counts["comparisons"],
+        )  # fmt: skip
     return report
 
 
+# --- command line ---------------------------------------------------------------------------------
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, help="directory of SLF5K JSONL splits, or the hub id")
-    parser.add_argument("--output-dir", required=True, help="directory to write (replaced atomically)")
+    """Flags of the `convert-slf5k` stage."""
+    parser.add_argument(
+        "--input", required=True, help=f"directory of {{split}}.jsonl(.gz) files, or a hub id such as {SLF5K_HUB_ID}"
+    )
+    parser.add_argument("--output-dir", required=True, help="folder for the tables and conversion.json")
     add_dataclass_arguments(parser, SLF5KConversionConfig)
 
 
 def main(args: argparse.Namespace) -> None:
-    convert_slf5k(args.input, args.output_dir, dataclass_from_args(SLF5KConversionConfig, args))
+    config = dataclass_from_args(SLF5KConversionConfig, args)
+    convert_slf5k(args.input, args.output_dir, config)

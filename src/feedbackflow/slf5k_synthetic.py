@@ -191,7 +191,7 @@ MISSING_FACT_FEEDBACK = (
 )
 WRONG_NAME_FEEDBACK = (
     "The name is wrong: it is {name}.",
-    "It was {name}, not someone else.",
+    "It was {name} who borrowed it.",
     "Wrong name: the post is about {name}.",
 )
 
@@ -235,7 +235,8 @@ def summary_quality(summary: str, facts: Mapping[str, str]) -> float:
 def fixes_flaw(summary: str, flaw: Mapping) -> bool:
     """True when the summary contains every `required` word (phrase) of the flaw and none of its `forbidden` ones."""
     words = _words(summary)
-    return all(_mentions(words, w) for w in flaw["required"]) and not any(_mentions(words, w) for w in flaw["forbidden"])
+    required = all(_mentions(words, word) for word in flaw["required"])
+    return required and not any(_mentions(words, word) for word in flaw["forbidden"])
 
 
 def load_oracle(path: str | os.PathLike) -> dict[tuple[str, str], dict]:
@@ -312,8 +313,8 @@ def make_post(post_id: str, rng: random.Random) -> SyntheticPost:
     verb, event = rng.choice(OUTCOMES), rng.choice(EVENTS)
     values = {
         "name": name, "relation": relation, "Relation": _capitalize(relation), "item": item, "verb": verb,
-        "event": event, "day": rng.choice(DAYS), "years": str(rng.randint(2, 15)), "price": str(rng.randint(3, 20) * 50),
-        "age": str(rng.randint(18, 40)),
+        "event": event, "day": rng.choice(DAYS), "years": str(rng.randint(2, 15)),
+        "price": str(rng.randint(3, 20) * 50), "age": str(rng.randint(18, 40)),
     }  # fmt: skip
     text = rng.choice(POST_TEMPLATES).format(**values)
     title = rng.choice(TITLE_TEMPLATES).format(**values)
@@ -348,7 +349,9 @@ def with_flaws(post: SyntheticPost, template: int, flaws: Sequence[dict]) -> Sum
     return render_summary(post, template, name, item)
 
 
-def policy_summary(post: SyntheticPost, rng: random.Random, config: SyntheticSLF5KConfig) -> tuple[Summary, dict | None]:
+def policy_summary(
+    post: SyntheticPost, rng: random.Random, config: SyntheticSLF5KConfig
+) -> tuple[Summary, dict | None]:
     """An initial-policy summary: one flaw with `flawed_rate` (a wrong name with `wrong_name_share`), else correct."""
     template = rng.randrange(len(SUMMARY_TEMPLATES))
     if rng.random() >= config.flawed_rate:
@@ -472,7 +475,9 @@ def _qa_row(prompt_id: str, prompt: str, target: str, source: str, record: int) 
     }
 
 
-def policy_rows(posts: list[SyntheticPost], rng: random.Random, config: SyntheticSLF5KConfig, source: str) -> list[dict]:
+def policy_rows(
+    posts: list[SyntheticPost], rng: random.Random, config: SyntheticSLF5KConfig, source: str
+) -> list[dict]:
     """summary_prompt -> an initial-policy summary, one per post."""
     rows = []
     for record, post in enumerate(posts):
