@@ -19,9 +19,12 @@ from feedbackflow.slf5k_synthetic import (
     ASSISTANT_FILES,
     CORPUS_FILE,
     FACT_VALUES,
+    MADE_UP_ITEMS,
     MADE_UP_NAMES,
     ORACLE_FILE,
     POLICY_FILES,
+    REFINER_NAMES,
+    REFINER_VAGUE_ITEM,
     SPLIT_FILES,
     SPLITS,
     SyntheticSLF5KConfig,
@@ -203,7 +206,7 @@ def flaw_from_prompt(prompt: str) -> tuple[dict, dict[str, str]]:
     assert summary_quality(summary, facts) == pytest.approx(2 / 3)  # exactly one flaw
     if wrong:
         return {"required": [facts["name"]], "forbidden": wrong}, facts
-    assert "thing" in summary.split() or "thing." in summary.split()
+    assert not any(re.search(rf"\b{item}\b", summary) for item in FACT_VALUES["item"])  # the item left out
     return {"required": [facts["item"]], "forbidden": []}, facts
 
 
@@ -228,6 +231,11 @@ def test_assistant_rows_agree_with_the_oracle(small):
         fixed.append(fixes_flaw(row["references"][0], flaw))
         if fixed[-1]:
             assert summary_quality(row["references"][0], facts) == 1.0  # a fix gets every fact right
+        else:  # the refiner's own mistake, never the one the summary made
+            refined = row["references"][0]
+            own = [*REFINER_NAMES, *MADE_UP_ITEMS, REFINER_VAGUE_ITEM]
+            assert any(re.search(rf"\b{word}\b", refined) for word in own), refined
+            assert not any(re.search(rf"\b{word}\b", refined) for word in flaw["forbidden"]), refined
     assert abs(sum(fixed) / len(fixed) - SMALL.refinement_fix_rate) < 0.1
 
     templates = {template.text.split("\n\n")[-2]: template for template in INSTRUCT_RM_TEMPLATES}

@@ -27,21 +27,25 @@ Files (`--output-dir`):
 The world. A post (25-45 words over a closed vocabulary) tells how the poster lent an item to a person who then did
 something to it: "My sister Mara borrowed my camera for a wedding last Monday. ... Then Mara broke it and ...". Its
 key facts are the person's name, the item and the outcome (the verb: broke, lost, sold, ...). A summary is one of
-four short templates ("My sister Mara borrowed my camera for a wedding and broke it."); its flaws are a missing item
-(the word "thing" in its place) and a wrong name (another name of the list). `summary_quality` = the fraction of the
-three facts stated correctly (the right value present, no other value of that kind; a wrong name counts as wrong).
+four short templates ("My sister Mara broke my camera."); its flaws are a missing item (the template without it:
+"My sister Mara broke it.") and a wrong name (a made-up one, MADE_UP_NAMES). `summary_quality` = the fraction of
+the three facts stated correctly (the right value present, no other value of that kind; a wrong name counts as
+wrong).
 
 - Initial-policy summaries (generated_summary_for_feedback and the policy tables) have one flaw with `flawed_rate`,
   a wrong name with `wrong_name_share` of those, else a missing item. A flawed summary gets feedback naming the flaw
-  ("The summary should say that it was the camera." / "The name is wrong: it is Mara, not Hugo."); a correct one gets
-  none (an empty feedback: the converter records the post as without feedback).
+  ("The summary should say that it was the camera." / "The name is wrong: it is Mara."); a correct one gets none
+  (an empty feedback: the converter records the post as without feedback).
 - The flaw is checkable: `required` words a fixed summary must contain (the item, or the right name) and `forbidden`
   ones it must not (the wrong name). `fixes_flaw` checks exactly that.
 - Refinements (assistant targets) keep the template of the summary they refine: with `refinement_fix_rate` they fix
-  the flaw (all three facts right); otherwise, with `refinement_other_error_rate` they make another error in the same
-  place (another item instead of "thing", a third name instead of the wrong one), else they keep the flaw.
-  So 5 samples of a model that learnt this contain both kinds, and a refinement that uses the feedback is measurably
-  better (quality 1 against 2/3).
+  the flaw (all three facts right); otherwise they make the refiner's own mistake in the same place, never the one
+  the summary made: a wrong name becomes another made-up one (REFINER_NAMES); a missing item becomes "stuff", or with
+  `refinement_other_error_rate` a made-up item (MADE_UP_ITEMS). So 5 samples of a model that learnt this contain
+  both kinds, a refinement that uses the feedback is measurably better (quality 1 against 2/3), and whether one
+  fixed the flaw shows in its own words: a tiny stand-in learns InstructRM's answers in a CPU minute or two (a large
+  LM answers from the feedback; at tiny scale this is the stand-in's shortcut, and `fixes_flaw` is the ground truth
+  the selection is measured with).
 - Human reference summaries state all facts, except `reference_missing_rate` of them that miss the item (so a
   perfect policy can beat the reference); ideal_human_summary always states all facts.
 - Comparisons: two summaries with different numbers of flaws (0, 1 or 2); the better one is preferred, except with
@@ -111,7 +115,7 @@ class SyntheticSLF5KConfig:
         default=0.5, metadata={"help": "assistant refinement targets that fix the named flaw"}
     )
     refinement_other_error_rate: float = dataclasses.field(
-        default=0.5, metadata={"help": "of the refinements that do not fix it: another error instead of the same"}
+        default=0.5, metadata={"help": "of the refinements that keep an item missing: a made-up item instead of \"stuff\""}
     )
     refinements_per_post: int = dataclasses.field(default=2, metadata={"help": "assistant refinement rows per post"})
     instruct_rm_pairs_per_post: int = dataclasses.field(
@@ -144,19 +148,21 @@ class SyntheticSLF5KConfig:
 
 NAMES = "Mara Tomas Lena Oskar Ines Felix Nadia Pavel Greta Hugo Selma Anton".split()
 ITEMS = "camera laptop guitar bike car tent drone jacket watch phone speaker kayak".split()
-# What a summary makes up: names and items that no post contains (a wrong name is one of these; so is the wrong item
-# of a refinement that swaps the missing item for another).
-MADE_UP_NAMES = "Clara Emil Rosa Bruno Vera Otto Lotte Jonas".split()
-MADE_UP_ITEMS = "umbrella blender lamp drill scooter printer".split()
+# Names and items that no post contains. Initial summaries make up the first names; a refinement that does not fix
+# the flaw makes its own mistakes (the refiner's names, a made-up item, "stuff"), never one the summary made, so
+# whether a refinement fixed the flaw shows in its own words (which a tiny LM learns in a minute).
+MADE_UP_NAMES = "Clara Emil Rosa Bruno Vera".split()
+REFINER_NAMES = "Otto Lotte Jonas Ida".split()
+MADE_UP_ITEMS = "umbrella blender lamp".split()
 # The outcome is the verb of "{name} {verb} it".
 OUTCOMES = "broke lost sold kept scratched painted".split()
 RELATIONS = ["sister", "brother", "roommate", "coworker", "neighbor", "cousin", "boyfriend", "girlfriend", "friend"]
 EVENTS = ["a camping trip", "a wedding", "a concert", "a road trip", "a party", "a job interview", "a beach weekend"]
 DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
 SUBREDDITS = ["relationships", "Advice", "legaladvice", "roommates", "personalfinance", "AmItheAsshole"]
-VAGUE_ITEM = "thing"  # stands where a summary that misses the item would name it
+REFINER_VAGUE_ITEM = "stuff"  # stands for the item in a refinement that keeps it missing
 FACT_VALUES: dict[str, Sequence[str]] = {
-    "name": NAMES + MADE_UP_NAMES,
+    "name": NAMES + MADE_UP_NAMES + REFINER_NAMES,
     "item": ITEMS + MADE_UP_ITEMS,
     "outcome": OUTCOMES,
 }
@@ -179,10 +185,17 @@ TITLE_TEMPLATES = (
     "{Relation} {verb} the {item} I lent",
 )
 SUMMARY_TEMPLATES = (
-    "My {relation} {name} borrowed my {item} for {event} and {verb} it.",
-    "Lent my {item} to {name} for {event}. {name} {verb} it.",
-    "{name}, my {relation}, {verb} the {item} I lent for {event}.",
-    "{name} borrowed my {item} for {event} and {verb} it. What do I do?",
+    "{name} {verb} my {item}.",
+    "My {relation} {name} {verb} my {item}.",
+    "{name} {verb} the {item} I lent.",
+    "Lent my {item} to {name}, who {verb} it.",
+)
+# The same summaries without the item (an initial summary that misses it says "it" or "what I lent").
+SUMMARY_TEMPLATES_WITHOUT_ITEM = (
+    "{name} {verb} it.",
+    "My {relation} {name} {verb} it.",
+    "{name} {verb} what I lent.",
+    "Lent it to {name}, who {verb} it.",
 )
 MISSING_FACT_FEEDBACK = (
     "The summary should say that it was the {item}.",
@@ -296,7 +309,7 @@ class Summary:
     text: str
     template: int
     name: str
-    item: str
+    item: str | None  # None: the summary does not name the item
 
 
 def _rng(seed: int, name: str) -> random.Random:
@@ -321,13 +334,15 @@ def make_post(post_id: str, rng: random.Random) -> SyntheticPost:
     return SyntheticPost(post_id, rng.choice(SUBREDDITS), title, text, name, relation, item, verb, event)
 
 
-def render_summary(post: SyntheticPost, template: int, name: str | None = None, item: str | None = None) -> Summary:
-    """The summary of `post` in template `template`, saying `name` and `item` (default: the post's, i.e. correct)."""
+def render_summary(
+    post: SyntheticPost, template: int, name: str | None = None, item: str | None = None, with_item: bool = True
+) -> Summary:
+    """The summary of `post` in template `template`, saying `name` and `item` (default: the post's, i.e. correct);
+    without the item at all when not `with_item`."""
     name, item = name or post.name, item or post.item
-    text = SUMMARY_TEMPLATES[template].format(
-        name=name, relation=post.relation, item=item, verb=post.outcome, event=post.event
-    )
-    return Summary(text, template, name, item)
+    templates = SUMMARY_TEMPLATES if with_item else SUMMARY_TEMPLATES_WITHOUT_ITEM
+    text = templates[template].format(name=name, relation=post.relation, item=item, verb=post.outcome)
+    return Summary(text, template, name, item if with_item else None)
 
 
 def _other(values: Sequence[str], *excluded: str, rng: random.Random) -> str:
@@ -339,14 +354,13 @@ def make_flaw(post: SyntheticPost, kind: str, rng: random.Random) -> dict:
     if kind == WRONG_NAME:
         wrong = rng.choice(MADE_UP_NAMES)
         return {"type": WRONG_NAME, "fact": "name", "required": [post.name], "forbidden": [wrong], "wrong": wrong}
-    return {"type": MISSING_FACT, "fact": "item", "required": [post.item], "forbidden": [], "wrong": VAGUE_ITEM}
+    return {"type": MISSING_FACT, "fact": "item", "required": [post.item], "forbidden": [], "wrong": None}
 
 
 def with_flaws(post: SyntheticPost, template: int, flaws: Sequence[dict]) -> Summary:
     """The summary in `template` with every flaw of `flaws` (at most one per fact)."""
     name = next((f["wrong"] for f in flaws if f["fact"] == "name"), None)
-    item = next((f["wrong"] for f in flaws if f["fact"] == "item"), None)
-    return render_summary(post, template, name, item)
+    return render_summary(post, template, name, with_item=not any(f["fact"] == "item" for f in flaws))
 
 
 def policy_summary(
@@ -379,15 +393,16 @@ def feedback_text(post: SyntheticPost, flaw: dict, rng: random.Random) -> str:
 
 def refinement(post: SyntheticPost, summary: Summary, flaw: dict, rng: random.Random, fix: bool,
                other_error_rate: float) -> Summary:  # fmt: skip
-    """A refinement of a flawed summary in its template: the flaw fixed (`fix`), or another error in the same place
-    (with `other_error_rate`: another item for a missing one, a third name for a wrong one), or the flaw kept."""
+    """A refinement of a flawed summary in its template: the flaw fixed (`fix`: every fact right), or not, in the
+    refiner's own words: a wrong name stays wrong (one of REFINER_NAMES); a missing item stays missing ("stuff") or,
+    with `other_error_rate`, becomes a wrong item (one of MADE_UP_ITEMS)."""
     if fix:
         return render_summary(post, summary.template)
-    if rng.random() >= other_error_rate:
-        return summary
     if flaw["fact"] == "name":
-        return render_summary(post, summary.template, name=_other(MADE_UP_NAMES, flaw["wrong"], rng=rng))
-    return render_summary(post, summary.template, item=rng.choice(MADE_UP_ITEMS))
+        return render_summary(post, summary.template, name=rng.choice(REFINER_NAMES))
+    if rng.random() < other_error_rate:
+        return render_summary(post, summary.template, item=rng.choice(MADE_UP_ITEMS))
+    return render_summary(post, summary.template, item=REFINER_VAGUE_ITEM)
 
 
 def sample_refinement(
