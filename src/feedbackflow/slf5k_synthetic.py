@@ -115,7 +115,7 @@ class SyntheticSLF5KConfig:
         default=0.5, metadata={"help": "assistant refinement targets that fix the named flaw"}
     )
     refinement_other_error_rate: float = dataclasses.field(
-        default=0.5, metadata={"help": "of the refinements that keep an item missing: a made-up item instead of \"stuff\""}
+        default=0.5, metadata={"help": "of the refinements that keep an item missing: a made-up item, not \"stuff\""}
     )
     refinements_per_post: int = dataclasses.field(default=2, metadata={"help": "assistant refinement rows per post"})
     instruct_rm_pairs_per_post: int = dataclasses.field(
