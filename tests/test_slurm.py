@@ -49,6 +49,29 @@ def slurm_run(cluster, repo_root, tmp_path_factory) -> Path:
     return workdir
 
 
+def gpu_rules(repo_root: Path) -> set[str]:
+    """Every rule (in any workflow/rules/*.smk, also those defined only under some configs) whose resources are the
+    `training` or `evaluation` family."""
+    rules = set()
+    for path in sorted((repo_root / "workflow" / "rules").glob("*.smk")):
+        text = path.read_text()
+        for match in re.finditer(r"^\s*rule (\w+):\n(.*?)(?=^\s*rule \w+:|\Z)", text, re.S | re.M):
+            if re.search(r'job_resources\("(training|evaluation)"\)', match.group(2)):
+                rules.add(match.group(1))
+    return rules
+
+
+def test_the_profile_sends_every_gpu_rule_to_the_gpu_partition(repo_root):
+    """No cluster needed: the profile's set-resources must name every rule that loads a model, all with one
+    partition (the anchor), and only rules that exist."""
+    profile = yaml.safe_load((repo_root / "profiles/slurm/config.yaml").read_text())
+    placed = profile["set-resources"]
+    expected = gpu_rules(repo_root)
+    assert {"train_grft", "train_ilf_policy", "train_qa_ppo", "train_rrhf", "sample_detox"} <= expected
+    assert set(placed) == expected, (sorted(expected - set(placed)), sorted(set(placed) - expected))
+    assert {resources["slurm_partition"] for resources in placed.values()} == {"a100"}
+
+
 def slurm_job_ids(workdir: Path, rule: str) -> list[int]:
     """Job ids from the plugin's per-job SLURM logs (.snakemake/slurm_logs/rule_<rule>/<wildcards>/<jobid>.log)."""
     logs = (workdir / ".snakemake" / "slurm_logs" / f"rule_{rule}").rglob("*.log")
