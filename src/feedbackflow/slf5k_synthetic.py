@@ -115,7 +115,7 @@ class SyntheticSLF5KConfig:
         default=0.5, metadata={"help": "assistant refinement targets that fix the named flaw"}
     )
     refinement_other_error_rate: float = dataclasses.field(
-        default=0.5, metadata={"help": "of the refinements that keep an item missing: a made-up item, not \"stuff\""}
+        default=0.5, metadata={"help": 'of the refinements that keep an item missing: a made-up item, not "stuff"'}
     )
     refinements_per_post: int = dataclasses.field(default=2, metadata={"help": "assistant refinement rows per post"})
     instruct_rm_pairs_per_post: int = dataclasses.field(
@@ -343,10 +343,6 @@ def render_summary(
     templates = SUMMARY_TEMPLATES if with_item else SUMMARY_TEMPLATES_WITHOUT_ITEM
     text = templates[template].format(name=name, relation=post.relation, item=item, verb=post.outcome)
     return Summary(text, template, name, item if with_item else None)
-
-
-def _other(values: Sequence[str], *excluded: str, rng: random.Random) -> str:
-    return rng.choice([v for v in values if v not in excluded])
 
 
 def make_flaw(post: SyntheticPost, kind: str, rng: random.Random) -> dict:
