@@ -57,9 +57,15 @@ def job_threads(kind):
     return job_resources(kind)["cpus_per_task"]
 
 
-def hparams(values):
-    """A stage's hyperparameters as the JSON its CLI takes (`--hparams`); keys sorted, so equal configs match."""
+def canonical_json(values):
+    """Settings as the JSON param of a job, keys sorted (equal settings give equal params, so a config written in
+    another key order reruns nothing)."""
     return json.dumps(values, sort_keys=True)
+
+
+def hparams(values):
+    """A stage's hyperparameters as the JSON its CLI takes (`--hparams`)."""
+    return canonical_json(values)
 
 
 def reward_training_hparams(variant):

@@ -88,7 +88,7 @@ rule train_detox_ppo:
     params:
         policy=model_argument(detox_policy_model("initial"), name="policy"),
         value=model_argument(detox_value_model(), name="value"),
-        rewards=lambda wildcards: json.dumps(detox_reward_spec(wildcards.detox_variant), sort_keys=True),
+        rewards=lambda wildcards: canonical_json(detox_reward_spec(wildcards.detox_variant)),
         hparams=lambda wildcards: hparams(
             {
                 "seed": config["seed"],
@@ -143,7 +143,7 @@ rule score_detox_toxicity:
         scored=f"{DETOX}/eval/{{detox_policy}}.scored.parquet",
         stats=f"{DETOX}/eval/{{detox_policy}}.scoring.json",
     params:
-        scorer=json.dumps(config["detox"]["toxicity"], sort_keys=True),
+        scorer=canonical_json(config["detox"]["toxicity"]),
         # one cache per policy (parallel jobs never share a SQLite file); it outlives the outputs, so a rerun
         # after a crash or a changed downstream rule sends no request twice
         cache=lambda wildcards: f"{DETOX}/cache/eval_{wildcards.detox_policy}.sqlite",

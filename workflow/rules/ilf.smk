@@ -139,7 +139,7 @@ rule sample_initial_summaries:
     output:
         f"{ILF}/samples/train_initial.parquet",
     params:
-        lm=json.dumps(ilf_policy_lm(ilf_policy_model("initial")), sort_keys=True),
+        lm=canonical_json(ilf_policy_lm(ilf_policy_model("initial"))),
         hparams=hparams({"seed": config["seed"], **config["ilf"]["initial_summaries"], "origin": "initial"}),
         cache=f"{ILF}/cache/initial_summaries.sqlite",
     threads: job_threads("evaluation")
@@ -162,7 +162,7 @@ rule refine_summaries:
     output:
         f"{ILF}/samples/refinements.parquet",
     params:
-        lm=json.dumps(config["ilf"]["refinement"]["lm"], sort_keys=True),
+        lm=canonical_json(config["ilf"]["refinement"]["lm"]),
         hparams=hparams({"seed": config["seed"], **config["ilf"]["refinement"]["sampling"], "origin": "refinement"}),
         cache=f"{ILF}/cache/refinements.sqlite",
     threads: job_threads("evaluation")
@@ -187,7 +187,7 @@ rule select_refinements:
         chosen=f"{ILF}/selection/{{ilf_scorer}}.sft.parquet",
         report=f"{ILF}/selection/{{ilf_scorer}}.json",
     params:
-        lm=lambda wildcards: json.dumps(ilf_scorer_lm(wildcards.ilf_scorer), sort_keys=True),
+        lm=lambda wildcards: canonical_json(ilf_scorer_lm(wildcards.ilf_scorer)),
         hparams=hparams({"seed": config["seed"], **config["ilf"]["selection"].get("settings", {})}),
         # one cache per scorer (parallel jobs never share a SQLite file); it outlives the outputs
         cache=lambda wildcards: f"{ILF}/cache/select_{wildcards.ilf_scorer}.sqlite",
@@ -324,7 +324,7 @@ rule sample_ilf_test:
     output:
         f"{ILF}/eval/{{ilf_sampled}}.samples.parquet",
     params:
-        lm=lambda wildcards: json.dumps(ilf_policy_lm(ilf_policy_model(wildcards.ilf_sampled)), sort_keys=True),
+        lm=lambda wildcards: canonical_json(ilf_policy_lm(ilf_policy_model(wildcards.ilf_sampled))),
         hparams=lambda wildcards: hparams(
             {"seed": config["seed"], **config["ilf"]["evaluation"]["sampling"], "origin": wildcards.ilf_sampled}
         ),
@@ -349,7 +349,7 @@ rule sample_ilf_candidates:
     output:
         f"{ILF}/eval/ilf_candidates.samples.parquet",
     params:
-        lm=json.dumps(ilf_policy_lm(f"{ILF}/models/ilf"), sort_keys=True),
+        lm=canonical_json(ilf_policy_lm(f"{ILF}/models/ilf")),
         hparams=hparams(
             {
                 "seed": config["seed"],
@@ -414,7 +414,7 @@ rule judge_ilf:
     output:
         f"{ILF}/eval/{{ilf_evaluated}}.judgements.parquet",
     params:
-        lm=json.dumps(config["ilf"]["evaluation"]["judge"], sort_keys=True),
+        lm=canonical_json(config["ilf"]["evaluation"]["judge"]),
         cache=lambda wildcards: f"{ILF}/cache/judge_{wildcards.ilf_evaluated}.sqlite",
     threads: job_threads("evaluation")
     resources:

@@ -153,7 +153,7 @@ rule train_qa_ppo:
         value=directory(f"{QA}/models/{{qa_variant}}.value"),
     params:
         value=model_argument(config["qa_feedback"]["value_model"], name="value"),
-        rewards=lambda wildcards: json.dumps(qa_ppo_reward_spec(wildcards.qa_variant), sort_keys=True),
+        rewards=lambda wildcards: canonical_json(qa_ppo_reward_spec(wildcards.qa_variant)),
         hparams=lambda wildcards: hparams(
             {
                 "seed": config["seed"],
