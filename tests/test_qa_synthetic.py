@@ -20,6 +20,11 @@ from feedbackflow.qa_synthetic import (
     NF_ERRORS,
     QA_CORPUS_FILE,
     QA_FILES,
+    UNSUPPORTED_CITIES,
+    UNSUPPORTED_COMPANY_WORDS,
+    UNSUPPORTED_FIRST_NAMES,
+    UNSUPPORTED_LAST_NAMES,
+    UNSUPPORTED_YEARS,
     QAFeedbackConfig,
     build_items,
     make_synthetic_qa_feedback,
@@ -146,7 +151,9 @@ def test_passage_sentences_are_single_segments(data):
 
 def test_error_spans_index_the_erroneous_sentences(data, sentencizer):
     counts = Counter()
-    for record in load(data, "train_feedback.json") + load(data, "dev_feedback.json"):
+    items = build_items(CONFIG)
+    records = load(data, "train_feedback.json") + load(data, "dev_feedback.json")
+    for record, item in zip(records, items["train_feedback"] + items["dev"], strict=True):
         text = record["prediction 1"]
         sentences = passage_sentences(record)
         known = set(sentences.values())
@@ -162,12 +169,16 @@ def test_error_spans_index_the_erroneous_sentences(data, sentencizer):
             assert (start == 0 or text[start - 1] == " ") and (end == len(text) or text[end] == " ")
             assert (start, end) in boundaries and len(span.split()) >= 5
             previous_end = end
-            if kind == "Irrelevant":
-                assert span in known and span not in gold
+            if kind == "Irrelevant":  # an irrelevant passage sentence or an off-topic remark
+                assert span not in gold and (span in known) != (span in item.off_topic)
             elif kind == "Redundant":
                 assert span == error["explanation"] and text.index(span) < start
-            elif kind == "Incoherent":
-                assert span not in known and any(sorted(span.split()) == sorted(s.split()) for s in known)
+            elif kind == "Incoherent":  # four words reversed, or the start of an ideal sentence cut off at the end
+                assert span not in known
+                shuffled = any(sorted(span.split()) == sorted(s.split()) for s in known)
+                cut = end == len(text) and any(s.startswith(span + " ") for s in gold)
+                assert shuffled != cut, span
+                counts["cut"] += cut
             elif kind == "Unverifiable":
                 assert span not in known
             else:  # Wrong-Grounding: the explanation points at the right sentence about the same work
@@ -177,7 +188,34 @@ def test_error_spans_index_the_erroneous_sentences(data, sentencizer):
                 assert span.split()[:4] == right.split()[:4]
             if kind != "Redundant":
                 assert error["explanation"] == "" or kind == "Wrong-Grounding"
-    assert all(counts[kind] > 0 for kind in NF_ERRORS + F_ERRORS), counts
+    assert all(counts[kind] > 0 for kind in (*NF_ERRORS, *F_ERRORS, "cut")), counts
+
+
+UNSUPPORTED_WORDS = set(
+    UNSUPPORTED_FIRST_NAMES + UNSUPPORTED_LAST_NAMES + UNSUPPORTED_CITIES + UNSUPPORTED_COMPANY_WORDS
+) | {str(year) for year in UNSUPPORTED_YEARS}
+
+
+def test_unsupported_claims_use_words_no_passage_uses(data):
+    """Wrong values, unverifiable attributes and off-topic remarks draw on the UNSUPPORTED_* lists, which no passage
+    uses; awards and adaptations are unsupported by their very subject (module docstring, "Unsupported values")."""
+    items = build_items(CONFIG)
+    records = load(data, "train_feedback.json") + load(data, "dev_feedback.json")
+    counts = Counter()
+    for record, item in zip(records, items["train_feedback"] + items["dev"], strict=True):
+        passage_words = {w.strip(".") for p in record["passages"] for s in p for w in s.split()}
+        assert not passage_words & UNSUPPORTED_WORDS
+        for error in record["feedback"]["errors"]:
+            span = record["prediction 1"][error["start"] : error["end"]]
+            words = {w.strip(".") for w in span.split()}
+            kind = error["error type"]
+            if kind == "Wrong-Grounding" or (kind == "Irrelevant" and span in item.off_topic):
+                assert words & UNSUPPORTED_WORDS, span
+            elif kind == "Unverifiable":
+                assert words & UNSUPPORTED_WORDS or " award in " in span, span
+            counts[kind, bool(words & UNSUPPORTED_WORDS)] += 1
+    # Both kinds of irrelevant sentence occur, off-topic remarks (unsupported words) the more often.
+    assert counts["Irrelevant", True] > counts["Irrelevant", False] > 0, counts
 
 
 def test_missing_info_and_corrections(data, sentencizer):
@@ -313,7 +351,7 @@ def test_references_are_mostly_good(data, sentencizer):
         sentences = sentences_of(reference, sentencizer)
         ideal = [item.sentence(i) for i in item.ideal()]
         extra = [s for s in sentences if s not in ideal]
-        assert len(extra) <= 1 and all(s in item.irrelevant + item.unverifiable for s in extra)
+        assert len(extra) <= 1 and all(s in item.irrelevant + item.off_topic + item.unverifiable for s in extra)
         with_error += bool(extra)
         missing += [s for s in sentences if s in ideal] != ideal
     # 300 references: error rate 0.25 and missing rate 0.15 give these counts give or take sampling noise.

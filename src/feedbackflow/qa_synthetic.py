@@ -24,21 +24,24 @@ dropped by the five-word rule.
 A good answer is, for each work, its identity sentence then its answer sentence, copied from the passages. This
 "ideal" answer is the `gold` and the dev/test reference (the second dev/test reference adds the minor facts).
 
-The train_1k references are mostly ideal, but `reference_error_rate` of them contain one extra irrelevant passage
-sentence (60%) or one unverifiable sentence (40%) at a random place and `reference_missing_rate` of them leave out the
+The train_1k references are mostly ideal, but `reference_error_rate` of them contain one extra irrelevant sentence
+(60%; an off-topic remark with `off_topic_share`, else an irrelevant passage sentence) or one unverifiable sentence
+(40%) at a random place and `reference_missing_rate` of them leave out the
 second work (or, for a single work, the identity sentence). An SFT policy imitating them makes the same errors
 at about those rates, which is what the reward models learn to detect and PPO should reduce.
 
 Feedback predictions simulate the initial policy. Starting from the ideal answer, independently:
 an identity sentence is left out with `drop_identity_rate`; the first answer sentence with `drop_answer_rate / 3`,
-any further one with `drop_answer_rate`; with `wrong_grounding_rate` one answer sentence states a wrong value (the
-other work's value, or another made-up one) -> Wrong-Grounding; with `extra_minor_rate` a correct minor fact is
-added (no error); with `irrelevant_rate` one (or, one time in four, two) irrelevant passage sentences are inserted ->
-Irrelevant; with `unverifiable_rate` an unverifiable sentence (an award or an adaptation, which no passage ever
-mentions, or an attribute that no passage of this question states) -> Unverifiable; with `incoherent_rate` a passage
+any further one with `drop_answer_rate`; with `wrong_grounding_rate` one answer sentence states a wrong value
+-> Wrong-Grounding; with `extra_minor_rate` a correct minor fact is added (no error); with `irrelevant_rate` one (or,
+one time in four, two) irrelevant sentences are inserted -> Irrelevant, each an off-topic remark with
+`off_topic_share`, else an irrelevant passage sentence; with `unverifiable_rate` an unverifiable sentence (an award or
+an adaptation, which no passage ever mentions, or an attribute that no passage of this question states) ->
+Unverifiable; with `incoherent_rate` a passage
 sentence that is not an answer with four of its middle words in reverse order -> Incoherent; with
-`redundant_rate` an earlier correct sentence is repeated -> Redundant (its explanation is
-the repeated sentence; a Wrong-Grounding explanation is '{"passage_id":P,"sentence_id":[S]}' of the correct
+`redundant_rate` an earlier correct sentence is repeated -> Redundant; with `truncated_rate` the answer ends in an
+ideal sentence cut off after five or more words, as by the generation length -> Incoherent (a Redundant explanation
+is the repeated sentence; a Wrong-Grounding explanation is '{"passage_id":P,"sentence_id":[S]}' of the correct
 sentence, as in the real data). Every error is one whole sentence, and the spans are character offsets into
 `prediction 1`.
 
@@ -52,6 +55,18 @@ or that are reported missing (each after the answer sentence of its work), built
 Preferences: quality = 2 x correct answer sentences + identity sentences - 2 x error sentences; each of the pairs
 (1v2, 1v3, 1v4, 2v3, 2v4, 3v4) is 1 (first better), 2 (second better) or 0 (equal quality); with
 `preference_noise` a pair's label is replaced by a uniformly random one.
+
+Unsupported values (a tiny-scale concession). Every value that a Wrong-Grounding or Unverifiable sentence states
+(bar an award's year: the award itself is the unsupported part), and every name in an off-topic remark, comes from
+word lists that no passage ever uses (UNSUPPORTED_*): made-up people, cities, companies and years 1900-1929. In the
+real data a wrong value is often another passage's value, and finding it out means comparing the sentence with the
+passages. The tiny 2-layer Longformer R2 does not learn that
+comparison: with wrong values drawn from the passages it reached held-out error F1 0.24-0.29, whether trained 8x
+longer, with a 256-token attention window or with a 4-layer encoder. With unsupported values it can read "not
+supported" from the words themselves, as a large R2 would read it from the passages, and its judgements are good
+enough for PPO to reduce the errors it pays for. The off-topic remarks are irrelevant and unsupported at once, so
+that both R1 and R2 object to them, as they do to a real answer's rambling; an irrelevant passage sentence is true,
+so under SPEC's rewards it nets +0.2 (-0.3 from R1, +0.5 from R2).
 
 Output is byte-identical for a given config: one `random.Random` per generator stream seeded from (seed, name),
 fixed iteration order, JSON with sorted keys.
@@ -99,7 +114,13 @@ class QAFeedbackConfig:
         default=0.15, metadata={"help": "train_1k references that leave out the second work (or the identity)"}
     )
     irrelevant_rate: float = 0.4
-    redundant_rate: float = 0.2
+    off_topic_share: float = dataclasses.field(
+        default=0.75, metadata={"help": "inserted irrelevant sentences that are off-topic remarks, not passage copies"}
+    )
+    redundant_rate: float = 0.35
+    truncated_rate: float = dataclasses.field(
+        default=0.15, metadata={"help": "predictions that end in a sentence cut off after 5+ words (Incoherent)"}
+    )
     incoherent_rate: float = 0.1
     wrong_grounding_rate: float = 0.2
     unverifiable_rate: float = 0.25
@@ -118,7 +139,7 @@ class QAFeedbackConfig:
             value = getattr(self, field.name)
             if field.name.endswith("_examples") and value < 0:
                 raise ValueError(f"{field.name} must be >= 0, got {value}")
-            if field.name.endswith(("_rate", "_noise")) and not 0.0 <= value <= 1.0:
+            if field.name.endswith(("_rate", "_noise", "_share")) and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{field.name} must be in [0, 1], got {value}")
 
 
@@ -148,6 +169,19 @@ CITIES = (
 COMPANY_WORDS = ["Kestrel", "Bluebell", "Northgate", "Harrow", "Copperline", "Juniper", "Lighthouse", "Redwood"]
 COLORS = ["red", "blue", "green", "yellow", "white", "black", "orange", "purple"]
 OBJECTS = ["lantern", "boat", "horse", "key", "door", "bird", "clock", "bicycle", "window", "tree"]
+# Values no passage ever contains: those of Wrong-Grounding / Unverifiable sentences and off-topic remarks.
+UNSUPPORTED_FIRST_NAMES = "Zora Yannick Quincy Xenia Ulric Bexley Thaddeus Odile Cosmo Wilhelmina".split()
+UNSUPPORTED_LAST_NAMES = "Zubrik Yeoman Quarrie Xiong Umber Blackwood Thistle Oakenfold Crumb Wexley".split()
+UNSUPPORTED_CITIES = "Zanzibrook Yorvale Quillmoor Xandria Umbermere Brackwater Thornbury Oxhollow".split()
+UNSUPPORTED_COMPANY_WORDS = ["Zephyr", "Yellowtail", "Quasar", "Xylo", "Umbra", "Blackthorn"]
+UNSUPPORTED_YEARS = range(1900, 1930)
+OFF_TOPIC_TEMPLATES = [
+    "{person} once visited the city of {city} with friends.",
+    "The weather in {city} is usually mild in the spring.",
+    "{person} collects old {object} pictures from {city} markets.",
+    "{company} also sells {color} {object} toys in {city}.",
+    "{person} opened a small bakery in {city} in {year}.",
+]
 AWARDS = ["Golden Lyre", "Silver Quill", "Blue Comet", "Crystal Owl", "Bronze Anchor", "Amber Star"]
 
 # Per kind: the genre pool, the company suffix, and the sentence templates. Slots: {Ref} (sentence-initial reference
@@ -254,6 +288,29 @@ def _random_value(rng: random.Random, kind: str, attribute: str, year: int) -> s
     return _company(rng, kind)
 
 
+def _unsupported_value(rng: random.Random, kind: str, attribute: str) -> str:
+    """A value of `attribute` that no passage states (module docstring, "Unsupported values")."""
+    if attribute == "creator":
+        return f"{rng.choice(UNSUPPORTED_FIRST_NAMES)} {rng.choice(UNSUPPORTED_LAST_NAMES)}"
+    if attribute == "year":
+        return str(rng.choice(UNSUPPORTED_YEARS))
+    if attribute == "setting":
+        return rng.choice(UNSUPPORTED_CITIES)
+    return f"{rng.choice(UNSUPPORTED_COMPANY_WORDS)} {KINDS[kind]['company']}"
+
+
+def _off_topic_remark(rng: random.Random, kind: str) -> str:
+    """An irrelevant remark about made-up people and places: neither an answer nor supported by any passage."""
+    return rng.choice(OFF_TOPIC_TEMPLATES).format(
+        person=_unsupported_value(rng, kind, "creator"),
+        city=_unsupported_value(rng, kind, "setting"),
+        company=_unsupported_value(rng, kind, "company"),
+        year=_unsupported_value(rng, kind, "year"),
+        color=rng.choice(COLORS),
+        object=rng.choice(OBJECTS),
+    )
+
+
 @dataclasses.dataclass
 class Work:
     """One titled work: its attribute values and the sentences that state them."""
@@ -301,6 +358,7 @@ class QAItem:
     identities: list[tuple[int, int]]  # one per work
     minors: list[tuple[int, int]]  # one per work
     irrelevant: list[str]  # passage sentences that do not help answer the question
+    off_topic: list[str]  # irrelevant remarks that no passage supports
     unverifiable: list[str]  # sentences about the works that no passage supports
     wrong: dict[tuple[int, int], list[str]]  # answer id -> wrong-value versions of the answer sentence
 
@@ -363,16 +421,18 @@ def make_item(rng: random.Random, config: QAFeedbackConfig) -> QAItem:
         unverifiable.append(
             f"{_capitalize(work.ref)} won the {rng.choice(AWARDS)} award in {year + rng.randint(1, 3)}."
         )
-        unverifiable.append(KINDS[work.kind]["adaptation"].format(Ref=_capitalize(work.ref), value=_person(rng)))
+        adapter = _unsupported_value(rng, work.kind, "creator")
+        unverifiable.append(KINDS[work.kind]["adaptation"].format(Ref=_capitalize(work.ref), value=adapter))
         unstated = [a for a in ATTRIBUTES if a not in (attribute, minor_attribute, "year")]
-        unverifiable.extend(work.fact(a, _random_value(rng, work.kind, a, year)) for a in unstated)
-        # Wrong grounding: the other work's value (the typical confusion) or another made-up one.
-        candidates = [w.values[attribute] for w in works if w is not work]
+        unverifiable.extend(work.fact(a, _unsupported_value(rng, work.kind, a)) for a in unstated)
+        # Wrong grounding: a value no passage states (module docstring, "Unsupported values").
+        candidates: list[str] = []
         while len(candidates) < 2:
-            value = _random_value(rng, work.kind, attribute, rng.randint(1955, 2020))
-            if value != work.values[attribute] and value not in candidates:
+            value = _unsupported_value(rng, work.kind, attribute)
+            if value not in candidates:
                 candidates.append(value)
         wrong[answers[-1]] = [work.fact(attribute, value) for value in candidates]
+    off_topic = [_off_topic_remark(rng, works[0].kind) for _ in range(3)]
     if rng.random() < config.distractor_rate:
         person = works[0].values["creator"]
         bio = [
@@ -390,7 +450,7 @@ def make_item(rng: random.Random, config: QAFeedbackConfig) -> QAItem:
         passages = [passages[old] for old in order]
         answers, identities, minors = ([(remap[p], s) for p, s in ids] for ids in (answers, identities, minors))
         wrong = {(remap[p], s): texts for (p, s), texts in wrong.items()}
-    return QAItem(question, passages, answers, identities, minors, irrelevant, unverifiable, wrong)
+    return QAItem(question, passages, answers, identities, minors, irrelevant, off_topic, unverifiable, wrong)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -420,9 +480,15 @@ def reference_answer(item: QAItem, rng: random.Random, config: QAFeedbackConfig)
         ids = ids[:2] if len(item.answers) == 2 else [item.answers[0]]
     sentences = [item.sentence(i) for i in ids]
     if rng.random() < config.reference_error_rate:
-        pool = item.irrelevant if rng.random() < 0.6 else item.unverifiable
+        pool = _irrelevant_pool(item, rng, config) if rng.random() < 0.6 else item.unverifiable
         sentences.insert(rng.randint(1, len(sentences)), rng.choice(pool))
     return " ".join(sentences)
+
+
+def _irrelevant_pool(item: QAItem, rng: random.Random, config: QAFeedbackConfig) -> list[str]:
+    """Where an inserted irrelevant sentence comes from: the off-topic remarks with `off_topic_share`, else the
+    irrelevant passage sentences."""
+    return item.off_topic if rng.random() < config.off_topic_share else item.irrelevant
 
 
 def _incoherent(item: QAItem, rng: random.Random) -> str:
@@ -437,6 +503,13 @@ def _incoherent(item: QAItem, rng: random.Random) -> str:
         if window != window[::-1]:
             words[start : start + 4] = window[::-1]
             return " ".join(words)
+
+
+def _truncated(item: QAItem, rng: random.Random) -> str:
+    """The first words (at least five, never all) of an ideal sentence, without its full stop: an answer cut off by
+    the generation length ("The 1998 film Silver Harbor was")."""
+    words = item.sentence(rng.choice(item.ideal())).split()
+    return " ".join(words[: rng.randint(5, len(words) - 1)])
 
 
 def simulate_prediction(item: QAItem, rng: random.Random, config: QAFeedbackConfig) -> list[Part]:
@@ -467,7 +540,8 @@ def simulate_prediction(item: QAItem, rng: random.Random, config: QAFeedbackConf
         parts.append(Part(item.sentence(item.answers[0]), fact=item.answers[0]))
 
     if rng.random() < config.irrelevant_rate:
-        for text in rng.sample(item.irrelevant, min(len(item.irrelevant), 2 if rng.random() < 0.25 else 1)):
+        pool = _irrelevant_pool(item, rng, config)
+        for text in rng.sample(pool, min(len(pool), 2 if rng.random() < 0.25 else 1)):
             parts.insert(rng.randint(0, len(parts)), Part(text, error="Irrelevant"))
     if rng.random() < config.unverifiable_rate:
         parts.insert(rng.randint(0, len(parts)), Part(rng.choice(item.unverifiable), error="Unverifiable"))
@@ -478,6 +552,8 @@ def simulate_prediction(item: QAItem, rng: random.Random, config: QAFeedbackConf
         source = rng.choice(clean)
         repeated = parts[source].text
         parts.insert(rng.randint(source + 1, len(parts)), Part(repeated, error="Redundant", explanation=repeated))
+    if rng.random() < config.truncated_rate:
+        parts.append(Part(_truncated(item, rng), error="Incoherent"))
     return parts
 
 
