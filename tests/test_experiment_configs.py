@@ -13,11 +13,13 @@ import argparse
 import dataclasses
 import importlib
 import inspect
+import json
 import re
 import shlex
 from pathlib import Path
 
 import pytest
+import yaml
 from workflow_runs import copy_project, planned_jobs, snakemake
 
 from feedbackflow.cli import STAGES
@@ -165,3 +167,25 @@ def test_ilf_config_is_the_papers_setup(tmp_path):
     assert any("selection/instructrm.sft.parquet" in line for line in training)
     assert any("-- train-opt-rm " in line and "--model facebook/opt-1.3b" in line for line in lines)
     assert any("generate-texts" in line and '"n": 64' in line for line in lines)
+
+
+def test_tiny_qa_model_takes_the_longformer_keys(tmp_path):
+    """`tiny.qa_model` may set the TinyModelConfig keys that only T5 / Longformer use (`dropout`,
+    `attention_window`): the config schema accepts them and they reach `build-tiny-models` unchanged."""
+    workdir = tmp_path / "project"
+    workdir.mkdir()
+    copy_project(REPO_ROOT, workdir)
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    config["tiny"]["qa_model"].update(dropout=0.0, attention_window=128)
+    changed = tmp_path / "qa_model.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    target = "results/tiny/models/qa_longformer"  # before --configfile, which takes several values
+    result = snakemake(workdir, target, "-n", "-p", "--configfile", str(changed))
+    ((argv, processes),) = [c for c in stage_commands(result.stdout) if c[0][0] == "build-tiny-models"]
+    check_stage_arguments(argv, processes)
+    built = json.loads(argv[argv.index("--hparams") + 1])
+    assert built["attention_window"] == 128 and built["dropout"] == 0.0
+    config["tiny"]["qa_model"]["attention_window"] = "wide"
+    changed.write_text(yaml.safe_dump(config))
+    refused = snakemake(workdir, target, "-n", "--configfile", str(changed), check=False)
+    assert refused.returncode != 0 and "attention_window" in refused.stdout + refused.stderr
