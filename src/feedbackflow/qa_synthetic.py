@@ -26,24 +26,23 @@ A good answer is, for each work, its identity sentence then its answer sentence,
 
 The train_1k references are mostly ideal, but `reference_error_rate` of them contain one extra irrelevant sentence
 (60%; an off-topic remark with `off_topic_share`, else an irrelevant passage sentence) or one unverifiable sentence
-(40%) at a random place and `reference_missing_rate` of them leave out the
-second work (or, for a single work, the identity sentence). An SFT policy imitating them makes the same errors
-at about those rates, which is what the reward models learn to detect and PPO should reduce.
+(40%) at a random place, and `reference_missing_rate` of them leave out the second work (or, for a single work, the
+identity sentence). An SFT policy imitating them samples the same errors at about those rates (greedy decoding, which
+follows the mode, seldom does), which is what the reward models learn to detect and PPO should reduce.
 
 Feedback predictions simulate the initial policy. Starting from the ideal answer, independently:
 an identity sentence is left out with `drop_identity_rate`; the first answer sentence with `drop_answer_rate / 3`,
-any further one with `drop_answer_rate`; with `wrong_grounding_rate` one answer sentence states a wrong value
--> Wrong-Grounding; with `extra_minor_rate` a correct minor fact is added (no error); with `irrelevant_rate` one (or,
+any further one with `drop_answer_rate`; with `wrong_grounding_rate` one answer sentence states a wrong value ->
+Wrong-Grounding; with `extra_minor_rate` a correct minor fact is added (no error); with `irrelevant_rate` one (or,
 one time in four, two) irrelevant sentences are inserted -> Irrelevant, each an off-topic remark with
-`off_topic_share`, else an irrelevant passage sentence; with `unverifiable_rate` an unverifiable sentence (an award or
-an adaptation, which no passage ever mentions, or an attribute that no passage of this question states) ->
-Unverifiable; with `incoherent_rate` a passage
-sentence that is not an answer with four of its middle words in reverse order -> Incoherent; with
-`redundant_rate` an earlier correct sentence is repeated -> Redundant; with `truncated_rate` the answer ends in an
-ideal sentence cut off after five or more words, as by the generation length -> Incoherent (a Redundant explanation
-is the repeated sentence; a Wrong-Grounding explanation is '{"passage_id":P,"sentence_id":[S]}' of the correct
-sentence, as in the real data). Every error is one whole sentence, and the spans are character offsets into
-`prediction 1`.
+`off_topic_share`, else an irrelevant passage sentence; with `unverifiable_rate` an unverifiable sentence (an award
+or an adaptation, which no passage ever mentions, or an attribute that no passage of this question states) ->
+Unverifiable; with `incoherent_rate` a passage sentence that is not an answer with four of its middle words in
+reverse order -> Incoherent; with `redundant_rate` an earlier correct sentence is repeated -> Redundant; with
+`truncated_rate` the answer ends in an ideal sentence cut off after five or more words, as by the generation length
+-> Incoherent (a Redundant explanation is the repeated sentence; a Wrong-Grounding explanation is
+'{"passage_id":P,"sentence_id":[S]}' of the correct sentence, as in the real data). Every error is one whole
+sentence, and the spans are character offsets into `prediction 1`.
 
 Annotation of `prediction 1`: `corrected-prediction` is the ideal answer plus the minor facts that prediction 1 states
 or that are reported missing (each after the answer sentence of its work), built from the very passage sentences
@@ -60,13 +59,12 @@ Unsupported values (a tiny-scale concession). Every value that a Wrong-Grounding
 (bar an award's year: the award itself is the unsupported part), and every name in an off-topic remark, comes from
 word lists that no passage ever uses (UNSUPPORTED_*): made-up people, cities, companies and years 1900-1929. In the
 real data a wrong value is often another passage's value, and finding it out means comparing the sentence with the
-passages. The tiny 2-layer Longformer R2 does not learn that
-comparison: with wrong values drawn from the passages it reached held-out error F1 0.24-0.29, whether trained 8x
-longer, with a 256-token attention window or with a 4-layer encoder. With unsupported values it can read "not
-supported" from the words themselves, as a large R2 would read it from the passages, and its judgements are good
-enough for PPO to reduce the errors it pays for. The off-topic remarks are irrelevant and unsupported at once, so
-that both R1 and R2 object to them, as they do to a real answer's rambling; an irrelevant passage sentence is true,
-so under SPEC's rewards it nets +0.2 (-0.3 from R1, +0.5 from R2).
+passages. The tiny 2-layer Longformer R2 does not learn that comparison: with wrong values drawn from the passages
+it reached held-out error F1 0.24-0.29, whether trained 8x longer, with a 256-token attention window or with a
+4-layer encoder. With unsupported values it can read "not supported" from the words themselves, as a large R2 would
+read it from the passages (held-out error F1 0.72 with the default tiny config). The off-topic remarks are
+irrelevant and unsupported at once, so that both R1 and R2 object to them, as they do to a real answer's rambling;
+an irrelevant passage sentence is true, so under SPEC's rewards it nets +0.2 (-0.3 from R1, +0.5 from R2).
 
 Output is byte-identical for a given config: one `random.Random` per generator stream seeded from (seed, name),
 fixed iteration order, JSON with sorted keys.
