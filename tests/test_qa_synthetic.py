@@ -149,11 +149,16 @@ def test_passage_sentences_are_single_segments(data):
 # -- annotations -------------------------------------------------------------------------------------------------
 
 
+def feedback_records_with_items(root: Path) -> list[tuple[dict, object]]:
+    """Every train/dev feedback record beside the world item (QAItem) it was made from."""
+    items = build_items(CONFIG)
+    records = load(root, "train_feedback.json") + load(root, "dev_feedback.json")
+    return list(zip(records, items["train_feedback"] + items["dev"], strict=True))
+
+
 def test_error_spans_index_the_erroneous_sentences(data, sentencizer):
     counts = Counter()
-    items = build_items(CONFIG)
-    records = load(data, "train_feedback.json") + load(data, "dev_feedback.json")
-    for record, item in zip(records, items["train_feedback"] + items["dev"], strict=True):
+    for record, item in feedback_records_with_items(data):
         text = record["prediction 1"]
         sentences = passage_sentences(record)
         known = set(sentences.values())
@@ -199,10 +204,8 @@ UNSUPPORTED_WORDS = set(
 def test_unsupported_claims_use_words_no_passage_uses(data):
     """Wrong values, unverifiable attributes and off-topic remarks draw on the UNSUPPORTED_* lists, which no passage
     uses; awards and adaptations are unsupported by their very subject (module docstring, "Unsupported values")."""
-    items = build_items(CONFIG)
-    records = load(data, "train_feedback.json") + load(data, "dev_feedback.json")
     counts = Counter()
-    for record, item in zip(records, items["train_feedback"] + items["dev"], strict=True):
+    for record, item in feedback_records_with_items(data):
         passage_words = {w.strip(".") for p in record["passages"] for s in p for w in s.split()}
         assert not passage_words & UNSUPPORTED_WORDS
         for error in record["feedback"]["errors"]:
