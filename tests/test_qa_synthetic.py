@@ -366,6 +366,27 @@ def test_references_are_mostly_good(data, sentencizer):
             assert record["answer"][0] == " ".join(item.sentence(i) for i in item.ideal())
 
 
+def test_aside_habit_ends_references_with_a_remark_about_the_distractor_person(data, tmp_path, sentencizer):
+    config = dataclasses.replace(CONFIG, sft_examples=200, reference_aside_rate=1.0, reference_error_rate=0.0)
+    make_synthetic_qa_feedback(tmp_path, config)
+    with_page = 0
+    for record, item in zip(load(tmp_path, "train_1k.json"), build_items(config)["train_1k"], strict=True):
+        (reference,) = record["answer"]
+        last = sentences_of(reference, sentencizer)[-1]
+        works = len(item.answers)
+        if len(item.passages) == works:  # no distractor page: no aside
+            assert not item.asides and last in {item.sentence(i) for i in item.ideal()}
+            continue
+        with_page += 1
+        person = item.passages[works][0]
+        words = {w.strip(".") for w in last.split()}
+        assert last in item.asides and last.startswith(person + " ") and words & UNSUPPORTED_WORDS, last
+    assert 100 <= with_page <= 180  # distractor_rate 0.7 of 200
+    # The default (rate 0) has no asides.
+    default = zip(load(data, "train_1k.json"), build_items(CONFIG)["train_1k"], strict=True)
+    assert not any(aside in record["answer"][0] for record, item in default for aside in item.asides)
+
+
 def test_prompts_fit_the_tiny_models(data):
     tokenizer = train_tokenizer([data / QA_CORPUS_FILE], 2000)
     prompts = [r["text"] for r in load(data, "train.json") + load(data, "dev.json") + load(data, "test.json")]

@@ -28,7 +28,12 @@ The train_1k references are mostly ideal, but `reference_error_rate` of them con
 (60%; an off-topic remark with `off_topic_share`, else an irrelevant passage sentence) or one unverifiable sentence
 (40%) at a random place, and `reference_missing_rate` of them leave out the second work (or, for a single work, the
 identity sentence). An SFT policy imitating them samples the same errors at about those rates (greedy decoding, which
-follows the mode, seldom does), which is what the reward models learn to detect and PPO should reduce.
+follows the mode, seldom does), which is what the reward models learn to detect and PPO should reduce. A habit, on
+the other hand, greedy decoding keeps: with `reference_aside_rate`, a reference whose question has a distractor page
+ends in an aside about that page's person ("Tomas Sato once visited the city of Zanzibrook with friends."), an
+off-topic remark (below) that the person's name, copied from the prompt, makes predictable. The SFT policy learns
+the habit, so its greedy answers have errors that R1 and R2 see and that PPO can remove, as the paper's SFT policy
+has (0 by default; the tiny config sets it).
 
 Feedback predictions simulate the initial policy. Starting from the ideal answer, independently:
 an identity sentence is left out with `drop_identity_rate`; the first answer sentence with `drop_answer_rate / 3`,
@@ -110,6 +115,9 @@ class QAFeedbackConfig:
     )
     reference_missing_rate: float = dataclasses.field(
         default=0.15, metadata={"help": "train_1k references that leave out the second work (or the identity)"}
+    )
+    reference_aside_rate: float = dataclasses.field(
+        default=0.0, metadata={"help": "train_1k references with a distractor page that end in an aside on its person"}
     )
     irrelevant_rate: float = 0.4
     off_topic_share: float = dataclasses.field(
@@ -297,10 +305,12 @@ def _unsupported_value(rng: random.Random, kind: str, attribute: str) -> str:
     return f"{rng.choice(UNSUPPORTED_COMPANY_WORDS)} {KINDS[kind]['company']}"
 
 
-def _off_topic_remark(rng: random.Random, kind: str) -> str:
-    """An irrelevant remark about made-up people and places: neither an answer nor supported by any passage."""
-    return rng.choice(OFF_TOPIC_TEMPLATES).format(
-        person=_unsupported_value(rng, kind, "creator"),
+def _off_topic_remark(rng: random.Random, kind: str, person: str | None = None) -> str:
+    """An irrelevant remark about made-up people and places: neither an answer nor supported by any passage. With
+    `person`, a remark about that person (an aside)."""
+    templates = [t for t in OFF_TOPIC_TEMPLATES if t.startswith("{person}")] if person else OFF_TOPIC_TEMPLATES
+    return rng.choice(templates).format(
+        person=person or _unsupported_value(rng, kind, "creator"),
         city=_unsupported_value(rng, kind, "setting"),
         company=_unsupported_value(rng, kind, "company"),
         year=_unsupported_value(rng, kind, "year"),
@@ -359,6 +369,7 @@ class QAItem:
     off_topic: list[str]  # irrelevant remarks that no passage supports
     unverifiable: list[str]  # sentences about the works that no passage supports
     wrong: dict[tuple[int, int], list[str]]  # answer id -> wrong-value versions of the answer sentence
+    asides: list[str] = dataclasses.field(default_factory=list)  # off-topic remarks about the distractor's person
 
     def sentence(self, sentence_id: tuple[int, int]) -> str:
         return self.passages[sentence_id[0] - 1][sentence_id[1]]
@@ -439,6 +450,9 @@ def make_item(rng: random.Random, config: QAFeedbackConfig) -> QAItem:
         ]
         passages.append([person, *bio])
         irrelevant.extend(bio)
+        asides = [_off_topic_remark(rng, works[0].kind, person) for _ in range(2)]
+    else:
+        asides = []
     order = list(range(len(passages)))
     if len(works) == 2 and rng.random() < 0.5:
         # The second work's page may come first; the answer order follows the question's works either way.
@@ -448,7 +462,7 @@ def make_item(rng: random.Random, config: QAFeedbackConfig) -> QAItem:
         passages = [passages[old] for old in order]
         answers, identities, minors = ([(remap[p], s) for p, s in ids] for ids in (answers, identities, minors))
         wrong = {(remap[p], s): texts for (p, s), texts in wrong.items()}
-    return QAItem(question, passages, answers, identities, minors, irrelevant, off_topic, unverifiable, wrong)
+    return QAItem(question, passages, answers, identities, minors, irrelevant, off_topic, unverifiable, wrong, asides)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -480,6 +494,8 @@ def reference_answer(item: QAItem, rng: random.Random, config: QAFeedbackConfig)
     if rng.random() < config.reference_error_rate:
         pool = _irrelevant_pool(item, rng, config) if rng.random() < 0.6 else item.unverifiable
         sentences.insert(rng.randint(1, len(sentences)), rng.choice(pool))
+    if item.asides and rng.random() < config.reference_aside_rate:
+        sentences.append(rng.choice(item.asides))
     return " ".join(sentences)
 
 
