@@ -28,12 +28,12 @@ The train_1k references are mostly ideal, but `reference_error_rate` of them con
 (60%; an off-topic remark with `off_topic_share`, else an irrelevant passage sentence) or one unverifiable sentence
 (40%) at a random place, and `reference_missing_rate` of them leave out the second work (or, for a single work, the
 identity sentence). An SFT policy imitating them samples the same errors at about those rates (greedy decoding, which
-follows the mode, seldom does), which is what the reward models learn to detect and PPO should reduce. A habit, on
-the other hand, greedy decoding keeps: with `reference_aside_rate`, a reference whose question has a distractor page
-ends in an aside about that page's person ("Tomas Sato once visited the city of Zanzibrook with friends."), an
-off-topic remark (below) that the person's name, copied from the prompt, makes predictable. The SFT policy learns
-the habit, so its greedy answers have errors that R1 and R2 see and that PPO can remove, as the paper's SFT policy
-has (0 by default; the tiny config sets it).
+follows the mode, seldom does), which is what the reward models learn to detect and PPO should reduce. Greedy
+decoding does keep a habit: with `reference_aside_rate` (0 by default; the tiny config sets it), a reference whose
+question has a distractor page ends in an aside about that page's person ("Tomas Sato once visited the city of
+Zanzibrook with friends."). The aside is an off-topic remark (below), made predictable by the person's name, which
+is copied from the prompt. The SFT policy learns the habit, so its greedy answers have errors that R1 and R2 see and
+that PPO can remove, as the paper's SFT policy has.
 
 Feedback predictions simulate the initial policy. Starting from the ideal answer, independently:
 an identity sentence is left out with `drop_identity_rate`; the first answer sentence with `drop_answer_rate / 3`,
