@@ -149,9 +149,9 @@ def test_passage_sentences_are_single_segments(data):
 # -- annotations -------------------------------------------------------------------------------------------------
 
 
-def feedback_records_with_items(root: Path) -> list[tuple[dict, object]]:
+def feedback_records_with_items(root: Path, config: QAFeedbackConfig = CONFIG) -> list[tuple[dict, object]]:
     """Every train/dev feedback record beside the world item (QAItem) it was made from."""
-    items = build_items(CONFIG)
+    items = build_items(config)
     records = load(root, "train_feedback.json") + load(root, "dev_feedback.json")
     return list(zip(records, items["train_feedback"] + items["dev"], strict=True))
 
@@ -194,6 +194,33 @@ def test_error_spans_index_the_erroneous_sentences(data, sentencizer):
             if kind != "Redundant":
                 assert error["explanation"] == "" or kind == "Wrong-Grounding"
     assert all(counts[kind] > 0 for kind in (*NF_ERRORS, *F_ERRORS, "cut")), counts
+
+
+def test_asides_end_predictions_and_off_topic_remarks_are_sometimes_annotated_unverifiable(data, tmp_path):
+    config = dataclasses.replace(
+        CONFIG, aside_rate=1.0, truncated_rate=0.0, off_topic_unverifiable_share=0.5, feedback_examples=300
+    )
+    make_synthetic_qa_feedback(tmp_path, config)
+    labels = Counter()
+    for record, item in feedback_records_with_items(tmp_path, config):
+        for k in range(1, 5):  # the habit is the simulated policy's, so every prediction has it
+            ends_in_aside = any(record[f"prediction {k}"].endswith(" " + aside) for aside in item.asides)
+            assert ends_in_aside == bool(item.asides)
+        text = record["prediction 1"]
+        for error in record["feedback"]["errors"]:
+            span = text[error["start"] : error["end"]]
+            if span in item.off_topic or span in item.asides:
+                assert error["error type"] in ("Irrelevant", "Unverifiable")
+                labels[error["error type"]] += 1
+            elif span in item.irrelevant:  # a true passage sentence is only irrelevant
+                assert error["error type"] == "Irrelevant"
+    assert 0.4 <= labels["Unverifiable"] / sum(labels.values()) <= 0.6, labels
+    # The defaults (rates 0): no prediction ends in an aside, every off-topic remark is Irrelevant.
+    for record, item in feedback_records_with_items(data):
+        assert not any(aside in record[f"prediction {k}"] for aside in item.asides for k in range(1, 5))
+        text = record["prediction 1"]
+        spans = {text[e["start"] : e["end"]]: e["error type"] for e in record["feedback"]["errors"]}
+        assert all(kind == "Irrelevant" for span, kind in spans.items() if span in item.off_topic)
 
 
 UNSUPPORTED_WORDS = set(

@@ -32,8 +32,9 @@ follows the mode, seldom does), which is what the reward models learn to detect 
 decoding does keep a habit: with `reference_aside_rate` (0 by default; the tiny config sets it), a reference whose
 question has a distractor page ends in an aside about that page's person ("Tomas Sato once visited the city of
 Zanzibrook with friends."). The aside is an off-topic remark (below), made predictable by the person's name, which
-is copied from the prompt. The SFT policy learns the habit, so its greedy answers have errors that R1 and R2 see and
-that PPO can remove, as the paper's SFT policy has.
+is copied from the prompt. The SFT policy learns the habit, so its greedy answers have errors for the reward models
+to see and PPO to remove, as the paper's SFT policy has; with `aside_rate` the feedback predictions, which simulate
+that policy, have the habit too.
 
 Feedback predictions simulate the initial policy. Starting from the ideal answer, independently:
 an identity sentence is left out with `drop_identity_rate`; the first answer sentence with `drop_answer_rate / 3`,
@@ -45,9 +46,12 @@ or an adaptation, which no passage ever mentions, or an attribute that no passag
 Unverifiable; with `incoherent_rate` a passage sentence that is not an answer with four of its middle words in
 reverse order -> Incoherent; with `redundant_rate` an earlier correct sentence is repeated -> Redundant; with
 `truncated_rate` the answer ends in an ideal sentence cut off after five or more words, as by the generation length
--> Incoherent (a Redundant explanation is the repeated sentence; a Wrong-Grounding explanation is
-'{"passage_id":P,"sentence_id":[S]}' of the correct sentence, as in the real data). Every error is one whole
-sentence, and the spans are character offsets into `prediction 1`.
+-> Incoherent, or else, with `aside_rate` (0 by default), in one of the question's asides, the SFT policy's habit
+(a Redundant explanation is the repeated sentence; a Wrong-Grounding explanation is
+'{"passage_id":P,"sentence_id":[S]}' of the correct sentence, as in the real data). An off-topic remark or an aside
+is irrelevant and unsupported at once, and the annotator marks it Unverifiable with `off_topic_unverifiable_share`
+(0 by default), else Irrelevant. Every error is one whole sentence, and the spans are character offsets into
+`prediction 1`.
 
 Annotation of `prediction 1`: `corrected-prediction` is the ideal answer plus the minor facts that prediction 1 states
 or that are reported missing (each after the answer sentence of its work), built from the very passage sentences
@@ -67,9 +71,12 @@ real data a wrong value is often another passage's value, and finding it out mea
 passages. The tiny 2-layer Longformer R2 does not learn that comparison: with wrong values drawn from the passages
 it reached held-out error F1 0.24-0.29, whether trained 8x longer, with a 256-token attention window or with a
 4-layer encoder. With unsupported values it can read "not supported" from the words themselves, as a large R2 would
-read it from the passages (held-out error F1 0.72 with the default tiny config). The off-topic remarks are
-irrelevant and unsupported at once, so that both R1 and R2 object to them, as they do to a real answer's rambling;
-an irrelevant passage sentence is true, so under SPEC's rewards it nets +0.2 (-0.3 from R1, +0.5 from R2).
+read it from the passages (held-out error F1 0.87 with the tiny config). An irrelevant passage sentence is true,
+so under SPEC's rewards it nets +0.2 (-0.3 from R1, +0.5 from R2). An off-topic remark should net -0.8, but SPEC
+leaves a sentence with an NF-ERR span out of R2's data, so R2 learns that remarks are unsupported only from those
+annotated Unverifiable. With none so annotated, the tiny R2 passed 42 of the 51 asides in the tiny SFT policy's
+greedy answers, and fine-grained PPO kept them (+0.2 each); with `off_topic_unverifiable_share` 0.3 and `aside_rate`
+0.5 it flagged 49 of 53, and fine-grained PPO dropped about half of them.
 
 Output is byte-identical for a given config: one `random.Random` per generator stream seeded from (seed, name),
 fixed iteration order, JSON with sorted keys.
@@ -122,6 +129,12 @@ class QAFeedbackConfig:
     irrelevant_rate: float = 0.4
     off_topic_share: float = dataclasses.field(
         default=0.75, metadata={"help": "inserted irrelevant sentences that are off-topic remarks, not passage copies"}
+    )
+    aside_rate: float = dataclasses.field(
+        default=0.0, metadata={"help": "predictions with a distractor page that end in an aside on its person"}
+    )
+    off_topic_unverifiable_share: float = dataclasses.field(
+        default=0.0, metadata={"help": "off-topic remarks and asides in prediction 1 annotated Unverifiable"}
     )
     redundant_rate: float = 0.35
     truncated_rate: float = dataclasses.field(
@@ -556,7 +569,8 @@ def simulate_prediction(item: QAItem, rng: random.Random, config: QAFeedbackConf
     if rng.random() < config.irrelevant_rate:
         pool = _irrelevant_pool(item, rng, config)
         for text in rng.sample(pool, min(len(pool), 2 if rng.random() < 0.25 else 1)):
-            parts.insert(rng.randint(0, len(parts)), Part(text, error="Irrelevant"))
+            error = _off_topic_label(rng, config) if text in item.off_topic else "Irrelevant"
+            parts.insert(rng.randint(0, len(parts)), Part(text, error=error))
     if rng.random() < config.unverifiable_rate:
         parts.insert(rng.randint(0, len(parts)), Part(rng.choice(item.unverifiable), error="Unverifiable"))
     if rng.random() < config.incoherent_rate:
@@ -568,7 +582,17 @@ def simulate_prediction(item: QAItem, rng: random.Random, config: QAFeedbackConf
         parts.insert(rng.randint(source + 1, len(parts)), Part(repeated, error="Redundant", explanation=repeated))
     if rng.random() < config.truncated_rate:
         parts.append(Part(_truncated(item, rng), error="Incoherent"))
+    elif config.aside_rate > 0 and item.asides and rng.random() < config.aside_rate:
+        parts.append(Part(rng.choice(item.asides), error=_off_topic_label(rng, config)))
     return parts
+
+
+def _off_topic_label(rng: random.Random, config: QAFeedbackConfig) -> str:
+    """The annotation of an off-topic remark or an aside, which is irrelevant and unsupported at once: Unverifiable
+    with `off_topic_unverifiable_share`, else Irrelevant (a share of 0 draws nothing)."""
+    if config.off_topic_unverifiable_share > 0 and rng.random() < config.off_topic_unverifiable_share:
+        return "Unverifiable"
+    return "Irrelevant"
 
 
 def quality(item: QAItem, parts: list[Part]) -> int:
