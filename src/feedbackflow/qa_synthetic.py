@@ -74,9 +74,9 @@ it reached held-out error F1 0.24-0.29, whether trained 8x longer, with a 256-to
 read it from the passages (held-out error F1 0.87 with the tiny config). An irrelevant passage sentence is true,
 so under SPEC's rewards it nets +0.2 (-0.3 from R1, +0.5 from R2). An off-topic remark should net -0.8, but SPEC
 leaves a sentence with an NF-ERR span out of R2's data, so R2 learns that remarks are unsupported only from those
-annotated Unverifiable. With none so annotated, the tiny R2 passed 42 of the 51 asides in the tiny SFT policy's
-greedy answers, and fine-grained PPO kept them (+0.2 each); with `off_topic_unverifiable_share` 0.3 and `aside_rate`
-0.5 it flagged 49 of 53, and fine-grained PPO dropped about half of them.
+annotated Unverifiable. Without `aside_rate` and `off_topic_unverifiable_share`, the tiny R2 passed 42 of the 51
+asides in the tiny SFT policy's greedy test answers, and fine-grained PPO kept them (+0.2 each). With the tiny
+config's 0.5 and 0.3 it flagged 49 of 53, and fine-grained PPO dropped 24 of them.
 
 Output is byte-identical for a given config: one `random.Random` per generator stream seeded from (seed, name),
 fixed iteration order, JSON with sorted keys.
