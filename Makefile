@@ -1,5 +1,6 @@
 # `make run`: set up .venv (once) and run the default workflow (tiny scale, 2 CPU cores).
 # `make test`: the same set-up, then the whole test suite.
+# `make claims`: the tiny-run claims per seed (hours on 2 cores; CLAIMS_ARGS="--experiments ilf --seeds 42 1").
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
@@ -7,7 +8,7 @@ CORES ?= 2
 # rules call `python -m feedbackflow`: the venv must come first on PATH
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lint report clean
+.PHONY: run test claims lint report clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +23,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+claims: $(STAMP)
+	$(VENV)/bin/python benchmarks/claims.py $(CLAIMS_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

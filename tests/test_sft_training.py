@@ -30,7 +30,7 @@ from transformers import (
 )
 
 import feedbackflow.sft_training as sft
-from feedbackflow.errors import DataError
+from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.formats import QA_PROMPTS, write_rows
 from feedbackflow.sft_training import (
     IGNORE_INDEX,
@@ -272,6 +272,11 @@ def test_evaluation_schedule_and_selection_rule():
                {"step": 4, "rouge_lsum": 40.0}, {"step": 5, "rouge_lsum": 20.0}]  # fmt: skip
     assert best_evaluation(history)["step"] == 3  # the earliest of equal scores
     assert best_evaluation(history[:1]) is None
+    for row, score in zip(history, (None, 90.0, 50.0, 95.0, 95.0), strict=True):
+        row["exact_match"] = score
+    assert best_evaluation(history, "exact_match")["step"] == 4  # another metric, another step
+    with pytest.raises(ConfigError, match="selection_metric"):
+        SFTConfig(selection_metric="loss").validate()
 
 
 @pytest.fixture
@@ -294,7 +299,7 @@ def test_output_is_the_model_of_the_best_evaluation(tiny, tmp_path, monkeypatch,
     def fake_evaluate(accelerator, model, *args):
         step = len(snapshots) + 1
         snapshots[step] = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
-        return next(scripted), 5.0
+        return {"rouge_lsum": next(scripted), "exact_match": 0.0, "generated_tokens": 5.0}
 
     monkeypatch.setattr(sft, "evaluate_dev", fake_evaluate)
     config = SFTConfig(**{**HPARAMS, "max_steps": 4, "eval_every": 1})
@@ -304,7 +309,7 @@ def test_output_is_the_model_of_the_best_evaluation(tiny, tmp_path, monkeypatch,
     assert (summary["best_step"], summary["best_epoch"], summary["best_rouge_lsum"]) == (2, 0, 30.0)
     log = pd.read_parquet(tmp_path / "out" / "training_log.parquet")
     assert log["rouge_lsum"].tolist() == [10.0, 30.0, 30.0, 20.0]
-    assert log["generated_tokens"].tolist() == [5.0] * 4
+    assert log["generated_tokens"].tolist() == [5.0] * 4 and log["exact_match"].tolist() == [0.0] * 4
     output = state_dict_of(tmp_path / "out")
     assert_same_weights(output, snapshots[2])
     assert not torch.equal(output["lm_head.weight"], snapshots[3]["lm_head.weight"])
@@ -342,6 +347,9 @@ def test_training_learns_and_keeps_the_best_model(tiny, runs, in_process_trainin
     texts, _ = greedy_generate(model, tokenizer, dev.inputs, True, config.max_new_tokens, config.eval_batch_size)
     rouge = mean_rouge_lsum(texts, dev.references, default_sentence_splitter())
     assert rouge == pytest.approx(summary["best_rouge_lsum"], abs=1e-9)
+    matches = [text == refs[0].strip() for text, refs in zip(texts, dev.references, strict=True)]
+    assert summary["best_exact_match"] == pytest.approx(100 * sum(matches) / len(matches))
+    assert summary["selection_metric"] == "rouge_lsum"
     assert dev.references[0] == [pd.read_parquet(tiny["dev"])["references"][0][0]]  # scored vs the first reference
 
 

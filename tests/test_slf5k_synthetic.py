@@ -17,6 +17,7 @@ from feedbackflow.ilf_prompts import INSTRUCT_RM_TEMPLATES, pairwise_prompt, ref
 from feedbackflow.slf5k_data import convert_slf5k
 from feedbackflow.slf5k_synthetic import (
     ASSISTANT_FILES,
+    INSTRUCT_RM_FILES,
     CORPUS_FILE,
     FACT_VALUES,
     MADE_UP_ITEMS,
@@ -166,7 +167,8 @@ def test_records_convert_and_agree_with_the_oracle(small, tmp_path):
 def test_reproducible_with_the_seed(small, tmp_path):
     make_synthetic_slf5k(tmp_path / "same", SMALL)
     make_synthetic_slf5k(tmp_path / "other", dataclasses.replace(SMALL, seed=7))
-    names = [*SPLIT_FILES.values(), ORACLE_FILE, CORPUS_FILE, *POLICY_FILES.values(), *ASSISTANT_FILES.values()]
+    names = [*SPLIT_FILES.values(), ORACLE_FILE, CORPUS_FILE, *POLICY_FILES.values(), *ASSISTANT_FILES.values(),
+             *INSTRUCT_RM_FILES.values()]  # fmt: skip
     assert sorted(p.name for p in small.iterdir()) == sorted(names)
     for name in names:
         assert (tmp_path / "same" / name).read_bytes() == (small / name).read_bytes(), name
@@ -210,6 +212,34 @@ def flaw_from_prompt(prompt: str) -> tuple[dict, dict[str, str]]:
     return {"required": [facts["item"]], "forbidden": []}, facts
 
 
+def assert_instruct_rm_rows_agree_with_the_oracle(rows: list[dict]) -> None:
+    """Each answer is the template's positive word exactly when the oracle says the refinement fixes the flaw; half
+    of the rows are positive; every template is used."""
+    templates = {template.text.split("\n\n")[-2]: template for template in INSTRUCT_RM_TEMPLATES}
+    positives, used = 0, set()
+    for row in rows:
+        flaw, _ = flaw_from_prompt(row["prompt"])
+        template = templates[row["prompt"].split("\n\n")[-2]]
+        used.add(template.name)
+        label = fixes_flaw(field_of(row["prompt"], "New summary"), flaw)  # recomputed by the oracle
+        assert row["references"] == [template.positive if label else template.negative]
+        assert row["prompt_id"].endswith("yes" if label else "no")
+        positives += label
+    assert positives * 2 == len(rows) and used == {t.name for t in INSTRUCT_RM_TEMPLATES}
+
+
+def test_instruct_rm_tables_hold_only_instruct_rm_questions_of_their_pool(small):
+    train_posts = {row["prompt_id"].split(":")[0] for row in rows_of(small, ASSISTANT_FILES["train"])}
+    for pool, size in (("train", SMALL.lm_train_posts), ("dev", SMALL.lm_dev_posts)):
+        rows = rows_of(small, INSTRUCT_RM_FILES[pool])
+        assert len(rows) == size * SMALL.instruct_rm_pairs_per_post * 2
+        assert all(":instruct_rm" in row["prompt_id"] for row in rows)
+        assert_instruct_rm_rows_agree_with_the_oracle(rows)
+        posts = {row["prompt_id"].split(":")[0] for row in rows_of(small, ASSISTANT_FILES[pool])}
+        assert {row["prompt_id"].split(":")[0] for row in rows} == posts  # the pool's posts
+        assert (pool == "train") == bool(posts & train_posts)  # dev questions are about posts never trained on
+
+
 def test_assistant_rows_agree_with_the_oracle(small):
     rows = rows_of(small, ASSISTANT_FILES["train"])
     kinds = {"refine": [], "instruct_rm": [], "pairwise": []}
@@ -238,17 +268,7 @@ def test_assistant_rows_agree_with_the_oracle(small):
             assert not any(re.search(rf"\b{word}\b", refined) for word in flaw["forbidden"]), refined
     assert abs(sum(fixed) / len(fixed) - SMALL.refinement_fix_rate) < 0.1
 
-    templates = {template.text.split("\n\n")[-2]: template for template in INSTRUCT_RM_TEMPLATES}
-    positives, used = 0, set()
-    for row in kinds["instruct_rm"]:
-        flaw, _ = flaw_from_prompt(row["prompt"])
-        template = templates[row["prompt"].split("\n\n")[-2]]
-        used.add(template.name)
-        label = fixes_flaw(field_of(row["prompt"], "New summary"), flaw)  # recomputed by the oracle
-        assert row["references"] == [template.positive if label else template.negative]
-        assert row["prompt_id"].endswith("yes" if label else "no")
-        positives += label
-    assert positives * 2 == len(kinds["instruct_rm"]) and used == {t.name for t in INSTRUCT_RM_TEMPLATES}
+    assert_instruct_rm_rows_agree_with_the_oracle(kinds["instruct_rm"])
 
     answers = []
     for row in kinds["pairwise"]:
@@ -263,7 +283,7 @@ def test_assistant_rows_agree_with_the_oracle(small):
 
 def test_corpus_holds_every_text(small):
     corpus = {unescape_corpus_line(line) for line in (small / CORPUS_FILE).read_text(encoding="utf-8").splitlines()}
-    for name in [*POLICY_FILES.values(), *ASSISTANT_FILES.values()]:
+    for name in [*POLICY_FILES.values(), *ASSISTANT_FILES.values(), *INSTRUCT_RM_FILES.values()]:
         for row in rows_of(small, name):
             assert row["prompt"] in corpus and row["references"][0] in corpus
     for split in SPLITS:

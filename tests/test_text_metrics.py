@@ -16,6 +16,7 @@ import pytest
 from feedbackflow.text_metrics import (
     default_sentence_splitter,
     distinct_n,
+    exact_match,
     mean_rouge_lsum,
     rouge_lsum,
     split_on_terminal_punctuation,
@@ -109,6 +110,17 @@ def test_default_splitter_is_the_segmentation_module_when_it_exists(monkeypatch)
     assert default_sentence_splitter() is split_on_terminal_punctuation
     assert split_on_terminal_punctuation(" One. Two? Three!  Four ") == ["One.", "Two?", "Three!", "Four"]
     assert split_on_terminal_punctuation("3.5 apples") == ["3.5 apples"]
+
+
+def test_exact_match_is_whole_answers_up_to_whitespace():
+    assert exact_match(" Yes ", ["Yes"]) == 100.0
+    assert exact_match("the  cat\tsat", ["a dog", "the cat sat"]) == 100.0  # any reference
+    assert exact_match("Yes.", ["Yes"]) == 0.0 and exact_match("yes", ["Yes"]) == 0.0  # punctuation and case count
+    assert exact_match("Yes No", ["Yes"]) == 0.0
+    with pytest.raises(ValueError):
+        exact_match("a", [])
+    with pytest.raises(TypeError):
+        exact_match("a", "a")
 
 
 def test_distinct_n_counted_by_hand():

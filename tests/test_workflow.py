@@ -13,6 +13,14 @@ import pandas as pd
 import yaml
 from workflow_runs import copy_project, planned_jobs, snakemake
 
+from feedbackflow.claims import claims_of
+
+
+def assert_claims_hold_with_their_margins(root: Path, experiment: str) -> None:
+    """Each claim of the experiment holds by at least the margin the per-seed table showed safe (docs/claims.md)."""
+    for claim in claims_of(root, experiment):
+        assert claim.safe, claim
+
 
 def test_dsp_tiny_run_shows_the_papers_point(finished_run):
     metrics = pd.read_parquet(finished_run / "results/dsp/metrics.parquet")
@@ -23,10 +31,8 @@ def test_dsp_tiny_run_shows_the_papers_point(finished_run):
     assert set(metrics["model"]) == {"base", "grft"} | {
         f"{variant}-{d}" for variant in ("crft", "crft_imitation") for d in domains
     }
-    for general in ("helpful", "harmless"):
-        assert accuracy["grft", general] >= 0.8, (general, accuracy["grft", general])
-    for domain in domains:
-        assert accuracy[f"crft-{domain}", domain] > accuracy["grft", domain], domain
+    assert accuracy.notna().all()
+    assert_claims_hold_with_their_margins(finished_run, "dsp")  # GRFT general >= 0.8, CRFT > GRFT in each domain
     report = (finished_run / "results/dsp/metrics.md").read_text()
     assert "crft-academy" in report and "first_two_accuracy" in report
     assert (finished_run / "results/dsp/accuracy.png").stat().st_size > 1000
@@ -35,7 +41,7 @@ def test_dsp_tiny_run_shows_the_papers_point(finished_run):
 def test_rrhf_tiny_run_raises_the_reward_of_held_out_responses(finished_run):
     metrics = pd.read_parquet(finished_run / "results/rrhf/metrics.parquet").set_index("origin")
     assert set(metrics.index) == {"initial", "rrhf", "chosen", "rejected"}
-    assert metrics.loc["rrhf", "mean_reward"] > metrics.loc["initial", "mean_reward"]
+    assert_claims_hold_with_their_margins(finished_run, "rrhf")  # RRHF reward > initial
     assert metrics.loc["chosen", "mean_reward"] > metrics.loc["rejected", "mean_reward"]  # the scoring RM works
     assert (metrics["perplexity"] > 1).all() and (metrics["n_scored"] == metrics["n_responses"]).all()
     assert "perplexity" in (finished_run / "results/rrhf/metrics.md").read_text()
@@ -48,8 +54,8 @@ def test_detox_tiny_run_lowers_toxicity_with_both_ppo_variants(finished_run):
     metrics = pd.read_parquet(finished_run / "results/detox/metrics.parquet")
     ours = metrics[metrics["source"] == "ours"].set_index("policy")
     assert list(ours.index) == ["initial", "holistic", "fine_grained"]
+    assert_claims_hold_with_their_margins(finished_run, "detox")  # both variants' avg max toxicity < initial
     for variant in ("holistic", "fine_grained"):
-        assert ours.loc[variant, "avg_max_toxicity"] < ours.loc["initial", "avg_max_toxicity"], variant
         assert ours.loc[variant, "mean_toxicity"] < ours.loc["initial", "mean_toxicity"], variant
     assert (ours["n_scored"] == ours["n_samples"]).all() and (ours["n_samples"] == 25 * 100).all()
     assert ours["perplexity"].between(1, 1e4).all()
@@ -73,11 +79,13 @@ def test_ilf_tiny_run_selects_fixes_and_beats_the_initial_policy(finished_run):
         for scorer in ("instructrm", "random")
     }
     assert fix["instructrm"]["chosen"] == fix["random"]["chosen"] > 100
-    assert fix["instructrm"]["fix_rate"] > fix["random"]["fix_rate"] + 0.2, fix
     metrics = pd.read_parquet(finished_run / "results/ilf/metrics.parquet")
     ours = metrics[metrics["source"] == "this run"].set_index("policy")
     assert list(ours.index) == ["initial", "human", "initial_summaries", "ilf", "ilf_best_of_n"]
-    assert ours.loc["ilf", "win_rate_oracle"] > ours.loc["initial", "win_rate_oracle"] + 10, ours
+    assert_claims_hold_with_their_margins(finished_run, "ilf")  # fix rate vs random; ILF's oracle win rate vs initial
+    instructrm = json.loads((finished_run / "results/ilf/models/instructrm/sft_training.json").read_text())
+    assert instructrm["selection_metric"] == "exact_match"  # the stand-in chosen on held-out InstructRM questions
+    assert instructrm["best_exact_match"] >= 90, instructrm["evaluations"]
     assert ours[["win_rate_judge", "win_rate_opt_rm", "win_rate_oracle"]].notna().all().all()
     assert (metrics["source"] == "published (human raters)").sum() >= 10
     accuracy = json.loads((finished_run / "results/ilf/eval/opt_rm_accuracy.json").read_text())

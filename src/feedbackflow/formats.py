@@ -258,6 +258,7 @@ SFT_TRAINING_LOG = pa.schema(
         pa.field("loss", pa.float64()),
         pa.field("learning_rate", pa.float64()),
         pa.field("rouge_lsum", pa.float64()),
+        pa.field("exact_match", pa.float64()),
         pa.field("generated_tokens", pa.float64()),
     ]
 )

@@ -21,8 +21,12 @@ epoch, greedy generation of at most 200 tokens, `load_best_model_at_end` with `m
   stripped, and the mean rougeLsum (`feedbackflow.text_metrics.rouge_lsum`: stemming, sentences on lines, F x 100).
   As in the paper's `compute_metrics`, the dev target is the first reference only (`eval_references="first"`);
   `"all"` takes the max over all references, as the paper's final evaluation (`fgrlhf/evaluators.py`) does.
-- Selection: the output is the model of the evaluation with the highest rougeLsum; a later evaluation must be strictly
-  better (the Trainer's `greater_is_better` comparison), so ties keep the earlier one.
+  Every evaluation also records exact match (`text_metrics.exact_match`: the share x 100 of generations equal to a
+  reference up to whitespace).
+- Selection: the output is the model of the evaluation with the highest `selection_metric`, rougeLsum by default (the
+  paper); a later evaluation must be strictly better (the Trainer's `greater_is_better` comparison), so ties keep the
+  earlier one. `selection_metric: exact_match` selects a stand-in by the role it plays (the tiny ILF assistant on
+  held-out InstructRM questions, answered with one word), where rougeLsum of mixed tasks would pick by wording.
 - Small differences from the paper's script, on purpose: generation is bounded by `max_new_tokens` (the paper's
   `generation_max_length 200` counted T5's decoder start token, so 199 new tokens); the dev reference is the raw text
   (the paper scored against the label ids decoded back, i.e. truncated to 200 tokens); the corpus figure is the exact
@@ -32,8 +36,9 @@ epoch, greedy generation of at most 200 tokens, `load_best_model_at_end` with `m
 Checkpoints go to `--work-dir` (`training_loop`); a checkpoint is also saved after every evaluation, so that the best
 model so far (`best-<step>/` in the work dir) always belongs to the run being resumed. SIGTERM saves a checkpoint and
 exits 143. The output directory (written atomically) holds the best model (`save_pretrained` + tokenizer),
-`training_log.parquet` (SFT_TRAINING_LOG: per step loss and learning rate, per evaluation rougeLsum and the mean number
-of generated tokens, eos included) and `sft_training.json` (best step/epoch and its rougeLsum, every evaluation).
+`training_log.parquet` (SFT_TRAINING_LOG: per step loss and learning rate, per evaluation rougeLsum, exact match and the
+mean number of generated tokens, eos included) and `sft_training.json` (the selection metric, best step/epoch and its
+scores, every evaluation).
 Epochs are counted from 0. Bad input (empty prompt, no or empty reference) is a DataError naming file, record and field.
 """
 
@@ -68,7 +73,7 @@ from feedbackflow.launch import world_size_from_env
 from feedbackflow.reward_model import pad_id_of, pad_right
 from feedbackflow.sampling import decode_response, pad_left
 from feedbackflow.stage_args import add_dataclass_arguments, dataclass_from_args
-from feedbackflow.text_metrics import SentenceSplitter, default_sentence_splitter, rouge_lsum
+from feedbackflow.text_metrics import SentenceSplitter, default_sentence_splitter, exact_match, rouge_lsum
 from feedbackflow.training_loop import (
     backward_micro_batch,
     checkpoint_after_step,
@@ -82,6 +87,7 @@ log = logging.getLogger("feedbackflow.sft_training")
 META_FILE = "sft_training.json"
 LOG_FILE = "training_log.parquet"
 IGNORE_INDEX = -100
+SELECTION_METRICS = ("rouge_lsum", "exact_match")
 
 
 @dataclass
@@ -113,6 +119,9 @@ class SFTConfig:
         default="first", metadata={"help": "first: rougeLsum vs the first reference (the paper's SFT); all: max"}
     )
     max_eval_examples: int | None = field(default=None, metadata={"help": "evaluate on the first N dev rows only"})
+    selection_metric: str = field(
+        default="rouge_lsum", metadata={"help": "dev score the output model is chosen by: rouge_lsum or exact_match"}
+    )
     max_steps: int | None = field(default=None, metadata={"help": "stop after this many steps (all epochs)"})
     checkpoint_every: int = 100
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (the paper: bf16)"})
@@ -121,6 +130,8 @@ class SFTConfig:
     def validate(self) -> None:
         if self.truncation_side not in ("left", "right"):
             raise ConfigError(f"truncation_side must be left or right, got {self.truncation_side!r}")
+        if self.selection_metric not in SELECTION_METRICS:
+            raise ConfigError(f"selection_metric must be one of {SELECTION_METRICS}, got {self.selection_metric!r}")
         if self.eval_references not in ("first", "all"):
             raise ConfigError(f"eval_references must be first or all, got {self.eval_references!r}")
         for name in ("max_input_length", "max_target_length"):
@@ -345,8 +356,9 @@ def evaluate_dev(
     config: SFTConfig,
     is_seq2seq: bool,
     split_sentences: SentenceSplitter,
-) -> tuple[float, float]:
-    """(mean rougeLsum x 100, mean generated tokens) of greedy generations on the dev set, split over processes.
+) -> dict[str, float]:
+    """{rouge_lsum, exact_match: means x 100; generated_tokens: the mean} of greedy generations on the dev set, split
+    over processes.
 
     Every process gets the same number of prompts (the last ones padded with a repeat whose result is dropped), so
     the processes make the same number of `generate` calls, as ZeRO-3's synced generation needs."""
@@ -371,12 +383,15 @@ def evaluate_dev(
         )
     unwrapped.train(was_training)
     results = [
-        (i, rouge_lsum(text, dev.references[i], split_sentences), count)
+        (i, rouge_lsum(text, dev.references[i], split_sentences), exact_match(text, dev.references[i]), count)
         for i, text, count in zip(mine, texts, counts, strict=False)
     ]
     gathered = sorted(gather_object(results))
-    scores, lengths = [r[1] for r in gathered], [r[2] for r in gathered]
-    return math.fsum(scores) / len(scores), math.fsum(lengths) / len(lengths)
+    columns = zip(*(r[1:] for r in gathered), strict=True)
+    return {
+        name: math.fsum(values) / len(gathered)
+        for name, values in zip(("rouge_lsum", "exact_match", "generated_tokens"), columns, strict=True)
+    }
 
 
 def is_eval_step(done: int, steps_per_epoch: int, total_steps: int, eval_every: int | None) -> bool:
@@ -387,13 +402,13 @@ def is_eval_step(done: int, steps_per_epoch: int, total_steps: int, eval_every: 
     return done % (eval_every or steps_per_epoch) == 0
 
 
-def best_evaluation(history: list[dict]) -> dict | None:
-    """The logged evaluation with the highest rougeLsum; of equal ones the earliest (later ones must be strictly
+def best_evaluation(history: list[dict], metric: str = "rouge_lsum") -> dict | None:
+    """The logged evaluation with the highest `metric`; of equal ones the earliest (later ones must be strictly
     better, as the Trainer's `load_best_model_at_end` with `greater_is_better`)."""
     best = None
     for row in history:
-        score = row.get("rouge_lsum")
-        if score is not None and (best is None or score > best["rouge_lsum"]):
+        score = row.get(metric)
+        if score is not None and (best is None or score > best[metric]):
             best = row
     return best
 
@@ -448,8 +463,8 @@ def train_sft(
     config: SFTConfig,
     split_sentences: SentenceSplitter | None = None,
 ) -> dict:
-    """Fine-tune the policy on the first reference of every training prompt; write the best model by dev rougeLsum
-    to `output_dir`. Returns the summary written to `sft_training.json`."""
+    """Fine-tune the policy on the first reference of every training prompt; write the best model by the dev score
+    `config.selection_metric` to `output_dir`. Returns the summary written to `sft_training.json`."""
     config.validate()
     train_data = load_qa_prompts(train_paths)  # fails early, before any model is loaded
     dev_data = load_qa_prompts(dev_paths)
@@ -497,7 +512,8 @@ def train_sft(
     )  # fmt: skip
     store = CheckpointStore(work_dir, fingerprint)
     start_step, history = resume_if_possible(store, accelerator, total_steps)
-    previous_best = best_evaluation(history)
+    metric = config.selection_metric
+    previous_best = best_evaluation(history, metric)
     prune_best_dirs(accelerator, work_dir, previous_best["step"] if previous_best else None)
     if start_step == 0:
         log.info(
@@ -528,20 +544,20 @@ def train_sft(
             "loss": accelerator.reduce(loss_total, reduction="sum").item(),
             "learning_rate": learning_rate,
             "rouge_lsum": None,
+            "exact_match": None,
             "generated_tokens": None,
         }
         history.append(row)
         evaluated = is_eval_step(done, steps_per_epoch, total_steps, config.eval_every)
         if evaluated:
-            row["rouge_lsum"], row["generated_tokens"] = evaluate_dev(
-                accelerator, model, tokenizer, dev, config, is_seq2seq, split_sentences
-            )
-            best = best_evaluation(history)
+            row.update(evaluate_dev(accelerator, model, tokenizer, dev, config, is_seq2seq, split_sentences))
+            best = best_evaluation(history, metric)
             if best["step"] == done:
                 save_best(accelerator, model, tokenizer, work_dir, done)
             log.info(
-                "step %d/%d loss %.4f dev rougeLsum %.2f (best %.2f at step %d)",
-                done, total_steps, row["loss"], row["rouge_lsum"], best["rouge_lsum"], best["step"],
+                "step %d/%d loss %.4f dev rougeLsum %.2f exact match %.2f (best %s %.2f at step %d)",
+                done, total_steps, row["loss"], row["rouge_lsum"], row["exact_match"], metric, best[metric],
+                best["step"],
             )  # fmt: skip
         elif done % 10 == 0:
             log.info("step %d/%d loss %.4f", done, total_steps, row["loss"])
@@ -550,9 +566,9 @@ def train_sft(
             store, accelerator, stop, done, total_steps, 1 if evaluated else config.checkpoint_every, history
         )
         if evaluated and done < total_steps:
-            prune_best_dirs(accelerator, work_dir, best_evaluation(history)["step"])
+            prune_best_dirs(accelerator, work_dir, best_evaluation(history, metric)["step"])
 
-    best = best_evaluation(history)
+    best = best_evaluation(history, metric)
     summary = {
         "base_model": model_name_or_path,
         "policy_type": "seq2seq" if is_seq2seq else "causal",
@@ -564,11 +580,13 @@ def train_sft(
         "steps": total_steps,
         "steps_per_epoch": steps_per_epoch,
         "sentence_splitter": splitter_name(split_sentences),
+        "selection_metric": metric,
         "best_step": best["step"],
         "best_epoch": best["epoch"],
         "best_rouge_lsum": best["rouge_lsum"],
+        "best_exact_match": best["exact_match"],
         "evaluations": [
-            {k: row[k] for k in ("step", "epoch", "rouge_lsum", "generated_tokens")}
+            {k: row[k] for k in ("step", "epoch", "rouge_lsum", "exact_match", "generated_tokens")}
             for row in history
             if row["rouge_lsum"] is not None
         ],
@@ -578,7 +596,7 @@ def train_sft(
             shutil.copytree(best_dir(work_dir, best["step"]), tmp, dirs_exist_ok=True)
             write_rows(history, tmp / LOG_FILE, SFT_TRAINING_LOG)
             write_json(summary, tmp / META_FILE)
-        log.info("saved %s: the model of step %d (dev rougeLsum %.2f)", output_dir, best["step"], best["rouge_lsum"])
+        log.info("saved %s: the model of step %d (dev %s %.2f)", output_dir, best["step"], metric, best[metric])
     store.remove(accelerator)
     return summary
 

@@ -21,6 +21,13 @@ Files (`--output-dir`):
     template's positive word, one that does not -> its negative word; each row a random template of the five), and
     `pairwise_per_post` judge rows (pairwise_prompt of two summaries of different quality -> "A" or "B", the better
     one, each letter half of the time).
+  * `instructrm_{train,dev}.parquet`: InstructRM questions only (`instruct_rm_pairs_per_post` pairs per post of each
+    pool, drawn like the assistant's, from streams of their own), half answered with the positive word. The tiny
+    InstructRM stand-in is trained on them and selected on the held-out dev questions (`train-sft --selection_metric
+    exact_match`). Measured with the default world (4,000 posts): within the multitask assistant, InstructRM
+    answers appear only after 1,000 to 1,500+ steps, at a step that changed with the seed and the CPU's float
+    rounding (65% right on held-out questions at step 1,500 for seed 1); trained alone, the same tiny LM answers
+    100% right after 100 steps (seeds 1 and 2).
 - `corpus.txt`: every distinct text (posts, titles, summaries, feedback, refinements, and every prompt and target of
   the tables), one per line, escaped with `synthetic.escape_corpus_line`, for the tiny tokenizer.
 
@@ -88,6 +95,7 @@ CORPUS_FILE = "corpus.txt"
 LM_POOLS = ("train", "dev")
 POLICY_FILES = {pool: f"policy_{pool}.parquet" for pool in LM_POOLS}
 ASSISTANT_FILES = {pool: f"assistant_{pool}.parquet" for pool in LM_POOLS}
+INSTRUCT_RM_FILES = {pool: f"instructrm_{pool}.parquet" for pool in LM_POOLS}
 MISSING_FACT, WRONG_NAME = "missing_fact", "wrong_name"
 
 
@@ -507,6 +515,33 @@ def instruct_rm_row(post: SyntheticPost, summary: Summary, feedback: str, refine
     return prompt, template.positive if fixed else template.negative, fixed
 
 
+def instruct_rm_rows(post: SyntheticPost, summary: Summary, feedback: str, flaw: dict, rng: random.Random,
+                     config: SyntheticSLF5KConfig, source: str, record: int) -> list[dict]:  # fmt: skip
+    """`instruct_rm_pairs_per_post` pairs of InstructRM questions about refinements of `summary`: one that fixes the
+    flaw (-> the template's positive word), one that does not (-> its negative word)."""
+    rows = []
+    for k in range(config.instruct_rm_pairs_per_post):
+        for fix in (True, False):
+            refined = refinement(post, summary, flaw, rng, fix, config.refinement_other_error_rate)
+            question, answer, _ = instruct_rm_row(post, summary, feedback, refined, flaw, rng)
+            label = "yes" if fix else "no"
+            rows.append(_qa_row(f"{post.post_id}:instruct_rm{k}{label}", question, answer, source, record))
+    return rows
+
+
+def instruct_rm_table_rows(
+    posts: list[SyntheticPost], rng: random.Random, config: SyntheticSLF5KConfig, source: str
+) -> list[dict]:
+    """InstructRM questions only (a flawed summary, its feedback, refinements that do and do not fix it): the tiny
+    InstructRM stand-in's table."""
+    rows = []
+    for record, post in enumerate(posts):
+        summary, flaw = flawed_summary(post, rng, config)
+        feedback = feedback_text(post, flaw, rng)
+        rows.extend(instruct_rm_rows(post, summary, feedback, flaw, rng, config, source, record))
+    return rows
+
+
 def assistant_rows(
     posts: list[SyntheticPost], rng: random.Random, config: SyntheticSLF5KConfig, source: str
 ) -> list[dict]:
@@ -519,12 +554,7 @@ def assistant_rows(
         for k in range(config.refinements_per_post):
             refined = sample_refinement(post, summary, flaw, rng, config)
             rows.append(_qa_row(f"{post.post_id}:refine{k}", prompt, refined.text, source, record))
-        for k in range(config.instruct_rm_pairs_per_post):
-            for fix in (True, False):
-                refined = refinement(post, summary, flaw, rng, fix, config.refinement_other_error_rate)
-                question, answer, _ = instruct_rm_row(post, summary, feedback, refined, flaw, rng)
-                label = "yes" if fix else "no"
-                rows.append(_qa_row(f"{post.post_id}:instruct_rm{k}{label}", question, answer, source, record))
+        rows.extend(instruct_rm_rows(post, summary, feedback, flaw, rng, config, source, record))
         for k in range(config.pairwise_per_post):
             summary_a, summary_b, better = summary_pair(post, rng)
             question = pairwise_prompt(post.title, post.text, summary_a.text, summary_b.text)
@@ -568,6 +598,9 @@ def make_synthetic_slf5k(output_dir: str | os.PathLike, config: SyntheticSLF5KCo
         )
         tables[ASSISTANT_FILES[pool]] = assistant_rows(
             posts, _rng(config.seed, f"assistant_{pool}"), config, f"synthetic-slf5k:assistant_{pool}"
+        )
+        tables[INSTRUCT_RM_FILES[pool]] = instruct_rm_table_rows(
+            posts, _rng(config.seed, f"instructrm_{pool}"), config, f"synthetic-slf5k:instructrm_{pool}"
         )
         for post in posts:
             corpus.extend((post.title, post.text))

@@ -94,6 +94,17 @@ def mean_rouge_lsum(
     return math.fsum(scores) / len(scores)
 
 
+def exact_match(prediction: str, references: Sequence[str]) -> float:
+    """100 when `prediction` equals one of `references` once runs of whitespace are one space and the ends are stripped,
+    else 0: the accuracy of a short answer (a stand-in's "Yes" / "No"), where rougeLsum would mostly score wording."""
+    if isinstance(references, str):
+        raise TypeError("references must be a sequence of strings, not one string")
+    if len(references) == 0:
+        raise ValueError("exact_match needs at least one reference")
+    normal = " ".join(prediction.split())
+    return 100.0 if any(normal == " ".join(ref.split()) for ref in references) else 0.0
+
+
 def distinct_n(texts: Sequence[str], n: int) -> float:
     """Distinct n-grams of `texts` over their number of words (space-split), as the paper's detox evaluation."""
     if n < 1:
