@@ -17,9 +17,10 @@ from feedbackflow.ilf_prompts import INSTRUCT_RM_TEMPLATES, pairwise_prompt, ref
 from feedbackflow.slf5k_data import convert_slf5k
 from feedbackflow.slf5k_synthetic import (
     ASSISTANT_FILES,
-    INSTRUCT_RM_FILES,
     CORPUS_FILE,
     FACT_VALUES,
+    INSTRUCT_RM_FILES,
+    JUDGE_FILES,
     MADE_UP_ITEMS,
     MADE_UP_NAMES,
     ORACLE_FILE,
@@ -168,7 +169,7 @@ def test_reproducible_with_the_seed(small, tmp_path):
     make_synthetic_slf5k(tmp_path / "same", SMALL)
     make_synthetic_slf5k(tmp_path / "other", dataclasses.replace(SMALL, seed=7))
     names = [*SPLIT_FILES.values(), ORACLE_FILE, CORPUS_FILE, *POLICY_FILES.values(), *ASSISTANT_FILES.values(),
-             *INSTRUCT_RM_FILES.values()]  # fmt: skip
+             *INSTRUCT_RM_FILES.values(), *JUDGE_FILES.values()]  # fmt: skip
     assert sorted(p.name for p in small.iterdir()) == sorted(names)
     for name in names:
         assert (tmp_path / "same" / name).read_bytes() == (small / name).read_bytes(), name
@@ -228,7 +229,7 @@ def assert_instruct_rm_rows_agree_with_the_oracle(rows: list[dict]) -> None:
     assert positives * 2 == len(rows) and used == {t.name for t in INSTRUCT_RM_TEMPLATES}
 
 
-def test_instruct_rm_tables_hold_only_instruct_rm_questions_of_their_pool(small):
+def test_role_tables_hold_only_their_role_questions_about_their_pool(small):
     train_posts = {row["prompt_id"].split(":")[0] for row in rows_of(small, ASSISTANT_FILES["train"])}
     for pool, size in (("train", SMALL.lm_train_posts), ("dev", SMALL.lm_dev_posts)):
         rows = rows_of(small, INSTRUCT_RM_FILES[pool])
@@ -238,6 +239,10 @@ def test_instruct_rm_tables_hold_only_instruct_rm_questions_of_their_pool(small)
         posts = {row["prompt_id"].split(":")[0] for row in rows_of(small, ASSISTANT_FILES[pool])}
         assert {row["prompt_id"].split(":")[0] for row in rows} == posts  # the pool's posts
         assert (pool == "train") == bool(posts & train_posts)  # dev questions are about posts never trained on
+        judge = rows_of(small, JUDGE_FILES[pool])
+        assert len(judge) == size * SMALL.judge_rows_per_post and all(":pairwise" in r["prompt_id"] for r in judge)
+        assert {row["prompt_id"].split(":")[0] for row in judge} == posts
+        assert_pairwise_rows_agree_with_the_oracle(judge)
 
 
 def test_assistant_rows_agree_with_the_oracle(small):
@@ -270,8 +275,13 @@ def test_assistant_rows_agree_with_the_oracle(small):
 
     assert_instruct_rm_rows_agree_with_the_oracle(kinds["instruct_rm"])
 
+    assert_pairwise_rows_agree_with_the_oracle(kinds["pairwise"])
+
+
+def assert_pairwise_rows_agree_with_the_oracle(rows: list[dict]) -> None:
+    """The answer names the summary with more facts right; each letter is the answer about half of the time."""
     answers = []
-    for row in kinds["pairwise"]:
+    for row in rows:
         facts = facts_of(field_of(row["prompt"], "Text"))
         a, b = field_of(row["prompt"], "Summary A"), field_of(row["prompt"], "Summary B")
         assert row["prompt"] == pairwise_prompt(field_of(row["prompt"], "Title"), field_of(row["prompt"], "Text"), a, b)
@@ -283,7 +293,7 @@ def test_assistant_rows_agree_with_the_oracle(small):
 
 def test_corpus_holds_every_text(small):
     corpus = {unescape_corpus_line(line) for line in (small / CORPUS_FILE).read_text(encoding="utf-8").splitlines()}
-    for name in [*POLICY_FILES.values(), *ASSISTANT_FILES.values(), *INSTRUCT_RM_FILES.values()]:
+    for name in [*POLICY_FILES.values(), *ASSISTANT_FILES.values(), *INSTRUCT_RM_FILES.values(), *JUDGE_FILES.values()]:
         for row in rows_of(small, name):
             assert row["prompt"] in corpus and row["references"][0] in corpus
     for split in SPLITS:

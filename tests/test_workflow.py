@@ -83,9 +83,10 @@ def test_ilf_tiny_run_selects_fixes_and_beats_the_initial_policy(finished_run):
     ours = metrics[metrics["source"] == "this run"].set_index("policy")
     assert list(ours.index) == ["initial", "human", "initial_summaries", "ilf", "ilf_best_of_n"]
     assert_claims_hold_with_their_margins(finished_run, "ilf")  # fix rate vs random; ILF's oracle win rate vs initial
-    instructrm = json.loads((finished_run / "results/ilf/models/instructrm/sft_training.json").read_text())
-    assert instructrm["selection_metric"] == "exact_match"  # the stand-in chosen on held-out InstructRM questions
-    assert instructrm["best_exact_match"] >= 90, instructrm["evaluations"]
+    for role in ("instructrm", "judge"):  # stand-ins chosen on held-out questions of their role
+        stand_in = json.loads((finished_run / f"results/ilf/models/{role}/sft_training.json").read_text())
+        assert stand_in["selection_metric"] == "exact_match"
+        assert stand_in["best_exact_match"] >= 90, (role, stand_in["evaluations"])
     assert ours[["win_rate_judge", "win_rate_opt_rm", "win_rate_oracle"]].notna().all().all()
     assert (metrics["source"] == "published (human raters)").sum() >= 10
     accuracy = json.loads((finished_run / "results/ilf/eval/opt_rm_accuracy.json").read_text())

@@ -21,13 +21,15 @@ Files (`--output-dir`):
     template's positive word, one that does not -> its negative word; each row a random template of the five), and
     `pairwise_per_post` judge rows (pairwise_prompt of two summaries of different quality -> "A" or "B", the better
     one, each letter half of the time).
-  * `instructrm_{train,dev}.parquet`: InstructRM questions only (`instruct_rm_pairs_per_post` pairs per post of each
-    pool, drawn like the assistant's, from streams of their own), half answered with the positive word. The tiny
-    InstructRM stand-in is trained on them and selected on the held-out dev questions (`train-sft --selection_metric
-    exact_match`). Measured with the default world (4,000 posts): within the multitask assistant, InstructRM
-    answers appear only after 1,000 to 1,500+ steps, at a step that changed with the seed and the CPU's float
-    rounding (65% right on held-out questions at step 1,500 for seed 1); trained alone, the same tiny LM answers
-    100% right after 100 steps (seeds 1 and 2).
+  * `instructrm_{train,dev}.parquet` and `judge_{train,dev}.parquet`: one role's questions only, drawn like the
+    assistant's from streams of their own: InstructRM (`instruct_rm_pairs_per_post` pairs per post of each pool, half
+    answered with the positive word) and the pairwise judge (`judge_rows_per_post` per post). The tiny InstructRM
+    and judge stand-ins are trained on them and selected on the held-out dev questions (`train-sft
+    --selection_metric exact_match`). Measured with the default world (4,000 posts): within the multitask assistant,
+    InstructRM answers appeared only after 1,000 to 1,500+ steps, at a step that changed with the seed and the CPU's
+    float rounding (65% right on held-out questions at step 1,500 for seed 1), and the judge once answered "A" to
+    every question; trained alone, the same tiny LM answers InstructRM questions 100% right after 100 steps (seeds
+    1, 2) and judge questions 97.5% right after 150 steps (seed 42).
 - `corpus.txt`: every distinct text (posts, titles, summaries, feedback, refinements, and every prompt and target of
   the tables), one per line, escaped with `synthetic.escape_corpus_line`, for the tiny tokenizer.
 
@@ -96,6 +98,7 @@ LM_POOLS = ("train", "dev")
 POLICY_FILES = {pool: f"policy_{pool}.parquet" for pool in LM_POOLS}
 ASSISTANT_FILES = {pool: f"assistant_{pool}.parquet" for pool in LM_POOLS}
 INSTRUCT_RM_FILES = {pool: f"instructrm_{pool}.parquet" for pool in LM_POOLS}
+JUDGE_FILES = {pool: f"judge_{pool}.parquet" for pool in LM_POOLS}
 MISSING_FACT, WRONG_NAME = "missing_fact", "wrong_name"
 
 
@@ -130,6 +133,9 @@ class SyntheticSLF5KConfig:
         default=2, metadata={"help": "assistant InstructRM rows per post: this many positive and as many negative"}
     )
     pairwise_per_post: int = dataclasses.field(default=1, metadata={"help": "assistant pairwise-judge rows per post"})
+    judge_rows_per_post: int = dataclasses.field(
+        default=2, metadata={"help": "pairwise-judge rows per post in judge_{train,dev} (the judge stand-in's tables)"}
+    )
     seed: int = dataclasses.field(default=42, metadata={"help": "random seed; equal seeds give identical files"})
 
     def __post_init__(self) -> None:
@@ -137,7 +143,7 @@ class SyntheticSLF5KConfig:
                      "lm_dev_posts"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("refinements_per_post", "instruct_rm_pairs_per_post", "pairwise_per_post"):
+        for name in ("refinements_per_post", "instruct_rm_pairs_per_post", "pairwise_per_post", "judge_rows_per_post"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("flawed_rate", "wrong_name_share", "reference_missing_rate", "comparison_label_noise",
@@ -555,11 +561,28 @@ def assistant_rows(
             refined = sample_refinement(post, summary, flaw, rng, config)
             rows.append(_qa_row(f"{post.post_id}:refine{k}", prompt, refined.text, source, record))
         rows.extend(instruct_rm_rows(post, summary, feedback, flaw, rng, config, source, record))
-        for k in range(config.pairwise_per_post):
-            summary_a, summary_b, better = summary_pair(post, rng)
-            question = pairwise_prompt(post.title, post.text, summary_a.text, summary_b.text)
-            rows.append(_qa_row(f"{post.post_id}:pairwise{k}", question, better, source, record))
+        rows.extend(pairwise_rows(post, rng, config.pairwise_per_post, source, record))
     rng.shuffle(rows)
+    return rows
+
+
+def pairwise_rows(post: SyntheticPost, rng: random.Random, n: int, source: str, record: int) -> list[dict]:
+    """`n` judge questions about the post: two summaries of different quality -> "A" or "B", the better one."""
+    rows = []
+    for k in range(n):
+        summary_a, summary_b, better = summary_pair(post, rng)
+        question = pairwise_prompt(post.title, post.text, summary_a.text, summary_b.text)
+        rows.append(_qa_row(f"{post.post_id}:pairwise{k}", question, better, source, record))
+    return rows
+
+
+def judge_table_rows(
+    posts: list[SyntheticPost], rng: random.Random, config: SyntheticSLF5KConfig, source: str
+) -> list[dict]:
+    """Pairwise judge questions only: the tiny judge stand-in's table."""
+    rows = []
+    for record, post in enumerate(posts):
+        rows.extend(pairwise_rows(post, rng, config.judge_rows_per_post, source, record))
     return rows
 
 
@@ -601,6 +624,9 @@ def make_synthetic_slf5k(output_dir: str | os.PathLike, config: SyntheticSLF5KCo
         )
         tables[INSTRUCT_RM_FILES[pool]] = instruct_rm_table_rows(
             posts, _rng(config.seed, f"instructrm_{pool}"), config, f"synthetic-slf5k:instructrm_{pool}"
+        )
+        tables[JUDGE_FILES[pool]] = judge_table_rows(
+            posts, _rng(config.seed, f"judge_{pool}"), config, f"synthetic-slf5k:judge_{pool}"
         )
         for post in posts:
             corpus.extend((post.title, post.text))

@@ -180,7 +180,7 @@ def detox_reward_spec(variant):
     return [reward]
 
 
-ILF_TRAINABLE_LMS = ("initial", "assistant", "instructrm")
+ILF_TRAINABLE_LMS = ("initial", "assistant", "instructrm", "judge")
 
 
 def ilf_lm_section(name):
