@@ -16,7 +16,6 @@ from feedbackflow.formats import QA_PROMPTS, SLF5K_FEEDBACK, read_table
 from feedbackflow.ilf_prompts import INSTRUCT_RM_TEMPLATES, pairwise_prompt, refinement_prompt, summary_prompt
 from feedbackflow.slf5k_data import convert_slf5k
 from feedbackflow.slf5k_synthetic import (
-    ASSISTANT_FILES,
     CORPUS_FILE,
     FACT_VALUES,
     INSTRUCT_RM_FILES,
@@ -25,6 +24,7 @@ from feedbackflow.slf5k_synthetic import (
     MADE_UP_NAMES,
     ORACLE_FILE,
     POLICY_FILES,
+    REFINER_FILES,
     REFINER_NAMES,
     REFINER_VAGUE_ITEM,
     SPLIT_FILES,
@@ -168,7 +168,7 @@ def test_records_convert_and_agree_with_the_oracle(small, tmp_path):
 def test_reproducible_with_the_seed(small, tmp_path):
     make_synthetic_slf5k(tmp_path / "same", SMALL)
     make_synthetic_slf5k(tmp_path / "other", dataclasses.replace(SMALL, seed=7))
-    names = [*SPLIT_FILES.values(), ORACLE_FILE, CORPUS_FILE, *POLICY_FILES.values(), *ASSISTANT_FILES.values(),
+    names = [*SPLIT_FILES.values(), ORACLE_FILE, CORPUS_FILE, *POLICY_FILES.values(), *REFINER_FILES.values(),
              *INSTRUCT_RM_FILES.values(), *JUDGE_FILES.values()]  # fmt: skip
     assert sorted(p.name for p in small.iterdir()) == sorted(names)
     for name in names:
@@ -230,13 +230,15 @@ def assert_instruct_rm_rows_agree_with_the_oracle(rows: list[dict]) -> None:
 
 
 def test_role_tables_hold_only_their_role_questions_about_their_pool(small):
-    train_posts = {row["prompt_id"].split(":")[0] for row in rows_of(small, ASSISTANT_FILES["train"])}
+    train_posts = {row["prompt_id"].split(":")[0] for row in rows_of(small, REFINER_FILES["train"])}
     for pool, size in (("train", SMALL.lm_train_posts), ("dev", SMALL.lm_dev_posts)):
+        refiner = rows_of(small, REFINER_FILES[pool])
+        assert len(refiner) == size * SMALL.refinements_per_post and all(":refine" in r["prompt_id"] for r in refiner)
         rows = rows_of(small, INSTRUCT_RM_FILES[pool])
         assert len(rows) == size * SMALL.instruct_rm_pairs_per_post * 2
         assert all(":instruct_rm" in row["prompt_id"] for row in rows)
         assert_instruct_rm_rows_agree_with_the_oracle(rows)
-        posts = {row["prompt_id"].split(":")[0] for row in rows_of(small, ASSISTANT_FILES[pool])}
+        posts = {row["prompt_id"].split(":")[0] for row in rows_of(small, REFINER_FILES[pool])}
         assert {row["prompt_id"].split(":")[0] for row in rows} == posts  # the pool's posts
         assert (pool == "train") == bool(posts & train_posts)  # dev questions are about posts never trained on
         judge = rows_of(small, JUDGE_FILES[pool])
@@ -245,19 +247,9 @@ def test_role_tables_hold_only_their_role_questions_about_their_pool(small):
         assert_pairwise_rows_agree_with_the_oracle(judge)
 
 
-def test_assistant_rows_agree_with_the_oracle(small):
-    rows = rows_of(small, ASSISTANT_FILES["train"])
-    kinds = {"refine": [], "instruct_rm": [], "pairwise": []}
-    for row in rows:
-        kinds[re.match(r"[a-z_]+", row["prompt_id"].split(":")[1]).group(0)].append(row)
-    posts = SMALL.lm_train_posts
-    assert len(kinds["refine"]) == posts * SMALL.refinements_per_post
-    assert len(kinds["instruct_rm"]) == posts * SMALL.instruct_rm_pairs_per_post * 2
-    assert len(kinds["pairwise"]) == posts * SMALL.pairwise_per_post
-    assert [r["prompt_id"] for r in rows] != sorted(r["prompt_id"] for r in rows)  # shuffled: tasks mixed
-
+def test_refiner_rows_agree_with_the_oracle(small):
     fixed = []
-    for row in kinds["refine"]:
+    for row in rows_of(small, REFINER_FILES["train"]):
         flaw, facts = flaw_from_prompt(row["prompt"])
         title, post = field_of(row["prompt"], "Title"), field_of(row["prompt"], "Text")
         summary, feedback = field_of(row["prompt"], "Summary"), field_of(row["prompt"], "Feedback on summary")
@@ -272,10 +264,6 @@ def test_assistant_rows_agree_with_the_oracle(small):
             assert any(re.search(rf"\b{word}\b", refined) for word in own), refined
             assert not any(re.search(rf"\b{word}\b", refined) for word in flaw["forbidden"]), refined
     assert abs(sum(fixed) / len(fixed) - SMALL.refinement_fix_rate) < 0.1
-
-    assert_instruct_rm_rows_agree_with_the_oracle(kinds["instruct_rm"])
-
-    assert_pairwise_rows_agree_with_the_oracle(kinds["pairwise"])
 
 
 def assert_pairwise_rows_agree_with_the_oracle(rows: list[dict]) -> None:
@@ -293,7 +281,7 @@ def assert_pairwise_rows_agree_with_the_oracle(rows: list[dict]) -> None:
 
 def test_corpus_holds_every_text(small):
     corpus = {unescape_corpus_line(line) for line in (small / CORPUS_FILE).read_text(encoding="utf-8").splitlines()}
-    for name in [*POLICY_FILES.values(), *ASSISTANT_FILES.values(), *INSTRUCT_RM_FILES.values(), *JUDGE_FILES.values()]:
+    for name in [*POLICY_FILES.values(), *REFINER_FILES.values(), *INSTRUCT_RM_FILES.values(), *JUDGE_FILES.values()]:
         for row in rows_of(small, name):
             assert row["prompt"] in corpus and row["references"][0] in corpus
     for split in SPLITS:

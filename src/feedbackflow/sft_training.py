@@ -25,8 +25,8 @@ epoch, greedy generation of at most 200 tokens, `load_best_model_at_end` with `m
   reference up to whitespace).
 - Selection: the output is the model of the evaluation with the highest `selection_metric`, rougeLsum by default (the
   paper); a later evaluation must be strictly better (the Trainer's `greater_is_better` comparison), so ties keep the
-  earlier one. `selection_metric: exact_match` selects a stand-in by the role it plays (the tiny ILF assistant on
-  held-out InstructRM questions, answered with one word), where rougeLsum of mixed tasks would pick by wording.
+  earlier one. `selection_metric: exact_match` selects a stand-in by the role it plays (the tiny ILF InstructRM and
+  judge stand-ins on held-out questions, answered with one word), where rougeLsum would mostly score wording.
 - Small differences from the paper's script, on purpose: generation is bounded by `max_new_tokens` (the paper's
   `generation_max_length 200` counted T5's decoder start token, so 199 new tokens); the dev reference is the raw text
   (the paper scored against the label ids decoded back, i.e. truncated to 200 tokens); the corpus figure is the exact

@@ -15,21 +15,19 @@ Files (`--output-dir`):
   paper's LMs had not seen the SLF5K posts):
   * `policy_{train,dev}.parquet`: summary_prompt(title, post) -> an initial-policy summary, drawn like
     generated_summary_for_feedback (flawed with `flawed_rate`). The tiny initial policy is trained on them.
-  * `assistant_{train,dev}.parquet`: the stand-in for the instruction-following LM (GPT-3 in the paper), multitask
-    and shuffled: `refinements_per_post` refinement rows (refinement_prompt -> a refinement of an always-flawed
-    summary), `instruct_rm_pairs_per_post` pairs of InstructRM rows (one refinement that fixes the named flaw -> the
-    template's positive word, one that does not -> its negative word; each row a random template of the five), and
-    `pairwise_per_post` judge rows (pairwise_prompt of two summaries of different quality -> "A" or "B", the better
-    one, each letter half of the time).
-  * `instructrm_{train,dev}.parquet` and `judge_{train,dev}.parquet`: one role's questions only, drawn like the
-    assistant's from streams of their own: InstructRM (`instruct_rm_pairs_per_post` pairs per post of each pool, half
-    answered with the positive word) and the pairwise judge (`judge_rows_per_post` per post). The tiny InstructRM
-    and judge stand-ins are trained on them and selected on the held-out dev questions (`train-sft
-    --selection_metric exact_match`). Measured with the default world (4,000 posts): within the multitask assistant,
-    InstructRM answers appeared only after 1,000 to 1,500+ steps, at a step that changed with the seed and the CPU's
-    float rounding (65% right on held-out questions at step 1,500 for seed 1), and the judge once answered "A" to
-    every question; trained alone, the same tiny LM answers InstructRM questions 100% right after 100 steps (seeds
-    1, 2) and judge questions 97.5% right after 150 steps (seed 42).
+  * One table pair per role of the instruction-following LM (GPT-3 in the paper), each the training and held-out
+    selection set of one tiny stand-in (docs/claims.md, "Stand-ins chosen for their role"):
+    - `refiner_{train,dev}.parquet`: `refinements_per_post` rows per post, refinement_prompt -> a refinement of an
+      always-flawed summary;
+    - `instructrm_{train,dev}.parquet`: `instruct_rm_pairs_per_post` pairs of InstructRM questions per post, one
+      about a refinement that fixes the named flaw (-> the template's positive word), one about a refinement that
+      does not (-> its negative word), each in a random template of the five;
+    - `judge_{train,dev}.parquet`: `judge_rows_per_post` rows per post, pairwise_prompt of two summaries of
+      different quality -> "A" or "B", the better one, each letter half of the time.
+    One multitask stand-in trained on all three tables' rows learnt each skill late, at a step that moved with the
+    seed and the CPU's float rounding (measured with the default world: InstructRM 65% right on held-out questions
+    at step 1,500 for seed 1; refinements with every fact right 20% of the time). One stand-in per role learns its
+    skill in a few hundred steps.
 - `corpus.txt`: every distinct text (posts, titles, summaries, feedback, refinements, and every prompt and target of
   the tables), one per line, escaped with `synthetic.escape_corpus_line`, for the tiny tokenizer.
 
@@ -47,7 +45,7 @@ wrong).
   (an empty feedback: the converter records the post as without feedback).
 - The flaw is checkable: `required` words a fixed summary must contain (the item, or the right name) and `forbidden`
   ones it must not (the wrong name). `fixes_flaw` checks exactly that.
-- Refinements (assistant targets) keep the template of the summary they refine: with `refinement_fix_rate` they fix
+- Refinements (refiner targets) keep the template of the summary they refine: with `refinement_fix_rate` they fix
   the flaw (all three facts right); otherwise they make the refiner's own mistake in the same place, never the one
   the summary made: a wrong name becomes another made-up one (REFINER_NAMES); a missing item becomes "stuff", or with
   `refinement_other_error_rate` a made-up item (MADE_UP_ITEMS). So 5 samples of a model that learnt this contain
@@ -96,7 +94,7 @@ ORACLE_FILE = "oracle.jsonl"
 CORPUS_FILE = "corpus.txt"
 LM_POOLS = ("train", "dev")
 POLICY_FILES = {pool: f"policy_{pool}.parquet" for pool in LM_POOLS}
-ASSISTANT_FILES = {pool: f"assistant_{pool}.parquet" for pool in LM_POOLS}
+REFINER_FILES = {pool: f"refiner_{pool}.parquet" for pool in LM_POOLS}
 INSTRUCT_RM_FILES = {pool: f"instructrm_{pool}.parquet" for pool in LM_POOLS}
 JUDGE_FILES = {pool: f"judge_{pool}.parquet" for pool in LM_POOLS}
 MISSING_FACT, WRONG_NAME = "missing_fact", "wrong_name"
@@ -109,9 +107,9 @@ class SyntheticSLF5KConfig:
     validation_posts: int = dataclasses.field(default=60, metadata={"help": "records in validation.jsonl"})
     test_posts: int = dataclasses.field(default=60, metadata={"help": "records in test.jsonl"})
     lm_train_posts: int = dataclasses.field(
-        default=600, metadata={"help": "posts (not in any split) behind policy_train / assistant_train"}
+        default=600, metadata={"help": "posts (not in any split) behind the stand-ins' training tables"}
     )
-    lm_dev_posts: int = dataclasses.field(default=40, metadata={"help": "posts behind policy_dev / assistant_dev"})
+    lm_dev_posts: int = dataclasses.field(default=40, metadata={"help": "posts behind the stand-ins' dev tables"})
     flawed_rate: float = dataclasses.field(default=0.7, metadata={"help": "initial-policy summaries with a flaw"})
     wrong_name_share: float = dataclasses.field(
         default=0.5, metadata={"help": "flaws that are a wrong name (the others: the item is missing)"}
@@ -123,19 +121,16 @@ class SyntheticSLF5KConfig:
         default=0.1, metadata={"help": "comparisons whose preference is the worse summary"}
     )
     refinement_fix_rate: float = dataclasses.field(
-        default=0.5, metadata={"help": "assistant refinement targets that fix the named flaw"}
+        default=0.5, metadata={"help": "refiner targets that fix the named flaw"}
     )
     refinement_other_error_rate: float = dataclasses.field(
         default=0.5, metadata={"help": 'of the refinements that keep an item missing: a made-up item, not "stuff"'}
     )
-    refinements_per_post: int = dataclasses.field(default=2, metadata={"help": "assistant refinement rows per post"})
+    refinements_per_post: int = dataclasses.field(default=2, metadata={"help": "refiner rows per post"})
     instruct_rm_pairs_per_post: int = dataclasses.field(
-        default=2, metadata={"help": "assistant InstructRM rows per post: this many positive and as many negative"}
+        default=2, metadata={"help": "InstructRM rows per post: this many positive and as many negative"}
     )
-    pairwise_per_post: int = dataclasses.field(default=1, metadata={"help": "assistant pairwise-judge rows per post"})
-    judge_rows_per_post: int = dataclasses.field(
-        default=2, metadata={"help": "pairwise-judge rows per post in judge_{train,dev} (the judge stand-in's tables)"}
-    )
+    judge_rows_per_post: int = dataclasses.field(default=2, metadata={"help": "pairwise-judge rows per post"})
     seed: int = dataclasses.field(default=42, metadata={"help": "random seed; equal seeds give identical files"})
 
     def __post_init__(self) -> None:
@@ -143,7 +138,7 @@ class SyntheticSLF5KConfig:
                      "lm_dev_posts"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("refinements_per_post", "instruct_rm_pairs_per_post", "pairwise_per_post", "judge_rows_per_post"):
+        for name in ("refinements_per_post", "instruct_rm_pairs_per_post", "judge_rows_per_post"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("flawed_rate", "wrong_name_share", "reference_missing_rate", "comparison_label_noise",
@@ -548,10 +543,11 @@ def instruct_rm_table_rows(
     return rows
 
 
-def assistant_rows(
+def refiner_rows(
     posts: list[SyntheticPost], rng: random.Random, config: SyntheticSLF5KConfig, source: str
 ) -> list[dict]:
-    """The assistant's multitask rows (refinements, InstructRM answers, pairwise judgements), shuffled."""
+    """`refinements_per_post` refinement rows per post: the refinement prompt of an always-flawed summary and its
+    feedback -> a refinement (fixing the flaw with `refinement_fix_rate`, else the refiner's own mistake)."""
     rows = []
     for record, post in enumerate(posts):
         summary, flaw = flawed_summary(post, rng, config)
@@ -560,9 +556,6 @@ def assistant_rows(
         for k in range(config.refinements_per_post):
             refined = sample_refinement(post, summary, flaw, rng, config)
             rows.append(_qa_row(f"{post.post_id}:refine{k}", prompt, refined.text, source, record))
-        rows.extend(instruct_rm_rows(post, summary, feedback, flaw, rng, config, source, record))
-        rows.extend(pairwise_rows(post, rng, config.pairwise_per_post, source, record))
-    rng.shuffle(rows)
     return rows
 
 
@@ -619,8 +612,8 @@ def make_synthetic_slf5k(output_dir: str | os.PathLike, config: SyntheticSLF5KCo
         tables[POLICY_FILES[pool]] = policy_rows(
             posts, _rng(config.seed, f"policy_{pool}"), config, f"synthetic-slf5k:policy_{pool}"
         )
-        tables[ASSISTANT_FILES[pool]] = assistant_rows(
-            posts, _rng(config.seed, f"assistant_{pool}"), config, f"synthetic-slf5k:assistant_{pool}"
+        tables[REFINER_FILES[pool]] = refiner_rows(
+            posts, _rng(config.seed, f"refiner_{pool}"), config, f"synthetic-slf5k:refiner_{pool}"
         )
         tables[INSTRUCT_RM_FILES[pool]] = instruct_rm_table_rows(
             posts, _rng(config.seed, f"instructrm_{pool}"), config, f"synthetic-slf5k:instructrm_{pool}"

@@ -180,7 +180,7 @@ def detox_reward_spec(variant):
     return [reward]
 
 
-ILF_TRAINABLE_LMS = ("initial", "assistant", "instructrm", "judge")
+ILF_TRAINABLE_LMS = ("initial", "refiner", "instructrm", "judge")
 
 
 def ilf_lm_section(name):

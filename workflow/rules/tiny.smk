@@ -143,7 +143,7 @@ rule make_synthetic_slf5k:
     output:
         splits=expand(f"{TINY_RAW}/slf5k/{{split}}.jsonl", split=("train", "development", "validation", "test")),
         oracle=f"{TINY_RAW}/slf5k/oracle.jsonl",
-        tables=expand(f"{TINY_RAW}/slf5k/{{table}}_{{part}}.parquet", table=("policy", "assistant", "instructrm", "judge"),
+        tables=expand(f"{TINY_RAW}/slf5k/{{table}}_{{part}}.parquet", table=("policy", "refiner", "instructrm", "judge"),
                       part=("train", "dev")),  # fmt: skip
         corpus=f"{TINY_RAW}/slf5k/corpus.txt",
     params:
