@@ -36,6 +36,10 @@ class Claim:
     ci_margin: float  # the margin the test suite asserts
     inclusive: bool = False
 
+    def __post_init__(self) -> None:  # numpy scalars from the tables -> floats (plain reprs in test messages)
+        object.__setattr__(self, "value", float(self.value))
+        object.__setattr__(self, "reference", float(self.reference))
+
     @property
     def margin(self) -> float:
         return self.value - self.reference
