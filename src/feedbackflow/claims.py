@@ -58,12 +58,12 @@ def dsp_claims(root: Path) -> list[Claim]:
     metrics = pd.read_parquet(root / "results/dsp/metrics.parquet")
     accuracy = metrics.set_index(["model", "eval_set"])["accuracy"]
     claims = [
-        Claim("dsp", f"GRFT accuracy on {general} >= 0.8", accuracy["grft", general], 0.8, 0.02, inclusive=True)
+        Claim("dsp", f"GRFT accuracy on {general} >= 0.8", accuracy["grft", general], 0.8, 0.05, inclusive=True)
         for general in ("helpful", "harmless")
     ]
     domains = sorted({m.removeprefix("crft-") for m in metrics["model"] if m.startswith("crft-")})
     claims += [
-        Claim("dsp", f"CRFT > GRFT on {domain}", accuracy[f"crft-{domain}", domain], accuracy["grft", domain], 0.02)
+        Claim("dsp", f"CRFT > GRFT on {domain}", accuracy[f"crft-{domain}", domain], accuracy["grft", domain], 0.1)
         for domain in domains
     ]
     return claims
@@ -71,7 +71,7 @@ def dsp_claims(root: Path) -> list[Claim]:
 
 def rrhf_claims(root: Path) -> list[Claim]:
     reward = pd.read_parquet(root / "results/rrhf/metrics.parquet").set_index("origin")["mean_reward"]
-    return [Claim("rrhf", "RRHF reward > initial", reward["rrhf"], reward["initial"], 0.05)]
+    return [Claim("rrhf", "RRHF reward > initial", reward["rrhf"], reward["initial"], 0.5)]
 
 
 def detox_claims(root: Path) -> list[Claim]:
@@ -79,7 +79,7 @@ def detox_claims(root: Path) -> list[Claim]:
     toxicity = metrics[metrics["source"] == "ours"].set_index("policy")["avg_max_toxicity"]
     # lower is better: the margin is the initial policy's toxicity minus the variant's
     return [
-        Claim("detox", f"{variant} avg max toxicity < initial", -toxicity[variant], -toxicity["initial"], 0.02)
+        Claim("detox", f"{variant} avg max toxicity < initial", -toxicity[variant], -toxicity["initial"], 0.1)
         for variant in ("holistic", "fine_grained")
     ]
 
