@@ -93,7 +93,7 @@ def ilf_claims(root: Path) -> list[Claim]:
     win = metrics[metrics["source"] == "this run"].set_index("policy")["win_rate_oracle"]
     return [
         Claim("ilf", "InstructRM fix rate > random", fix["instructrm"], fix["random"], 0.2),
-        Claim("ilf", "ILF oracle win rate > initial", win["ilf"], win["initial"], 5.0),
+        Claim("ilf", "ILF oracle win rate > initial", win["ilf"], win["initial"], 15.0),
     ]
 
 
