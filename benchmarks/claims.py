@@ -7,9 +7,10 @@
 Each seed runs in its own scratch copy of the project (`--workdir`/seed-<n>: Snakefile, workflow, config, profiles)
 with `--config seed=<n>`, which reseeds the synthetic worlds, the tiny models and every stage. A copy is kept, so a
 second call resumes its runs and reruns only what a change invalidated: spread the seeds over a working day. The
-claims are `feedbackflow.claims`; a cell is the margin (value - reference, in the claim's unit; > 0: holds) and the
-`min` column the smallest over the seeds, beside the margin the test suite asserts. The table also goes to
-`--workdir`/claims.md. Runs take hours on 2 cores: never time anything else while they run.
+claims are `feedbackflow.claims`; a cell is the margin (value - reference, or reference - value where lower is
+better, in the claim's unit; > 0: holds) and the `min` column the smallest over the seeds, beside the margin the test
+suite asserts. The table also goes to `--workdir`/claims.md. Runs take hours on 2 cores: never time anything else
+while they run.
 """
 
 from __future__ import annotations

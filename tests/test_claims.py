@@ -73,6 +73,7 @@ def test_margins_counted_by_hand(tmp_path):
 
     detox = by_name(claims_of(root, "detox"))
     assert detox["holistic avg max toxicity < initial"].margin == 0.25  # lower toxicity is the better side
+    assert detox["holistic avg max toxicity < initial"].value == 0.25
     assert detox["fine_grained avg max toxicity < initial"].margin == -0.125
     assert not detox["fine_grained avg max toxicity < initial"].holds
 

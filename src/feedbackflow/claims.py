@@ -1,9 +1,10 @@
 """The tiny-scale claims: what each paper's mechanism must show in a finished run, read from its result files.
 
 A tiny run is a test fixture for a paper's mechanism (docs/claims.md). Each claim compares two numbers of one run
-and has a margin in the claim's own unit, `value - reference` (positive: the claim holds), and the margin the test
-suite asserts (`ci_margin`), set below the smallest margin measured over seeds (`benchmarks/claims.py` prints the
-claim x seed table) so that a claim is asserted only where it does not hang by a hair.
+and has a margin in the claim's own unit, `value - reference` (`reference - value` where lower is better; positive:
+the claim holds), and the margin the test suite asserts (`ci_margin`), set below the smallest margin measured over
+seeds (`benchmarks/claims.py` prints the claim x seed table) so that a claim is asserted only where it does not hang
+by a hair.
 
 - DSP: GRFT's accuracy on each general test set (helpful, harmless) is at least 0.8; each domain's CRFT model is more
   accurate on its domain than GRFT.
@@ -27,7 +28,8 @@ import pandas as pd
 
 @dataclasses.dataclass(frozen=True)
 class Claim:
-    """One claim of one run: `value` against `reference`; it holds when `margin` > 0 (or >= 0 with `inclusive`)."""
+    """One claim of one run: `value` against `reference`; it holds when `margin` > 0 (or >= 0 with `inclusive`).
+    The margin is `value - reference`, or `reference - value` where lower is better."""
 
     experiment: str
     name: str
@@ -35,6 +37,7 @@ class Claim:
     reference: float
     ci_margin: float  # the margin the test suite asserts
     inclusive: bool = False
+    lower_is_better: bool = False
 
     def __post_init__(self) -> None:  # numpy scalars from the tables -> floats (plain reprs in test messages)
         object.__setattr__(self, "value", float(self.value))
@@ -42,7 +45,7 @@ class Claim:
 
     @property
     def margin(self) -> float:
-        return self.value - self.reference
+        return self.reference - self.value if self.lower_is_better else self.value - self.reference
 
     @property
     def holds(self) -> bool:
@@ -77,9 +80,9 @@ def rrhf_claims(root: Path) -> list[Claim]:
 def detox_claims(root: Path) -> list[Claim]:
     metrics = pd.read_parquet(root / "results/detox/metrics.parquet")
     toxicity = metrics[metrics["source"] == "ours"].set_index("policy")["avg_max_toxicity"]
-    # lower is better: the margin is the initial policy's toxicity minus the variant's
     return [
-        Claim("detox", f"{variant} avg max toxicity < initial", -toxicity[variant], -toxicity["initial"], 0.1)
+        Claim("detox", f"{variant} avg max toxicity < initial", toxicity[variant], toxicity["initial"], 0.1,
+              lower_is_better=True)  # fmt: skip
         for variant in ("holistic", "fine_grained")
     ]
 
