@@ -516,20 +516,6 @@ def instruct_rm_row(post: SyntheticPost, summary: Summary, feedback: str, refine
     return prompt, template.positive if fixed else template.negative, fixed
 
 
-def instruct_rm_rows(post: SyntheticPost, summary: Summary, feedback: str, flaw: dict, rng: random.Random,
-                     config: SyntheticSLF5KConfig, source: str, record: int) -> list[dict]:  # fmt: skip
-    """`instruct_rm_pairs_per_post` pairs of InstructRM questions about refinements of `summary`: one that fixes the
-    flaw (-> the template's positive word), one that does not (-> its negative word)."""
-    rows = []
-    for k in range(config.instruct_rm_pairs_per_post):
-        for fix in (True, False):
-            refined = refinement(post, summary, flaw, rng, fix, config.refinement_other_error_rate)
-            question, answer, _ = instruct_rm_row(post, summary, feedback, refined, flaw, rng)
-            label = "yes" if fix else "no"
-            rows.append(_qa_row(f"{post.post_id}:instruct_rm{k}{label}", question, answer, source, record))
-    return rows
-
-
 def instruct_rm_table_rows(
     posts: list[SyntheticPost], rng: random.Random, config: SyntheticSLF5KConfig, source: str
 ) -> list[dict]:
@@ -539,7 +525,12 @@ def instruct_rm_table_rows(
     for record, post in enumerate(posts):
         summary, flaw = flawed_summary(post, rng, config)
         feedback = feedback_text(post, flaw, rng)
-        rows.extend(instruct_rm_rows(post, summary, feedback, flaw, rng, config, source, record))
+        for k in range(config.instruct_rm_pairs_per_post):
+            for fix in (True, False):  # one refinement that fixes the flaw, one that does not
+                refined = refinement(post, summary, flaw, rng, fix, config.refinement_other_error_rate)
+                question, answer, _ = instruct_rm_row(post, summary, feedback, refined, flaw, rng)
+                label = "yes" if fix else "no"
+                rows.append(_qa_row(f"{post.post_id}:instruct_rm{k}{label}", question, answer, source, record))
     return rows
 
 
@@ -559,23 +550,16 @@ def refiner_rows(
     return rows
 
 
-def pairwise_rows(post: SyntheticPost, rng: random.Random, n: int, source: str, record: int) -> list[dict]:
-    """`n` judge questions about the post: two summaries of different quality -> "A" or "B", the better one."""
-    rows = []
-    for k in range(n):
-        summary_a, summary_b, better = summary_pair(post, rng)
-        question = pairwise_prompt(post.title, post.text, summary_a.text, summary_b.text)
-        rows.append(_qa_row(f"{post.post_id}:pairwise{k}", question, better, source, record))
-    return rows
-
-
 def judge_table_rows(
     posts: list[SyntheticPost], rng: random.Random, config: SyntheticSLF5KConfig, source: str
 ) -> list[dict]:
     """Pairwise judge questions only: the tiny judge stand-in's table."""
     rows = []
     for record, post in enumerate(posts):
-        rows.extend(pairwise_rows(post, rng, config.judge_rows_per_post, source, record))
+        for k in range(config.judge_rows_per_post):
+            summary_a, summary_b, better = summary_pair(post, rng)
+            question = pairwise_prompt(post.title, post.text, summary_a.text, summary_b.text)
+            rows.append(_qa_row(f"{post.post_id}:pairwise{k}", question, better, source, record))
     return rows
 
 
