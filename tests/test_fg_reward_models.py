@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 from transformers import LongformerConfig, LongformerModel
@@ -15,6 +19,7 @@ from transformers import LongformerConfig, LongformerModel
 from feedbackflow.fg_reward_models import encode_segments, load_fg_reward_model, sequence_scores
 from feedbackflow.fg_reward_training import (
     FGRewardTrainingConfig,
+    freeze_global_attention,
     pair_loss_sum,
     reward_mean_std,
     token_loss_sum,
@@ -224,3 +229,53 @@ def rows_from(path):
     import pyarrow.parquet as pq
 
     return pq.read_table(path).to_pylist()
+
+
+def test_token_model_after_freezing_has_a_gradient_on_every_trained_parameter(encoder_dir, tokenizer):
+    """DDP (find_unused_parameters off) needs a gradient on every trained parameter at every step. Without global
+    attention the token classifier leaves Longformer's query/key/value_global without one: those are frozen."""
+    torch.manual_seed(0)
+    model, _ = load_fg_reward_model(encoder_dir, "token")
+    encoded = encode_segments(tokenizer, "question: old river answer:", ["the star is near.", "a clock."], 64)
+    items = [(encoded.input_ids, [(p, 1) for p in encoded.separator_positions])]
+    token_loss_sum(model, items, tokenizer.pad_token_id, "cpu").backward()
+    no_gradient = sorted(n for n, p in model.named_parameters() if p.requires_grad and p.grad is None)
+    assert len(no_gradient) == 2 * 3 * 2  # 2 layers x query/key/value_global x weight/bias
+    frozen = freeze_global_attention(model)
+    assert sorted(frozen) == no_gradient
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert freeze_global_attention(torch.nn.Linear(2, 2)) == []
+
+
+def test_token_reward_model_trains_under_ddp(tmp_path, encoder_dir, repo_root):
+    """2 CPU processes (DDP over gloo, through `launch`), 4 optimiser steps of a tiny Longformer token RM.
+
+    Without global attention the token classifier never uses Longformer's query/key/value_global projections; DDP
+    then waits for their gradients and stops at the second step ("Expected to have finished reduction in the prior
+    iteration"). Those projections are frozen for the token kind, as the original leaves them untouched.
+    """
+    rng = random.Random(5)
+    rows = [
+        {"prefix": "question: " + sentence(rng) + " answer:", "segments": [sentence(rng), "wrong " + sentence(rng)],
+         "labels": [0, 1], "source": "test", "record": i}
+        for i in range(8)
+    ]  # fmt: skip
+    write_rows(rows, tmp_path / "train.parquet", SEGMENT_LABELS)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(
+        [sys.executable, "-m", "feedbackflow", "launch", "--processes", "2", "--", "train-fg-reward-model",
+         "--train", str(tmp_path / "train.parquet"), "--model", str(encoder_dir), "--output", str(tmp_path / "r1"),
+         "--work-dir", str(tmp_path / "work"), "--kind", "token", "--max-length", "64", "--batch-size", "2",
+         "--micro-batch-size", "1", "--max-steps", "4", "--threads", "1"],
+        cwd=repo_root, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = pd.read_parquet(tmp_path / "r1" / "training_log.parquet")
+    assert log["step"].tolist() == [1, 2, 3, 4] and log["loss"].notna().all()
+    trained, _ = load_fg_reward_model(tmp_path / "r1", "token")
+    initial = LongformerModel.from_pretrained(encoder_dir).state_dict()
+    for name, value in trained.longformer.state_dict().items():
+        if "_global" in name:  # unused without global attention: left as they were loaded
+            assert torch.equal(value, initial[name]), name
+        elif name.endswith("attention.self.query.weight"):
+            assert not torch.equal(value, initial[name]), name  # the rest trained

@@ -17,7 +17,8 @@ paper's code truncates on the right as well).
 
 Attention is Longformer's local window only, as in the paper's RMs. Global attention on the separators (so that R2
 could see passages outside a small window) was tried at tiny scale: the tiny RM then learned markedly worse in the
-same number of steps (its global projections start untrained), so it is not used.
+same number of steps (its global projections start untrained), so it is not used. Training freezes those unused
+global projections (`fg_reward_training.freeze_global_attention`), so DDP does not wait for their gradients.
 """
 
 from __future__ import annotations

@@ -181,6 +181,27 @@ def pair_loss_sum(model, items: list, pad: int, device) -> torch.Tensor:
     return total / 2  # ranking_loss_terms counts both orders of each pair
 
 
+UNUSED_WITHOUT_GLOBAL_ATTENTION = ("query_global", "key_global", "value_global")
+
+
+def freeze_global_attention(model: torch.nn.Module) -> list[str]:
+    """Freeze Longformer's global-attention projections (query/key/value_global); returns the frozen names.
+
+    The token RMs run with local attention only, as the paper's do (reward_modeling/run_fg_rm.py passes no
+    global_attention_mask), so these projections never take part in the loss. The original trains on one GPU
+    (HF Trainer), where they get no gradient and AdamW leaves them as loaded; frozen here they stay as loaded too, and
+    DDP no longer waits for their gradients (without this it stops at the second step: "Expected to have finished
+    reduction in the prior iteration"). Freezing keeps the computation of `find_unused_parameters=True` without its
+    search of the autograd graph at every step. Models without such projections are left alone.
+    """
+    frozen = []
+    for name, parameter in model.named_parameters():
+        if any(f".{unused}." in f".{name}" for unused in UNUSED_WITHOUT_GLOBAL_ATTENTION):
+            parameter.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
 def train_fg_reward_model(
     train_path: str,
     model_path: str,
@@ -196,6 +217,10 @@ def train_fg_reward_model(
     world = accelerator.num_processes
     set_seed(config.seed)
     model, tokenizer = load_fg_reward_model(model_path, config.kind)
+    if config.kind == "token":  # local attention only: the global projections are unused (see the function)
+        frozen = freeze_global_attention(model)
+        if frozen:
+            log.info("token RM: %d global-attention parameters frozen (unused without global attention)", len(frozen))
     builder = token_examples if config.kind == "token" else pair_examples
     items = builder(train_path, tokenizer, config)
     steps_per_epoch = len(items) // config.batch_size
@@ -204,7 +229,8 @@ def train_fg_reward_model(
     data = Examples(items, steps_per_epoch)
     total_steps = steps_to_train(steps_per_epoch, config.num_epochs, config.max_steps)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=config.learning_rate, weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     scheduler = get_scheduler(
         config.lr_scheduler,
