@@ -178,9 +178,13 @@ def clipped_value_loss(
 
 
 def mean_response_length(mask: torch.Tensor, reduce: Reduce | None = None) -> float:
-    """Mean number of response tokens per sample (over all processes with `reduce`)."""
-    sums = torch.stack([mask.sum(dtype=torch.float64), torch.tensor(float(mask.shape[0]), dtype=torch.float64)])
-    total, count = (reduce or _identity)(sums.to(mask.device)).tolist()
+    """Mean number of response tokens per sample (over all processes with `reduce`).
+
+    Both sums are on the mask's device: the all-reduce (NCCL) needs them on the GPU, and stacking a GPU sum with a
+    CPU count would fail."""
+    samples = torch.tensor(float(mask.shape[0]), dtype=torch.float64, device=mask.device)
+    sums = torch.stack([mask.sum(dtype=torch.float64), samples])
+    total, count = (reduce or _identity)(sums).tolist()
     return total / count
 
 
