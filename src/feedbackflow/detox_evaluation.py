@@ -38,6 +38,7 @@ from feedbackflow.detox_metrics import (
     toxic_probability,
 )
 from feedbackflow.formats import SCORED_SAMPLES, atomic_path, read_table, write_json
+from feedbackflow.inference import load_for_inference
 from feedbackflow.ppo_report import add_ppo_curve_arguments, write_ppo_curves
 from feedbackflow.stage_args import add_dataclass_arguments, dataclass_from_args
 
@@ -62,6 +63,7 @@ class DetoxEvaluationConfig:
     max_length: int = 128  # prompt + sample tokens for the perplexity LM (the prompt is cut on the left)
     batch_size: int = 16
     toxic_threshold: float = 0.5
+    dtype: str | None = None  # the perplexity LM's dtype on a GPU (config `inference_dtype`); the CPU: float32
 
 
 def summarise_detox(scored: pd.DataFrame, nll: list[tuple[float, int]], toxic_threshold: float) -> dict:
@@ -90,7 +92,7 @@ def summarise_detox(scored: pd.DataFrame, nll: list[tuple[float, int]], toxic_th
 def evaluate_detox(scored_path: str, perplexity_model: str, config: DetoxEvaluationConfig) -> dict:
     scored = read_table(scored_path, SCORED_SAMPLES).to_pandas()
     tokenizer = AutoTokenizer.from_pretrained(perplexity_model)
-    model = AutoModelForCausalLM.from_pretrained(perplexity_model, dtype=torch.float32)
+    model = load_for_inference(AutoModelForCausalLM, perplexity_model, dtype=config.dtype)
     nll = continuation_nll(
         model, tokenizer, scored["prompt"].tolist(), scored["response"].tolist(), config.batch_size, config.max_length
     )

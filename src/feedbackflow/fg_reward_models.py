@@ -37,6 +37,7 @@ from transformers import (
 )
 
 from feedbackflow.errors import ConfigError
+from feedbackflow.inference import load_for_inference
 from feedbackflow.reward_model import pad_id_of, pad_right
 
 KINDS = ("token", "sequence")
@@ -100,21 +101,42 @@ def encode_pair_text(tokenizer: PreTrainedTokenizerBase, text: str, max_length: 
     return tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
 
 
-def load_fg_reward_model(path: str | os.PathLike, kind: str, dtype: torch.dtype | None = None):
-    """(model, tokenizer) of `kind` from a trained directory or a base encoder (new head, seeded by the caller)."""
+def fg_model_class(kind: str) -> tuple[type, dict]:
+    """(Auto class, from_pretrained kwargs) of a reward model of `kind`: token (2 labels) or sequence (1 output)."""
     if kind not in KINDS:
         raise ConfigError(f"kind {kind!r} is not one of {KINDS}")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    kwargs = {"dtype": dtype} if dtype is not None else {}
     if kind == "token":
-        model = AutoModelForTokenClassification.from_pretrained(
-            path, num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()}, **kwargs
-        )
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+        return AutoModelForTokenClassification, {
+            "num_labels": 2,
+            "id2label": LABELS,
+            "label2id": {v: k for k, v in LABELS.items()},
+        }
+    return AutoModelForSequenceClassification, {"num_labels": 1}
+
+
+def _pad_token_from(model, tokenizer):
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def load_fg_reward_model(path: str | os.PathLike, kind: str, dtype: torch.dtype | None = None):
+    """(model, tokenizer) of `kind` from a trained directory or a base encoder (new head, seeded by the caller), as
+    loaded: for training (inference uses `load_fg_reward_model_for_inference`)."""
+    model_class, kwargs = fg_model_class(kind)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    return _pad_token_from(model_class.from_pretrained(path, **kwargs), tokenizer)
+
+
+def load_fg_reward_model_for_inference(
+    path: str | os.PathLike, kind: str, device: str | None = None, dtype: str | torch.dtype | None = None
+):
+    """(model, tokenizer) of `kind` through `inference.load_for_inference`: on the job's device, eval mode."""
+    model_class, kwargs = fg_model_class(kind)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return _pad_token_from(load_for_inference(model_class, path, device=device, dtype=dtype, **kwargs), tokenizer)
 
 
 @torch.inference_mode()

@@ -39,6 +39,7 @@ from feedbackflow.fg_reward_models import (
     encode_pair_text,
     encode_segments,
     load_fg_reward_model,
+    load_fg_reward_model_for_inference,
     segment_error_predictions,
     sequence_scores,
 )
@@ -51,6 +52,7 @@ from feedbackflow.formats import (
     write_json,
     write_rows,
 )
+from feedbackflow.inference import INFERENCE_DTYPES
 from feedbackflow.reward_losses import ranking_loss_terms
 from feedbackflow.reward_model import pad_id_of, pad_right
 from feedbackflow.stage_args import add_dataclass_arguments, dataclass_from_args
@@ -345,10 +347,12 @@ def evaluate_fg_reward_model(model, tokenizer, path: str, config: FGRewardTraini
     return {"n_pairs": len(kept), "accuracy": correct / len(kept) if kept else None}
 
 
-def reward_mean_std(model_path: str, pairs_path: str, max_length: int, seed: int, batch_size: int = 32) -> dict:
-    """Mean and population std of the RM's scores of one randomly chosen text per training pair (the paper's rule)."""
-    model, tokenizer = load_fg_reward_model(model_path, "sequence")
-    model.eval()
+def reward_mean_std(
+    model_path: str, pairs_path: str, max_length: int, seed: int, batch_size: int = 32, dtype: str | None = None
+) -> dict:
+    """Mean and population std of the RM's scores of one randomly chosen text per training pair (the paper's rule);
+    the RM on the job's device (`inference.load_for_inference`, `dtype` on a GPU)."""
+    model, tokenizer = load_fg_reward_model_for_inference(model_path, "sequence", dtype=dtype)
     table = read_table(pairs_path, PREFERENCE_LISTS)
     rng = random.Random(seed)
     chosen = [texts[rng.randrange(len(texts))] for texts in table.column("text").to_pylist()]
@@ -389,13 +393,16 @@ def configure_mean_std(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--dtype", choices=INFERENCE_DTYPES, default=None, help="model dtype on a GPU (config inference_dtype)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
 def main_mean_std(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
-    stats = reward_mean_std(args.model, args.pairs, args.max_length, args.seed, args.batch_size)
+    stats = reward_mean_std(args.model, args.pairs, args.max_length, args.seed, args.batch_size, args.dtype)
     write_json(stats, args.output)
     log.info(
         "%s: mean %.4f std %.4f over %d texts -> %s", args.model, stats["mean"], stats["std"], stats["n"], args.output

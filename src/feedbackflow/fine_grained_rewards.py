@@ -21,14 +21,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-import torch
 from transformers import PreTrainedTokenizerBase
 
 from feedbackflow.errors import ConfigError
 from feedbackflow.fg_reward_models import (
     DEFAULT_SEPARATOR,
     encode_segments,
-    load_fg_reward_model,
+    load_fg_reward_model_for_inference,
     read_mean_std,
     segment_error_predictions,
     sequence_scores,
@@ -79,14 +78,14 @@ class SegmentErrorReward:
         batch_size: int = 16,
         separator: str = DEFAULT_SEPARATOR,
         device: str | None = None,
+        dtype: str | None = None,
     ):
         self.name = name
         self.policy_tokenizer = policy_tokenizer
         self.segmenter, self.prefix_of = segmenter, prefix_of
         self.positive, self.negative = positive, negative
         self.max_length, self.batch_size, self.separator = max_length, batch_size, separator
-        self.model, self.tokenizer = load_fg_reward_model(model_path, "token")
-        self.model.requires_grad_(False).eval().to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, self.tokenizer = load_fg_reward_model_for_inference(model_path, "token", device, dtype)
 
     def judge(self, prompts: list[str], responses: list[str]) -> tuple[list[list[Span]], list[list[int]]]:
         """Segments of each response and the RM's label (1 = error) of each kept segment."""
@@ -126,14 +125,14 @@ class SequenceReward:
         max_length: int = 2048,
         batch_size: int = 16,
         device: str | None = None,
+        dtype: str | None = None,
     ):
         if not std > 0:
             raise ConfigError(f"reward {name!r}: std must be positive, got {std}")
         self.name = name
         self.mean, self.std, self.scale, self.bias = mean, std, scale, bias
         self.max_length, self.batch_size = max_length, batch_size
-        self.model, self.tokenizer = load_fg_reward_model(model_path, "sequence")
-        self.model.requires_grad_(False).eval().to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, self.tokenizer = load_fg_reward_model_for_inference(model_path, "sequence", device, dtype)
 
     def normalised(self, prompts: list[str], responses: list[str]) -> tuple[list[float], list[float]]:
         texts = [response_text(p, r) for p, r in zip(prompts, responses, strict=True)]
@@ -150,7 +149,7 @@ class SequenceReward:
 
 
 def _segment_reward(spec: dict, policy_tokenizer, segmenter, prefix_of, positive: float, negative: float):
-    _check_keys(spec, {"model"}, {"positive", "negative", "max_length", "batch_size", "separator", "device"})
+    _check_keys(spec, {"model"}, {"positive", "negative", "max_length", "batch_size", "separator", "device", "dtype"})
     return SegmentErrorReward(
         spec["name"],
         spec["model"],
@@ -163,6 +162,7 @@ def _segment_reward(spec: dict, policy_tokenizer, segmenter, prefix_of, positive
         int(spec.get("batch_size", 16)),
         str(spec.get("separator", DEFAULT_SEPARATOR)),
         spec.get("device"),
+        spec.get("dtype"),
     )
 
 
@@ -181,7 +181,8 @@ def build_factuality_reward(spec: dict, policy_tokenizer) -> SegmentErrorReward:
 def build_sequence_reward(spec: dict, policy_tokenizer) -> SequenceReward:
     """{"type": "qa_completeness" | "preference", "model": dir, "mean_std": json (or "mean" and "std"), "scale",
     "bias"}: R3 (scale 0.3) or the holistic preference reward (scale 1.0)."""
-    _check_keys(spec, {"model"}, {"mean_std", "mean", "std", "scale", "bias", "max_length", "batch_size", "device"})
+    optional = {"mean_std", "mean", "std", "scale", "bias", "max_length", "batch_size", "device", "dtype"}
+    _check_keys(spec, {"model"}, optional)
     if "mean_std" in spec:
         mean, std = read_mean_std(spec["mean_std"])
     elif "mean" in spec and "std" in spec:
@@ -199,4 +200,5 @@ def build_sequence_reward(spec: dict, policy_tokenizer) -> SequenceReward:
         int(spec.get("max_length", 2048)),
         int(spec.get("batch_size", 16)),
         spec.get("device"),
+        spec.get("dtype"),
     )

@@ -84,7 +84,7 @@ class LMConfig:
     max_backoff_s: float = dataclasses.field(default=60.0, metadata={"help": "cap on a wait, Retry-After included"})
     batch_size: int = dataclasses.field(default=8, metadata={"help": "prompts per forward / generate batch (hf)"})
     device: str | None = dataclasses.field(default=None, metadata={"help": "torch device (hf; none = cuda if any)"})
-    dtype: str | None = dataclasses.field(default=None, metadata={"help": "torch dtype, e.g. bfloat16 (hf)"})
+    dtype: str | None = dataclasses.field(default=None, metadata={"help": "dtype on a GPU (hf; none = bf16); CPU fp32"})
     max_prompt_tokens: int | None = dataclasses.field(
         default=None, metadata={"help": "hf: left-truncate prompts to this many tokens, bos included (none = never)"}
     )
@@ -378,19 +378,14 @@ class HFLMBackend:
     def load(self):
         """(model in eval mode on its device, tokenizer), loaded once."""
         if self._model is None:
-            import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
+            from feedbackflow.inference import load_for_inference, model_device
+
             cfg = self.config
-            device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            kwargs = {}
-            if cfg.dtype:
-                if not isinstance(getattr(torch, cfg.dtype, None), torch.dtype):
-                    raise ConfigError(f"dtype: {cfg.dtype!r} is not a torch dtype")
-                kwargs["dtype"] = getattr(torch, cfg.dtype)
             self._tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-            self._model = AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs).to(device).eval()
-            self._device = device
+            self._model = load_for_inference(AutoModelForCausalLM, cfg.model, device=cfg.device, dtype=cfg.dtype)
+            self._device = model_device(self._model)
         return self._model, self._tokenizer
 
     def prompt_ids(self, prompt: str) -> list[int]:

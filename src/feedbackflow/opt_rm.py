@@ -77,6 +77,7 @@ from feedbackflow.formats import (
     write_table,
 )
 from feedbackflow.ilf_prompts import OPT_RM_PROMPT, opt_rm_prompt
+from feedbackflow.inference import load_for_inference
 from feedbackflow.launch import world_size_from_env
 from feedbackflow.reward_model import pad_id_of
 from feedbackflow.sampling import merge_samples, pad_left
@@ -139,7 +140,7 @@ class OptRMScoringConfig:
         default=None, metadata={"help": "tokens of bos + prompt (default: the model's training value, else 1024)"}
     )
     batch_size: int = field(default=16, metadata={"help": "prompts per forward pass"})
-    dtype: str | None = field(default=None, metadata={"help": "model dtype such as bfloat16 (default: saved)"})
+    dtype: str | None = field(default=None, metadata={"help": "dtype on a GPU (null: bf16 if supported); CPU: fp32"})
 
 
 # --- the rules: loss, score, accuracy -----------------------------------------------------------------------------
@@ -601,11 +602,13 @@ class LoadedRM:
 
 
 def load_opt_rm(model_name_or_path: str, config: OptRMScoringConfig) -> LoadedRM:
-    """A trained OPT-RM directory (or any causal LM: a zero-shot baseline), on the GPU when there is one, in eval
-    mode; the answer ids are checked against `opt_rm.json` when it is there."""
+    """A trained OPT-RM directory (or any causal LM: a zero-shot baseline) through `inference.load_for_inference`
+    (the job's device, eval mode, `config.dtype` on a GPU); the answer ids are checked against `opt_rm.json` when
+    it is there."""
     if config.batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {config.batch_size}")
-    model, tokenizer = load_causal_lm(model_name_or_path, config.dtype)
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    model = load_for_inference(AutoModelForCausalLM, model_name_or_path, dtype=config.dtype)
     yes_id, no_id = answer_token_ids(tokenizer)
     meta_path = Path(model_name_or_path) / META_FILE
     meta = read_json(meta_path) if meta_path.is_file() else None
@@ -614,9 +617,7 @@ def load_opt_rm(model_name_or_path: str, config: OptRMScoringConfig) -> LoadedRM
     if meta is None:
         log.warning("%s has no %s: scoring it as a plain causal LM (zero-shot)", model_name_or_path, META_FILE)
     max_input_length = config.max_input_length or (meta["max_input_length"] if meta else 1024)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    return LoadedRM(model.eval(), tokenizer, yes_id, no_id, max_input_length)
+    return LoadedRM(model, tokenizer, yes_id, no_id, max_input_length)
 
 
 def score_prompts(rm: LoadedRM, titles: list[str], posts: list[str], summaries: list[str], batch_size: int):
@@ -633,6 +634,7 @@ def score_prompts(rm: LoadedRM, titles: list[str], posts: list[str], summaries: 
     return logp, encoded
 
 
+@torch.inference_mode()
 def evaluate_opt_rm(
     comparison_paths: list[str], model_name_or_path: str, output: str | os.PathLike, config: OptRMScoringConfig
 ) -> dict:
@@ -680,6 +682,7 @@ def load_posts(paths: Sequence[str | os.PathLike]) -> dict[str, dict]:
     return posts
 
 
+@torch.inference_mode()
 def score_samples(
     samples_paths: list[str | os.PathLike],
     posts_paths: list[str | os.PathLike],

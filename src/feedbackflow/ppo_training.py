@@ -88,6 +88,7 @@ from transformers import (
 from feedbackflow.checkpoints import CheckpointStore, StopSignal, fingerprint_of
 from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.formats import PPO_LOG, atomic_directory, write_json, write_rows
+from feedbackflow.inference import load_for_inference
 from feedbackflow.launch import build_accelerator, world_size_from_env
 from feedbackflow.ppo_losses import (
     AdaptiveKLController,
@@ -766,7 +767,12 @@ def train_ppo(
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
     reward_functions = build_reward_functions(reward_spec, tokenizer)
     policy = load_policy_model(policy_path, encoder_decoder)
-    reference = load_policy_model(policy_path, encoder_decoder).eval().requires_grad_(False)
+    reference = load_for_inference(  # frozen: the policy's dtype (float32), so that the KL is 0 before any update
+        AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM,
+        policy_path,
+        device=accelerator.device,
+        dtype=torch.float32,
+    )
     value_backbone, value_head = load_value_model(value_path, seed=config.seed)
     if value_backbone.get_input_embeddings().num_embeddings < len(tokenizer):
         raise ConfigError(f"value model {value_path!r} has a smaller vocabulary than the policy's tokenizer")
@@ -779,7 +785,6 @@ def train_ppo(
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=config.adam_eps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    reference.to(accelerator.device)
     total_steps = config.total_steps
     scheduler = get_scheduler(
         "linear",

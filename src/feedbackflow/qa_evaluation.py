@@ -32,6 +32,7 @@ from feedbackflow.errors import ConfigError
 from feedbackflow.fg_reward_models import read_mean_std
 from feedbackflow.fine_grained_rewards import SegmentErrorReward, SequenceReward, question_of_prompt
 from feedbackflow.formats import QA_PROMPTS, atomic_path, read_table, write_json, write_rows
+from feedbackflow.inference import INFERENCE_DTYPES, load_for_inference
 from feedbackflow.ppo_report import add_ppo_curve_arguments, write_ppo_curves
 from feedbackflow.qa_feedback import grounded_prefix, relevance_prefix
 from feedbackflow.segmentation import sentence_spans, sub_sentence_spans
@@ -80,16 +81,17 @@ def fine_grained_total(n_sub_sentences: int, n_relevant: int, n_sentences: int, 
     return relevance + factuality + COMPLETENESS_SCALE * z
 
 
-def load_policy(path: str):
-    """(model, tokenizer, is_seq2seq) of a seq2seq or causal policy directory / hub id."""
+def load_policy(path: str, dtype: str | None = None):
+    """(model, tokenizer, is_seq2seq) of a seq2seq or causal policy directory / hub id, on the job's device in eval
+    mode (`inference.load_for_inference`; `dtype` applies on a GPU)."""
     config = AutoConfig.from_pretrained(path)
     is_seq2seq = bool(getattr(config, "is_encoder_decoder", False))
     cls = AutoModelForSeq2SeqLM if is_seq2seq else AutoModelForCausalLM
-    model = cls.from_pretrained(path)
+    model = load_for_inference(cls, path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if not is_seq2seq:
         tokenizer.padding_side = "left"
-    return model.eval(), tokenizer, is_seq2seq
+    return model, tokenizer, is_seq2seq
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -108,6 +110,7 @@ def summarise(rows: list[dict]) -> dict:
     }
 
 
+@torch.inference_mode()
 def evaluate_qa(
     prompts_path: str,
     policy_path: str,
@@ -122,10 +125,12 @@ def evaluate_qa(
     max_examples: int | None = None,
     preference_model: str | None = None,
     preference_mean_std: str | None = None,
+    dtype: str | None = None,
 ) -> tuple[list[dict], dict]:
-    """Per-response rows and the summary of one policy on the test prompts."""
+    """Per-response rows and the summary of one policy on the test prompts (every model on the job's device, in
+    `dtype` on a GPU, under inference mode)."""
     table = read_table(prompts_path, QA_PROMPTS).to_pylist()[:max_examples]
-    model, tokenizer, is_seq2seq = load_policy(policy_path)
+    model, tokenizer, is_seq2seq = load_policy(policy_path, dtype)
     inputs, _ = encode_inputs(tokenizer, [r["prompt"] for r in table], max_input_length, "right", is_seq2seq)
     responses, lengths = greedy_generate(model, tokenizer, inputs, is_seq2seq, max_new_tokens, batch_size)
     prompts = [r["prompt"] for r in table]
@@ -139,6 +144,7 @@ def evaluate_qa(
         *RELEVANCE_REWARDS,
         rm_max_length,
         batch_size,
+        dtype=dtype,
     )
     _, relevance = r1.judge(prompts, responses)
     r2 = SegmentErrorReward(
@@ -150,15 +156,20 @@ def evaluate_qa(
         *FACTUALITY_REWARDS,
         rm_max_length,
         batch_size,
+        dtype=dtype,
     )
     _, factuality = r2.judge(prompts, responses)
     mean, std = read_mean_std(completeness_mean_std)
-    r3 = SequenceReward("r3", completeness_model, mean, std, COMPLETENESS_SCALE, 0.0, rm_max_length, batch_size)
+    r3 = SequenceReward(
+        "r3", completeness_model, mean, std, COMPLETENESS_SCALE, 0.0, rm_max_length, batch_size, dtype=dtype
+    )
     _, completeness = r3.normalised(prompts, responses)
     preference = [None] * len(responses)
     if preference_model:
         mean, std = read_mean_std(preference_mean_std)
-        holistic = SequenceReward("preference", preference_model, mean, std, 1.0, 0.0, rm_max_length, batch_size)
+        holistic = SequenceReward(
+            "preference", preference_model, mean, std, 1.0, 0.0, rm_max_length, batch_size, dtype=dtype
+        )
         _, preference = holistic.normalised(prompts, responses)
 
     rows = [
@@ -201,6 +212,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rm-max-length", type=int, default=2048)
     parser.add_argument("--max-examples", type=int, default=None, help="evaluate the first N prompts only")
+    parser.add_argument(
+        "--dtype", choices=INFERENCE_DTYPES, default=None, help="model dtype on a GPU (config inference_dtype)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
@@ -223,6 +237,7 @@ def main(args: argparse.Namespace) -> None:
         args.max_examples,
         args.preference_model,
         args.preference_mean_std,
+        args.dtype,
     )
     write_rows(rows, args.responses, QA_EVAL_RESPONSES)
     write_json({"policy": args.name, "model": args.policy, **summary}, args.summary)

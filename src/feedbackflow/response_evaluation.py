@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from feedbackflow.formats import SCORED_SAMPLES, atomic_path, read_table, write_table
+from feedbackflow.inference import load_for_inference
 from feedbackflow.stage_args import add_dataclass_arguments, dataclass_from_args
 
 log = logging.getLogger("feedbackflow.response_evaluation")
@@ -41,6 +42,7 @@ RESPONSE_METRICS = pa.schema(
 class ResponseEvaluationConfig:
     max_length: int = 512
     batch_size: int = 8
+    dtype: str | None = None  # the reference LM's dtype on a GPU (config `inference_dtype`); the CPU: float32
 
 
 def response_token_ids(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], int]:
@@ -52,7 +54,7 @@ def response_token_ids(tokenizer, prompt: str, response: str, max_length: int) -
     return prompt_ids + response_ids, len(prompt_ids)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sequence_nll(model, encoded: list[tuple[list[int], int]], batch_size: int, pad_id: int) -> list[tuple[float, int]]:
     """(summed NLL, number of scored tokens) of each (ids, first) sequence under the causal LM `model`: the loss on
     ids[first:] (never on ids[0], which nothing predicts). Batched by length, right-padded, on the model's device."""
@@ -115,7 +117,7 @@ def evaluate_responses(
 ) -> pd.DataFrame:
     scored = pa.concat_tables([read_table(p, SCORED_SAMPLES) for p in scored_paths]).to_pandas()
     tokenizer = AutoTokenizer.from_pretrained(reference_model)
-    model = AutoModelForCausalLM.from_pretrained(reference_model)
+    model = load_for_inference(AutoModelForCausalLM, reference_model, dtype=config.dtype)
     nll = response_nll(model, tokenizer, list(zip(scored["prompt"], scored["response"], strict=True)), config)
     metrics = pd.DataFrame(origin_metrics(scored, nll))
     write_table(pa.Table.from_pandas(metrics, preserve_index=False), output, RESPONSE_METRICS)

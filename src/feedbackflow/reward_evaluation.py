@@ -13,10 +13,12 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
+from transformers import AutoTokenizer
 
 from feedbackflow.errors import ConfigError
 from feedbackflow.formats import PREFERENCE_LISTS, REWARD_METRICS, REWARD_SCORES, read_table, write_rows
-from feedbackflow.reward_model import POOLINGS, RewardModel, encode_texts, load_reward_model, pad_id_of, pad_right
+from feedbackflow.inference import load_for_inference, to_model_device
+from feedbackflow.reward_model import POOLINGS, RewardModel, encode_texts, pad_id_of, pad_right
 from feedbackflow.stage_args import add_dataclass_arguments, dataclass_from_args
 
 log = logging.getLogger("feedbackflow.reward_evaluation")
@@ -28,6 +30,9 @@ class RewardEvaluationConfig:
     pooling: str | None = field(default=None, metadata={"help": f"override the saved pooling, one of {POOLINGS}"})
     max_length: int = 512
     batch_size: int = 32
+    dtype: str | None = field(
+        default=None, metadata={"help": "model dtype on a GPU (config `inference_dtype`; the CPU: float32)"}
+    )
 
 
 def pair_accuracy(rewards: list[list[float]], scores: list[list[float]]) -> tuple[int, int]:
@@ -54,17 +59,16 @@ def first_two_accuracy(rewards: list[list[float]], scores: list[list[float]]) ->
     return correct, total
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def score_sequences(model: RewardModel, sequences: list[list[int]], pad_id: int, batch_size: int) -> list[float]:
-    """Reward of each token sequence, batched by similar length; returned in input order."""
+    """Reward of each token sequence, batched by similar length, on the model's device; returned in input order."""
     model.eval()
-    device = next(model.parameters()).device
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     rewards = [0.0] * len(sequences)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         input_ids, attention_mask = pad_right([sequences[i] for i in chunk], pad_id)
-        output = model(input_ids.to(device), attention_mask.to(device))
+        output = model(*to_model_device(model, input_ids, attention_mask))
         for i, value in zip(chunk, output.rewards.float().cpu().tolist(), strict=True):
             rewards[i] = value
     return rewards
@@ -102,7 +106,8 @@ def evaluate_reward_model(
     config: RewardEvaluationConfig,
 ) -> list[dict]:
     """Score every eval set; write one metrics row per set and every reward, both as Parquet."""
-    model, tokenizer = load_reward_model(model_path, pooling=config.pooling, seed=config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = load_for_inference(RewardModel, model_path, dtype=config.dtype, pooling=config.pooling, seed=config.seed)
     metrics, reward_rows = [], []
     for name, path in eval_sets.items():
         table = read_table(path, PREFERENCE_LISTS)

@@ -95,6 +95,29 @@ class RewardModel(nn.Module):
     def config(self):
         return self.lm.config
 
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str, pooling: str | None = None, seed: int = 42, dtype: torch.dtype | None = None
+    ) -> RewardModel:
+        """A reward model directory, or a causal LM (path or hub id) with a new head initialised from `seed`.
+
+        `pooling` overrides the saved pooling; a new head is drawn from N(0, initializer_range) like the paper's
+        `post_init`. `dtype` None keeps the saved dtype; the head takes the LM's.
+        """
+        lm = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+        if is_reward_model_dir(name_or_path):
+            meta = json.loads((Path(name_or_path) / META_FILE).read_text())
+            model = cls(lm, pooling or meta["pooling"])
+            model.reward_head.weight.data.copy_(load_file(Path(name_or_path) / HEAD_FILE)["weight"])
+        else:
+            model = cls(lm, pooling or "last")
+            generator = torch.Generator().manual_seed(seed)
+            std = getattr(lm.config, "initializer_range", 0.02)
+            head = torch.randn(model.reward_head.weight.shape, generator=generator) * std
+            model.reward_head.weight.data.copy_(head)
+        model.reward_head.to(lm.dtype)
+        return model
+
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_lm_logits: bool = False
     ) -> RewardOutput:
@@ -115,25 +138,10 @@ def load_reward_model(
     seed: int = 42,
     torch_dtype: torch.dtype | None = None,
 ) -> tuple[RewardModel, PreTrainedTokenizerBase]:
-    """Load a reward model directory, or a causal LM (path or hub id) with a new head initialised from `seed`.
-
-    `pooling` overrides the saved pooling; a new head is drawn from N(0, initializer_range) like the paper's
-    `post_init`.
-    """
+    """(RewardModel.from_pretrained(...), tokenizer) as they are loaded, for training (inference stages use
+    `inference.load_for_inference(RewardModel, ...)`, which puts the model on the job's device)."""
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    lm = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype)
-    if is_reward_model_dir(name_or_path):
-        meta = json.loads((Path(name_or_path) / META_FILE).read_text())
-        model = RewardModel(lm, pooling or meta["pooling"])
-        model.reward_head.weight.data.copy_(load_file(Path(name_or_path) / HEAD_FILE)["weight"])
-    else:
-        model = RewardModel(lm, pooling or "last")
-        generator = torch.Generator().manual_seed(seed)
-        std = getattr(lm.config, "initializer_range", 0.02)
-        head = torch.randn(model.reward_head.weight.shape, generator=generator) * std
-        model.reward_head.weight.data.copy_(head)
-    model.reward_head.to(lm.dtype)
-    return model, tokenizer
+    return RewardModel.from_pretrained(name_or_path, pooling=pooling, seed=seed, dtype=torch_dtype), tokenizer
 
 
 def save_reward_model(

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import torch
+from transformers import AutoTokenizer
 
 from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.formats import SCORED_SAMPLES, write_table
+from feedbackflow.inference import load_for_inference
 from feedbackflow.reward_evaluation import score_sequences
-from feedbackflow.reward_model import POOLINGS, encode_texts, is_reward_model_dir, load_reward_model, pad_id_of
+from feedbackflow.reward_model import POOLINGS, RewardModel, encode_texts, is_reward_model_dir, pad_id_of
 from feedbackflow.sampling import merge_samples
 from feedbackflow.stage_args import add_dataclass_arguments, dataclass_from_args
 
@@ -37,6 +39,9 @@ class RewardScoringConfig:
     batch_size: int = 16
     pooling: str = field(default="eos", metadata={"help": f"one of {POOLINGS}; SPEC 2 reads the score at eos"})
     seed: int = field(default=42, metadata={"help": "seed of a new head when the model is a plain LM"})
+    dtype: str | None = field(
+        default=None, metadata={"help": "model dtype on a GPU (config `inference_dtype`; the CPU: float32)"}
+    )
 
 
 def sample_texts(prompts: list[str], responses: list[str]) -> list[str]:
@@ -86,9 +91,8 @@ def score_samples(
         raise DataError(", ".join(map(str, samples_paths)), None, None, "no samples to score")
     if not is_reward_model_dir(model_name):
         log.warning("%s is not a reward-model directory: its head is new (seed %d)", model_name, config.seed)
-    model, tokenizer = load_reward_model(model_name, pooling=config.pooling, seed=config.seed)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+    tokenizer = AutoTokenizer.from_pretrained(model_name)
+    model = load_for_inference(RewardModel, model_name, dtype=config.dtype, pooling=config.pooling, seed=config.seed)
     texts = sample_texts(samples.column("prompt").to_pylist(), samples.column("response").to_pylist())
     scores = score_texts(model, tokenizer, texts, config)
     table = scored_table(samples, scores, f"rm:{model_name}")

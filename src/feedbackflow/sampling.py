@@ -35,6 +35,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreT
 
 from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.formats import PROMPTS, RANKED_RESPONSES, SAMPLES, SCORED_SAMPLES, read_table, write_rows, write_table
+from feedbackflow.inference import load_for_inference
 from feedbackflow.reward_model import pad_id_of
 from feedbackflow.stage_args import add_dataclass_arguments, dataclass_from_args
 
@@ -63,7 +64,7 @@ class SamplingConfig:
         metadata={"help": "JSON list; a response is cut at the first occurrence of any"},
     )
     origin: str | None = field(default=None, metadata={"help": "policy name written as origin (default: --model)"})
-    dtype: str | None = field(default=None, metadata={"help": "model dtype such as bfloat16 (default: saved)"})
+    dtype: str | None = field(default=None, metadata={"help": "dtype on a GPU (null: bf16 if supported); CPU: fp32"})
 
     def validate(self) -> None:
         """Raise ConfigError for settings that cannot work together."""
@@ -296,20 +297,13 @@ def _until_eos(tokens: list[int], eos_list: list[int]) -> list[int]:
 
 
 def load_policy(name_or_path: str, dtype: str | None = None):
-    """(model in eval mode on the GPU when there is one, tokenizer) of a causal-LM directory or hub id."""
-    torch_dtype = None
-    if dtype is not None:
-        torch_dtype = getattr(torch, dtype, None)
-        if not isinstance(torch_dtype, torch.dtype):
-            raise ConfigError(f"dtype {dtype!r} is not a torch dtype")
+    """(model, tokenizer) of a causal-LM directory or hub id through `inference.load_for_inference`: on the job's
+    device in eval mode, in `dtype` on a GPU (null: bfloat16 where supported), float32 on the CPU."""
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    return model.eval(), tokenizer
+    return load_for_inference(AutoModelForCausalLM, name_or_path, dtype=dtype), tokenizer
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_responses(model, tokenizer, prompts: list[str], config: SamplingConfig) -> list[list[str]]:
     """`config.num_return_sequences` responses for each prompt (in beam-score order for beam searches)."""
     config.validate()
