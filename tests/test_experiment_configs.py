@@ -127,6 +127,11 @@ def test_finegrained_qa_config_is_the_papers_setup(tmp_path):
     assert '"kl_coef": 0.3' in fine and '"lam": 0.95' in fine and '"total_episodes": 80000' in fine
     assert '"kl_coef": 0.2' in holistic and '"lam": 0.99' in holistic
     assert "t5-large" in result.stdout and "allenai/longformer-base-4096" in result.stdout
+    # issue 19, blocker 4: evaluation, the RMs' mean/std and PPO's reward models in the config's inference_dtype
+    lines = result.stdout.splitlines()
+    evaluation = [line for line in lines if "evaluate-qa " in line or "reward-mean-std " in line]
+    assert len(evaluation) == 5 and all("--dtype bfloat16" in line for line in evaluation), evaluation
+    assert all(line.count('"dtype": "bfloat16"') in (1, 3) for line in ppo)  # one per reward model
 
 
 def test_finegrained_detox_config_is_the_papers_setup(tmp_path):
@@ -144,7 +149,9 @@ def test_finegrained_detox_config_is_the_papers_setup(tmp_path):
         assert f'"variant": "{variant}"' in line and '"backend": "perspective"' in line and f'"lam": {lam}' in line
     sampling = [line for line in result.stdout.splitlines() if "sample-responses" in line]
     assert all('"num_return_sequences": 25' in line and '"top_p": 0.9' in line for line in sampling)
-    assert all("--perplexity-model gpt2-xl" in line for line in result.stdout.splitlines() if "evaluate-detox" in line)
+    evaluation = [line for line in result.stdout.splitlines() if "evaluate-detox" in line]
+    assert evaluation and all("--perplexity-model gpt2-xl" in line for line in evaluation)
+    assert all('"dtype": "bfloat16"' in line for line in evaluation)  # issue 19, blocker 4: GPT-2 XL in bf16
 
 
 def test_ilf_config_is_the_papers_setup(tmp_path):

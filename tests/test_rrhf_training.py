@@ -21,12 +21,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from feedbackflow.errors import DataError
-from feedbackflow.formats import RANKED_RESPONSES, write_rows
+from feedbackflow.errors import ConfigError, DataError
+from feedbackflow.formats import RANKED_RESPONSES, SCORED_SAMPLES, write_rows
+from feedbackflow.prompts import read_prompts
 from feedbackflow.rrhf_training import (
     RankedBatchPlan,
     RankedQueries,
     RRHFTrainingConfig,
+    fit_query,
     length_bucketed,
     load_ranked_responses,
     micro_batch_loss,
@@ -38,7 +40,8 @@ from feedbackflow.rrhf_training import (
     supports_prompt_sharing,
     tokenize_ranked,
 )
-from feedbackflow.tiny_models import TinyModelConfig, build_tiny_models
+from feedbackflow.sampling import rank_responses
+from feedbackflow.tiny_models import TinyModelConfig, build_causal_lm, build_tiny_models
 
 HPARAMS = {
     "batch_size": 4,
@@ -52,6 +55,9 @@ HPARAMS = {
 N_QUERIES = 24  # 6 steps per epoch, 18 steps
 TOTAL_STEPS = 18
 TOPICS = ["apples", "rivers", "stars", "trains", "music", "gardens", "clocks", "bridges"]
+# Real Anthropic HH records, read in place from ../shared/data (conftest's shared_data; never copied into the repo):
+# 83 of its responses are over 140 words.
+HH_TEST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh" / "harmless-base-test.jsonl.gz"
 
 
 def ranked_rows(n: int, seed: int = 0) -> list[dict]:
@@ -120,18 +126,42 @@ def assert_same_weights(a: Path, b: Path, atol: float = 0.0) -> None:
 KILLED = {"killed_SIGKILL": signal.SIGKILL, "killed_SIGTERM": signal.SIGTERM}
 
 
+def hh_ranked(output: Path, n_long: int = 3, n_other: int = 5, source: Path = HH_TEST) -> Path:
+    """RANKED_RESPONSES of real HH queries through the data path (convert-prompts' reader, then rank-responses on
+    chosen = 1, rejected = 0): the `n_long` queries with the longest responses (380+ words) and the first
+    `n_other` others."""
+    _, samples = read_prompts(source, "hh", empty_responses="skip")
+    longest: dict[str, int] = {}
+    for row in samples:
+        longest[row["prompt_id"]] = max(longest.get(row["prompt_id"], 0), len(row["response"].split()))
+    by_length = sorted(longest, key=lambda pid: -longest[pid])
+    chosen = set(by_length[:n_long]) | set([pid for pid in longest if pid not in by_length[:n_long]][:n_other])
+    assert min(longest[pid] for pid in by_length[:n_long]) > 380
+    scored = [
+        {**row, "score": 1.0 if row["origin"] == "chosen" else 0.0, "status": "ok", "reason": None,
+         "scorer": "label", "prompt_tokens": None, "completion_tokens": None}
+        for row in samples if row["prompt_id"] in chosen
+    ]  # fmt: skip
+    write_rows(scored, output.with_suffix(".scored.parquet"), SCORED_SAMPLES)
+    rank_responses([output.with_suffix(".scored.parquet")], output)
+    return output
+
+
 @pytest.fixture(scope="module")
 def runs(tiny) -> dict:
     """Every CLI run of this file, side by side (most of a run is start-up): the reference run, a rerun with the
-    same seed, micro batches of 1 query, a run on bad input, and two runs killed (SIGKILL, SIGTERM) once their
-    first checkpoint is written and then rerun."""
+    same seed, micro batches of 1 query, a run on bad input, one step on real HH queries with long responses, and
+    two runs killed (SIGKILL, SIGTERM) once their first checkpoint is written and then rerun."""
     root = tiny["root"]
+    hh = hh_ranked(root / "hh.parquet") if HH_TEST.is_file() else None  # its test asks shared_data: skip or fail
     rows = ranked_rows(8)
     rows[5] = {**rows[5], "scores": [1.0, 0.0]}
     bad = root / "bad.parquet"
     write_rows(rows, bad, RANKED_RESPONSES)
     variants = {name: {} for name in KILLED}
     variants.update({"reference": {}, "again": {}, "micro": {"micro_batch_size": 1}, "bad": {"train": bad}})
+    if hh is not None:
+        variants["hh"] = {"train": hh, "max_length": 64, "max_steps": 1}  # the tiny model has 64 positions
     jobs = {
         name: start(train_command(tiny, root / name, root / f"{name}_work", **hp), root / f"{name}.first.log")
         for name, hp in variants.items()
@@ -164,6 +194,7 @@ def runs(tiny) -> dict:
         "first_returncodes": first,
         "left_output": left_output,
         "bad": (bad, jobs["bad"].returncode),
+        "hh": hh,
     }
 
 
@@ -357,7 +388,10 @@ def test_training_learns_and_writes_a_model_directory(tiny, runs):
     meta = json.loads((out / "rrhf_training.json").read_text())
     assert meta["training"]["learning_rate"] == HPARAMS["learning_rate"]
     assert meta["queries"] == N_QUERIES and meta["truncated_prompts"] == 4  # every 6th prompt is long
-    assert "4 of 24 prompts left-truncated" in runs["logs"]["reference"]
+    # query 0: a 108-token prompt and two 15-token responses; 48 - bos - 16 leaves 31 < min_prompt_tokens 32 for the
+    # prompt, which keeps 32, and both responses lose their eos
+    assert meta["responses"] == 3 * N_QUERIES and meta["truncated_responses"] == 2
+    assert "4 of 24 prompts left-truncated and 2 of 72 responses right-truncated" in runs["logs"]["reference"]
     assert not (tiny["root"] / "reference_work").exists()  # checkpoints removed once the model is saved
     AutoModelForCausalLM.from_pretrained(out)
     AutoTokenizer.from_pretrained(out)
@@ -409,7 +443,37 @@ def test_bad_input_fails_naming_file_record_and_field_and_writes_nothing(runs):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".bad.")]
 
 
-def test_prompts_are_left_truncated_and_responses_never(tiny):
+def test_fit_query_cuts_the_prompt_on_the_left_to_its_floor_then_responses_on_the_right():
+    """Literal ids: bos 1, eos 2, a 6-token prompt, responses of 8 and 2 ids (9 and 3 with eos), min_prompt_tokens 3."""
+    bos, prompt, responses = [1], [10, 11, 12, 13, 14, 15], [[20, 21, 22, 23, 24, 25, 26, 27], [30, 31]]
+    # 20 tokens: everything fits (1 + 6 + 9 = 16)
+    fitted = fit_query(bos, prompt, responses, 2, 20, 3)
+    assert fitted.context == [1, *prompt] and fitted.responses == [[*responses[0], 2], [30, 31, 2]]
+    assert (fitted.prompt_truncated, fitted.responses_truncated) == (False, 0)
+    # 14: budget 13 - longest 9 = 4 >= the floor 3: the prompt keeps its last 4 tokens, no response is cut
+    fitted = fit_query(bos, prompt, responses, 2, 14, 3)
+    assert fitted.context == [1, 12, 13, 14, 15] and fitted.responses == [[*responses[0], 2], [30, 31, 2]]
+    assert (fitted.prompt_truncated, fitted.responses_truncated) == (True, 0)
+    # 10: budget 9 - 9 = 0 < 3: the prompt keeps its floor (3 tokens); the long response keeps its first 6 ids
+    # (eos lost), so bos + 3 + 6 = 10 tokens; the short response is whole
+    fitted = fit_query(bos, prompt, responses, 2, 10, 3)
+    assert fitted.context == [1, 13, 14, 15] and fitted.responses == [[20, 21, 22, 23, 24, 25], [30, 31, 2]]
+    assert (fitted.prompt_truncated, fitted.responses_truncated) == (True, 1)
+    # 12: room 8 = the long response's ids without eos: only its eos goes, and that counts as a cut
+    fitted = fit_query(bos, prompt, responses, 2, 12, 3)
+    assert fitted.responses[0] == responses[0] and fitted.responses_truncated == 1
+    # a prompt shorter than the floor is kept whole; both responses cut to the room left (10 - 1 - 2 = 7)
+    fitted = fit_query(bos, [10, 11], [responses[0], responses[0]], 2, 10, 3)
+    assert fitted.context == [1, 10, 11] and fitted.responses == [responses[0][:7]] * 2
+    assert (fitted.prompt_truncated, fitted.responses_truncated) == (False, 2)
+    # no bos: the prompt keeps at least one token even with min_prompt_tokens 0
+    fitted = fit_query([], prompt, responses, 2, 5, 0)
+    assert fitted.context == [15] and fitted.responses == [[20, 21, 22, 23], [30, 31, 2]]
+    with pytest.raises(ConfigError, match="min_prompt_tokens 9 must be from 0 to max_length - 2 = 8"):
+        RRHFTrainingConfig(max_length=10, min_prompt_tokens=9)
+
+
+def test_prompts_are_left_truncated_before_responses_are_cut(tiny):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny["model"])
@@ -425,13 +489,64 @@ def test_prompts_are_left_truncated_and_responses_never(tiny):
 
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     prompt, longest = ids(data.queries[0]), ids(" a b") + [eos]
-    assert len(prompt) > 3
+    assert len(prompt) > 3 and len(longest) > 2
     max_length = 1 + 3 + len(longest)  # room for bos, 3 prompt tokens and the longest response with eos
-    plan = tokenize_ranked(data, tokenizer, max_length)
-    assert plan.truncated_prompts == 1
+    plan = tokenize_ranked(data, tokenizer, max_length, min_prompt_tokens=2)
+    assert (plan.truncated_prompts, plan.truncated_responses) == (1, 0)
     assert plan.prompt_lengths[0] == 4
     assert plan.token_ids[0] == [[bos, *prompt[-3:], *longest], [bos, *prompt[-3:], *ids(" c"), eos]]
     assert plan.token_ids[1][0] == [bos, *ids("hi"), *ids(" d"), eos]
-    with pytest.raises(DataError, match="never truncated") as error:
-        tokenize_ranked(data, tokenizer, 1 + len(longest))  # no room left for any prompt token
-    assert (error.value.path, error.value.record, error.value.field) == ("f.parquet", 0, "responses")
+    # with a floor of 3 prompt tokens and one token less, the longest response loses its last token (its eos)
+    plan = tokenize_ranked(data, tokenizer, max_length - 1, min_prompt_tokens=3)
+    assert (plan.truncated_prompts, plan.truncated_responses) == (1, 1)
+    assert plan.token_ids[0][0] == [bos, *prompt[-3:], *longest[:-1]]
+
+
+def test_real_hh_responses_longer_than_max_length_are_truncated_and_counted(tmp_path, tiny, shared_data):
+    """Real HH queries whose responses run to 380+ words, at the paper's max_length 192: before truncation, the
+    first of them stopped the run with a DataError."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny["model"])  # byte-level BPE of 300 ids: ~2-3 characters a token
+    source = shared_data / "hh" / "harmless-base-test.jsonl.gz"
+    data = load_ranked_responses([str(hh_ranked(tmp_path / "hh.parquet", source=source))])
+    config = RRHFTrainingConfig(max_length=192)
+    plan = tokenize_ranked(data, tokenizer, config.max_length, min_prompt_tokens=config.min_prompt_tokens)
+    bos, eos = [tokenizer.bos_token_id], tokenizer.eos_token_id
+    cut = 0
+    for q, query in enumerate(data.queries):
+        prompt = tokenizer(query, add_special_tokens=False)["input_ids"]
+        context = plan.token_ids[q][0][: plan.prompt_lengths[q]]
+        assert context[:1] == bos and prompt[len(prompt) - len(context) + 1 :] == context[1:]  # the prompt's end
+        assert len(context) - 1 >= min(len(prompt), config.min_prompt_tokens)
+        for k, response in enumerate(data.responses[q]):
+            full = tokenizer(response, add_special_tokens=False)["input_ids"] + [eos]
+            kept = plan.token_ids[q][k][plan.prompt_lengths[q] :]
+            assert len(plan.token_ids[q][k]) <= config.max_length
+            assert kept == full[: len(kept)]  # the response's beginning
+            cut += kept != full
+    assert plan.truncated_responses == cut >= 3  # at least the three 380+ word responses
+    assert len(data.queries) == 8
+
+    sizes = TinyModelConfig(hidden_size=16, intermediate_size=32, max_position_embeddings=192)
+    model = build_causal_lm(tokenizer, sizes)
+    rank_sum, sft_sum = micro_batch_loss(model, plan, list(range(8)), config, pad_id=2, device=torch.device("cpu"))
+    assert math.isfinite(rank_sum.item()) and math.isfinite(sft_sum.item())
+
+
+def test_the_stage_trains_on_real_hh_and_reports_the_truncation_counts(shared_data, tiny, runs):
+    """One step of the CLI on real HH queries (max_length 64): it runs, and rrhf_training.json and the log give
+    the counts that tokenize_ranked gives on the same file."""
+    from transformers import AutoTokenizer
+
+    meta = json.loads((runs["dirs"]["hh"] / "rrhf_training.json").read_text())
+    plan = tokenize_ranked(
+        load_ranked_responses([str(runs["hh"])]), AutoTokenizer.from_pretrained(tiny["model"]), 64, min_prompt_tokens=32
+    )
+    assert meta["truncated_responses"] == plan.truncated_responses > 0
+    assert meta["truncated_prompts"] == plan.truncated_prompts
+    assert meta["responses"] == 16 and meta["steps"] == 1
+    assert (
+        f"{plan.truncated_prompts} of 8 prompts left-truncated and {plan.truncated_responses} of 16 responses "
+        "right-truncated to fit max_length 64 (min_prompt_tokens 32)"
+    ) in runs["logs"]["hh"]

@@ -5,12 +5,16 @@ sequence bos + query ids + response ids + eos (bos only when the tokenizer has o
 separately and joined with no separator, so a space between them must be in the data). The response tokens, whose
 log-probabilities make p_i and the SFT loss, are the response ids AND the final eos.
 
-Length limit: `max_length` counts every token of a sequence (bos, prompt, response, eos). The response is never
-truncated: when a query's longest response does not fit, the PROMPT is truncated on the left (its end, next to the
-response, is kept; the same prompt tokens for every response of the query), and the number of truncated prompts is
-logged. A response that leaves no room for any prompt token at all is a DataError, as is bad input: responses and
-scores of different lengths, an empty (or whitespace-only) response, a non-finite score, or a query with fewer than
-2 responses. Errors name the file, the record (the 0-based row index in that file) and the field.
+Length limit (`fit_query`; docs/methods/rrhf.md): `max_length` counts every token of a sequence (bos, prompt,
+response, eos). When a query's longest response does not fit, the PROMPT is truncated on the left first (its end, next
+to the response, is kept; the same prompt tokens for every response of the query), but never below
+`min_prompt_tokens` (or its whole length when shorter). Only a response that still does not fit is truncated, on the
+right: it keeps its first tokens and loses its end, eos first. The numbers of truncated prompts and responses are
+logged and written to `rrhf_training.json`. (The original, GanjinZero/RRHF train.py, keeps the prompt's beginning up
+to model_max_length and cuts each response to what is left, so a long prompt leaves no room for any response.) Bad
+input is a DataError: responses and scores of different lengths, an empty (or whitespace-only) response, a non-finite
+score, a query with fewer than 2 responses, or an empty query with no bos token. Errors name the file, the record
+(the 0-based row index in that file) and the field.
 
 One optimiser step sees `batch_size` queries (global, over all processes); a micro batch of `micro_batch_size`
 queries is one forward pass over all their responses. The step's loss is the mean over its queries of the per-query
@@ -82,7 +86,11 @@ class RRHFTrainingConfig:
 
     seed: int = 42
     max_length: int = field(
-        default=192, metadata={"help": "tokens per sequence (bos, prompt, response, eos); the prompt is left-truncated"}
+        default=192, metadata={"help": "tokens per sequence (bos, prompt, response, eos); see min_prompt_tokens"}
+    )
+    min_prompt_tokens: int = field(
+        default=32,
+        metadata={"help": "the prompt is cut on the left down to this many tokens, then responses on the right"},
     )
     num_epochs: int = 3
     batch_size: int = field(default=64, metadata={"help": "queries per optimiser step, all processes"})
@@ -98,6 +106,13 @@ class RRHFTrainingConfig:
     checkpoint_every: int = 100
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
     gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_prompt_tokens <= self.max_length - 2:
+            raise ConfigError(
+                f"min_prompt_tokens {self.min_prompt_tokens} must be from 0 to max_length - 2 = {self.max_length - 2} "
+                "(room for a bos and at least one response token)"
+            )
 
 
 @dataclass
@@ -117,6 +132,41 @@ class RankedBatchPlan(PreferenceBatchPlan):
 
     prompt_lengths: list[int]
     truncated_prompts: int = 0
+    truncated_responses: int = 0
+
+
+@dataclass
+class FittedQuery:
+    """One query's token ids within max_length: `context` (bos + kept prompt) and each response's kept ids (its eos
+    is the last one unless the response was cut)."""
+
+    context: list[int]
+    responses: list[list[int]]
+    prompt_truncated: bool
+    responses_truncated: int
+
+
+def fit_query(
+    bos: list[int], prompt: list[int], responses: list[list[int]], eos: int, max_length: int, min_prompt_tokens: int
+) -> FittedQuery:
+    """Fit bos + prompt + response + eos of every response into `max_length` tokens (the module doc's rule).
+
+    The prompt keeps its last `budget - longest response` tokens, but at least min(len(prompt), min_prompt_tokens)
+    (and one token when there is no bos to precede the response); each response (ids + eos) is then cut on the right
+    to the room that is left. Needs max_length >= len(bos) + that prompt floor + 1."""
+    budget = max_length - len(bos)
+    full = [ids + [eos] for ids in responses]
+    floor = min(len(prompt), max(min_prompt_tokens, 0 if bos else 1))
+    kept = min(len(prompt), max(budget - max(len(ids) for ids in full), floor))
+    room = budget - kept
+    if room < 1:
+        raise ValueError(f"max_length {max_length} leaves no room for a response after {kept} prompt tokens")
+    return FittedQuery(
+        context=bos + prompt[len(prompt) - kept :],
+        responses=[ids[:room] for ids in full],
+        prompt_truncated=kept < len(prompt),
+        responses_truncated=sum(len(ids) > room for ids in full),
+    )
 
 
 def load_ranked_responses(paths: list[str], min_responses: int = 2) -> RankedQueries:
@@ -155,9 +205,13 @@ def load_ranked_responses(paths: list[str], min_responses: int = 2) -> RankedQue
 
 
 def tokenize_ranked(
-    data: RankedQueries, tokenizer: PreTrainedTokenizerBase, max_length: int, batch_size: int = 1
+    data: RankedQueries,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    batch_size: int = 1,
+    min_prompt_tokens: int = RRHFTrainingConfig.min_prompt_tokens,
 ) -> RankedBatchPlan:
-    """Token ids of every (query, response): bos + left-truncated prompt + response + eos (see the module doc)."""
+    """Token ids of every (query, response): bos + prompt + response + eos fitted to `max_length` by `fit_query`."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ConfigError(f"tokenizer {tokenizer.name_or_path!r} has no eos token")
@@ -165,30 +219,23 @@ def tokenize_ranked(
     prompts = tokenizer(data.queries, add_special_tokens=False)["input_ids"] if data.queries else []
     flat = [r for responses in data.responses for r in responses]
     flat_ids = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
-    token_ids, prompt_lengths, truncated, start = [], [], 0, 0
+    token_ids, prompt_lengths, truncated_prompts, truncated_responses, start = [], [], 0, 0, 0
     for q, prompt in enumerate(prompts):
         path, record = data.origins[q]
         count = len(data.responses[q])
-        responses = [ids + [eos] for ids in flat_ids[start : start + count]]
+        responses = flat_ids[start : start + count]
         start += count
-        longest = max(range(count), key=lambda k: len(responses[k]))
-        room = max_length - len(bos) - len(responses[longest])
-        if room < 0 or (prompt and room == 0):
-            raise DataError(
-                path, record, "responses",
-                f"response {longest} has {len(responses[longest])} tokens with eos: max_length {max_length} leaves "
-                "no room for the prompt (responses are never truncated)",
-            )  # fmt: skip
         if not bos and not prompt:
             raise DataError(path, record, "query", "empty query and no bos token: nothing precedes the response")
-        if len(prompt) > room:
-            truncated += 1
-            prompt = prompt[len(prompt) - room :]
-        context = bos + prompt
-        token_ids.append([context + ids for ids in responses])
-        prompt_lengths.append(len(context))
+        fitted = fit_query(bos, prompt, responses, eos, max_length, min_prompt_tokens)
+        truncated_prompts += fitted.prompt_truncated
+        truncated_responses += fitted.responses_truncated
+        token_ids.append([fitted.context + ids for ids in fitted.responses])
+        prompt_lengths.append(len(fitted.context))
     steps_per_epoch = len(token_ids) // batch_size
-    return RankedBatchPlan(token_ids, data.scores, steps_per_epoch, prompt_lengths, truncated)
+    return RankedBatchPlan(
+        token_ids, data.scores, steps_per_epoch, prompt_lengths, truncated_prompts, truncated_responses
+    )
 
 
 def response_mask_of(plan: RankedBatchPlan, indices: list[int], attention_mask: torch.Tensor) -> torch.Tensor:
@@ -410,11 +457,13 @@ def train_rrhf(
     model, tokenizer = load_policy(model_name_or_path)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    plan = tokenize_ranked(data, tokenizer, config.max_length, config.batch_size)
-    if plan.truncated_prompts:
+    plan = tokenize_ranked(data, tokenizer, config.max_length, config.batch_size, config.min_prompt_tokens)
+    if plan.truncated_prompts or plan.truncated_responses:
         log.warning(
-            "%d of %d prompts left-truncated to fit max_length %d (responses are never truncated)",
-            plan.truncated_prompts, len(plan.token_ids), config.max_length,
+            "%d of %d prompts left-truncated and %d of %d responses right-truncated to fit max_length %d "
+            "(min_prompt_tokens %d)",
+            plan.truncated_prompts, len(plan.token_ids), plan.truncated_responses,
+            sum(len(ids) for ids in plan.token_ids), config.max_length, config.min_prompt_tokens,
         )  # fmt: skip
     if plan.steps_per_epoch == 0:
         raise ConfigError(f"batch_size {config.batch_size} exceeds the {len(plan.token_ids)} training queries")
@@ -498,6 +547,8 @@ def train_rrhf(
                 "training": dataclasses.asdict(config),
                 "queries": len(plan.token_ids),
                 "truncated_prompts": plan.truncated_prompts,
+                "responses": sum(len(ids) for ids in plan.token_ids),
+                "truncated_responses": plan.truncated_responses,
                 "steps": total_steps,
             }
             write_json(meta, tmp / META_FILE)

@@ -122,12 +122,24 @@ def rrhf_trainer_hparams(section):
     return hparams({"seed": config["seed"], **values})
 
 
+def inference_dtype_hparams():
+    """{"dtype": `inference_dtype`} when the config sets it, else {}: the dtype on a GPU of the models that the
+    evaluation and scoring stages load (feedbackflow.inference; the CPU computes in float32 whatever it says)."""
+    dtype = config.get("inference_dtype")
+    return {"dtype": dtype} if dtype else {}
+
+
+def inference_dtype_flag():
+    """`--dtype <inference_dtype>` for the stages that take it as a flag, or nothing."""
+    return " ".join(f"--dtype {value}" for value in inference_dtype_hparams().values())
+
+
 def qa_ppo_reward_spec(variant):
     """The PPO reward spec (ppo_rewards) of a qa-feedback variant: R1 + R2 + R3, or the holistic preference RM."""
     qa = config["qa_feedback"]
     rewards = qa["rewards"]
     models = f"{RESULTS}/qa_feedback/models"
-    common = {"max_length": rewards.get("max_length", 2048)}
+    common = {"max_length": rewards.get("max_length", 2048), **inference_dtype_hparams()}
 
     def mean_std(name):
         # the configured mean/std (e.g. the published ones) when given, else the reward-mean-std stage's file

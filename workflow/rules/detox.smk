@@ -167,7 +167,7 @@ rule evaluate_detox_policy:
         f"{DETOX}/eval/{{detox_policy}}.json",
     params:
         perplexity_model=model_argument(detox_perplexity_model(), name="perplexity_model"),
-        hparams=hparams(config["detox"].get("evaluation", {})),
+        hparams=hparams({**config["detox"].get("evaluation", {}), **inference_dtype_hparams()}),
     threads: job_threads("evaluation")
     resources:
         **job_resources("evaluation"),

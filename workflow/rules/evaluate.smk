@@ -19,6 +19,7 @@ rule evaluate_reward_model:
                 "pooling": config["dsp"]["reward_model"].get("pooling"),
                 "max_length": config["dsp"]["reward_model"].get("max_length", 512),
                 **config["dsp"].get("evaluation", {}),
+                **inference_dtype_hparams(),
             }
         ),
     threads: job_threads("evaluation")

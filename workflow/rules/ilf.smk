@@ -304,6 +304,8 @@ rule evaluate_ilf_opt_rm:
         pairs=f"{ILF}/data/validation_comparisons.parquet",
     output:
         f"{ILF}/eval/opt_rm_accuracy.json",
+    params:
+        dtype=inference_dtype_flag(),
     threads: job_threads("evaluation")
     resources:
         **job_resources("evaluation"),
@@ -313,7 +315,7 @@ rule evaluate_ilf_opt_rm:
         "../envs/feedbackflow.yaml"
     shell:
         "python -m feedbackflow evaluate-opt-rm --model {input.model:q} --comparisons {input.pairs:q} --output {output:q} "
-        "--threads {threads} > {log:q} 2>&1"
+        "{params.dtype} --threads {threads} > {log:q} 2>&1"
 
 
 rule sample_ilf_test:
@@ -380,6 +382,8 @@ rule score_ilf_opt_rm:
         f"{ILF}/eval/{{name}}.opt_rm.parquet",
     wildcard_constraints:
         name="|".join((*ILF_EVALUATED, "reference", "ilf_candidates")),
+    params:
+        dtype=inference_dtype_flag(),
     threads: job_threads("evaluation")
     resources:
         **job_resources("evaluation"),
@@ -389,7 +393,7 @@ rule score_ilf_opt_rm:
         "../envs/feedbackflow.yaml"
     shell:
         "python -m feedbackflow score-opt-rm --samples {input.samples:q} --posts {input.posts:q} "
-        "--model {input.model:q} --output {output:q} --threads {threads} > {log:q} 2>&1"
+        "--model {input.model:q} --output {output:q} {params.dtype} --threads {threads} > {log:q} 2>&1"
 
 
 rule ilf_best_of_n:

@@ -129,6 +129,7 @@ rule qa_reward_mean_std:
             "max_length", 2048
         ),
         seed=config["seed"],
+        dtype=inference_dtype_flag(),
     threads: job_threads("evaluation")
     resources:
         **job_resources("evaluation"),
@@ -138,7 +139,7 @@ rule qa_reward_mean_std:
         "../envs/feedbackflow.yaml"
     shell:
         "python -m feedbackflow reward-mean-std --model {input.model:q} --pairs {input.pairs:q} "
-        "--output {output:q} --max-length {params.max_length} --seed {params.seed} --threads {threads} "
+        "--output {output:q} --max-length {params.max_length} --seed {params.seed} {params.dtype} --threads {threads} "
         "> {log:q} 2>&1"
 
 
@@ -196,6 +197,7 @@ rule evaluate_qa_policy:
             f"--{key.replace('_', '-')} {value}" for key, value in config["qa_feedback"]["evaluation"].items()
         ),
         rm_max_length=config["qa_feedback"]["rewards"].get("max_length", 2048),
+        dtype=inference_dtype_flag(),
     threads: job_threads("evaluation")
     resources:
         **job_resources("evaluation"),
@@ -209,7 +211,7 @@ rule evaluate_qa_policy:
         "--completeness-model {input.completeness:q} --completeness-mean-std {input.mean_std:q} "
         "--preference-model {input.preference:q} --preference-mean-std {input.preference_mean_std:q} "
         "--responses {output.responses:q} --summary {output.summary:q} --name {wildcards.qa_policy} "
-        "{params.evaluation} --rm-max-length {params.rm_max_length} --threads {threads} > {log:q} 2>&1"
+        "{params.evaluation} --rm-max-length {params.rm_max_length} {params.dtype} --threads {threads} > {log:q} 2>&1"
 
 
 rule qa_metrics:

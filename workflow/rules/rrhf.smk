@@ -135,7 +135,7 @@ rule score_rrhf_samples:
         f"{RESULTS}/rrhf/scored/{{name}}.rm.parquet",
     params:
         model=model_argument(config["rrhf"]["reward_model"]),
-        hparams=hparams({"seed": config["seed"], **config["rrhf"]["reward_scoring"]}),
+        hparams=hparams({"seed": config["seed"], **config["rrhf"]["reward_scoring"], **inference_dtype_hparams()}),
     threads: job_threads("evaluation")
     resources:
         **job_resources("evaluation"),
@@ -323,6 +323,7 @@ rule rrhf_metrics:
             {
                 "max_length": config["rrhf"]["evaluation"]["max_length"],
                 "batch_size": config["rrhf"]["evaluation"]["batch_size"],
+                **inference_dtype_hparams(),
             }
         ),
     threads: job_threads("evaluation")
