@@ -10,6 +10,7 @@ fails here and not after hours in a SLURM queue.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import inspect
@@ -20,20 +21,52 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_runs import copy_project, planned_jobs, snakemake
+from openai_stub_server import StubOpenAIServer
+from perspective_stub_server import StubPerspectiveServer
+from workflow_runs import copy_project, planned_jobs, planned_resources, snakemake
 
 from feedbackflow.cli import STAGES
 from feedbackflow.language_model import lm_config_from_json
+from feedbackflow.preflight import configured_services
 from feedbackflow.stage_args import dataclass_from_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(path.name for path in (REPO_ROOT / "config" / "experiments").glob("*.yaml"))
 
 
+@contextlib.contextmanager
+def reachable_services(workdir: Path, configfile: str):
+    """(extra --configfile arguments, environment) under which `configfile`'s remote services answer.
+
+    A config that calls a service (Wombat's judge, Perspective) plans only where the service answers and its key
+    variable is set (feedbackflow.preflight). This machine is offline, so an overlay points each such service at a
+    loopback stub server (real HTTP servers; planning only opens a TCP connection) and a key is set for the run."""
+    services = configured_services(yaml.safe_load((workdir / configfile).read_text()))
+    if not services:
+        yield [], {}
+        return
+    with StubOpenAIServer() as openai_stub, StubPerspectiveServer() as perspective_stub:
+        changes: dict = {}
+        for service in services:
+            url = perspective_stub.url if service.where == "detox.toxicity" else openai_stub.origin + "/v1"
+            *parents, leaf = service.url_key.split(".")
+            section = changes
+            for name in parents:
+                section = section.setdefault(name, {})
+            section[leaf] = url
+        (workdir / "services_overlay.yaml").write_text(yaml.safe_dump(changes))
+        yield ["services_overlay.yaml"], {service.api_key_env: "test-key" for service in services}
+
+
 def plan_with_placeholder_inputs(workdir: Path, configfile: str, attempts: int = 40):
     """Dry-run `snakemake -p` with `configfile`, creating each missing raw input it names as an empty file."""
+    with reachable_services(workdir, configfile) as (overlays, env):
+        return _plan_with_placeholder_inputs(workdir, configfile, overlays, env, attempts)
+
+
+def _plan_with_placeholder_inputs(workdir: Path, configfile: str, overlays: list[str], env: dict, attempts: int):
     for _ in range(attempts):
-        result = snakemake(workdir, "-n", "-p", "--configfile", configfile, check=False)
+        result = snakemake(workdir, "-n", "-p", "--configfile", configfile, *overlays, env=env, check=False)
         output = result.stdout + result.stderr
         if result.returncode == 0:
             return result
@@ -56,7 +89,7 @@ def stage_commands(output: str) -> list[tuple[list[str], int]]:
     """The planned `python -m feedbackflow ...` commands: (argv from the stage name on, processes it runs as)."""
     commands = []
     for line in output.splitlines():
-        line = line.strip().removeprefix("Shell command:").strip()
+        line = line.strip().removeprefix("Shell command:").strip().removeprefix("exec ")
         if not line.startswith("python -m feedbackflow "):
             continue
         argv = shlex.split(line)[3:]
@@ -111,6 +144,9 @@ def test_paper_config_plans_and_its_hyperparameters_are_accepted(config_name, tm
     assert len(commands) == sum(jobs.values()) - jobs.get("all", 0), "a planned job's command was not read"
     for argv, processes in commands:
         check_stage_arguments(argv, processes)
+    # a multi-process job asks SLURM for one node (issue 19): `launch` starts every process on its own node
+    training = {rule: jobs for rule, jobs in planned_resources(result.stdout).items() if "processes" in jobs[0]}
+    assert training and all(job["nodes"] == "1" for jobs in training.values() for job in jobs), training
 
 
 def test_finegrained_qa_config_is_the_papers_setup(tmp_path):
@@ -157,7 +193,8 @@ def test_finegrained_detox_config_is_the_papers_setup(tmp_path):
 def test_ilf_config_is_the_papers_setup(tmp_path):
     """SPEC section 3: SLF5K from the hub, 5 refinements per feedback cut at the first newline, the four selection
     scorers with ILF trained on InstructRM's choice, three fine-tuning runs on 2 GPU processes, OPT-RM from OPT-1.3B,
-    best-of-64, the pairwise judge on an OpenAI-compatible endpoint."""
+    best-of-64, the pairwise judge; the refinement LM, InstructRM and the judge an open instruction model on one GPU
+    inside each job."""
     workdir = copy_project(REPO_ROOT, tmp_path)
     result = plan_with_placeholder_inputs(workdir, "config/experiments/ilf_slf5k.yaml")
     jobs = planned_jobs(result.stdout)
@@ -166,8 +203,15 @@ def test_ilf_config_is_the_papers_setup(tmp_path):
     lines = result.stdout.splitlines()
     assert any("convert-slf5k --input JeremyAlain/SLF5K" in line for line in lines)
     refine = next(line for line in lines if "refinements.parquet" in line and "generate-texts" in line)
-    assert '"n": 5' in refine and '"stop": ["\\n"]' in refine and '"backend": "openai"' in refine
-    assert '"api": "completions"' in refine
+    assert '"n": 5' in refine and '"stop": ["\\n"]' in refine
+    # blocker 6 of issue 19: the instruction LM runs inside the job on a GPU (nothing serves localhost on a node)
+    instruct_lm = '"backend": "hf", "batch_size": 32, "dtype": "bfloat16", "model": "meta-llama/Llama-3.1-8B-Instruct"'
+    assert instruct_lm in refine
+    assert all(instruct_lm in line for line in lines if "select-refinements" in line and "instructrm" in line)
+    assert all('"backend": "hf"' in line and "Llama-3.1-8B-Instruct" in line for line in lines if "ilf-judge" in line)
+    resources = planned_resources(result.stdout)
+    for rule in ("refine_summaries", "select_refinements", "judge_ilf"):
+        assert resources[rule] and all(job["gpu"] == "1" for job in resources[rule]), (rule, resources[rule])
     training = [line for line in lines if "-- train-sft " in line]
     assert len(training) == 3 and all("--processes 2 --gpus 2" in line for line in training)
     assert all("--model facebook/opt-2.7b" in line for line in training)

@@ -110,3 +110,141 @@ def test_results_equal_a_local_run(slurm_run, finished_run):
 def test_rerun_on_slurm_does_nothing(slurm_run, cluster):
     result = snakemake(slurm_run, "-n", *DSP_TARGETS, profile="profiles/slurm", env=cluster.extra_env)
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+# --- one node and an early SIGTERM for training jobs (issue 19) -------------------------------------------------
+
+
+class _Resources(dict):
+    """A job's resources as the plugin reads them (`.get(name)` and attribute access)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _typed(value: str):
+    return int(value) if value.isdigit() else value
+
+
+def test_training_jobs_ask_sbatch_for_one_node_and_an_early_sigterm(repo_root, tmp_path):
+    """A dry run with the SLURM profile gives each job's resources; the plugin's own `get_submit_command` turns them
+    into the sbatch call: a training job must carry `--nodes=1` (else `--gpus=N` may span nodes) and
+    `--signal=TERM@900` (a checkpoint before the time limit), and pass the plugin's slurm_extra validation."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
+    from workflow_runs import planned_resources
+
+    workdir = copy_project(repo_root, tmp_path)
+    result = snakemake(workdir, "-n", profile="profiles/slurm")
+    resources = planned_resources(result.stdout)
+    training = {"train_grft", "train_crft", "train_rrhf", "train_detox_ppo", "train_ilf_policy"}
+    assert training <= set(resources), sorted(resources)
+    params = {"run_uuid": "x", "slurm_logfile": "x.log", "comment_str": "x", "account": "", "partition": "-p a100",
+              "workdir": str(workdir)}  # fmt: skip
+    for rule, jobs in resources.items():
+        for values in jobs:
+            job = SimpleNamespace(resources=_Resources({k: _typed(v) for k, v in values.items()}), threads=2)
+            validate_slurm_extra(job)
+            call = get_submit_command(job, params)
+            if rule in training or "processes" in values:
+                assert " --nodes=1" in call and " --signal=TERM@900" in call, (rule, call)
+            else:
+                assert "--signal" not in call, (rule, call)
+
+
+def test_training_shell_commands_exec_the_launcher(repo_root):
+    """Every training rule's shell `exec`s `python -m feedbackflow launch`, so no bash sits between Snakemake and the
+    training processes: bash dies at once on SIGTERM, Snakemake then counts the job as ended and exits, and SLURM
+    kills what is left of the job step, the checkpoint being written included (next test)."""
+    launches = 0
+    for path in sorted((repo_root / "workflow" / "rules").glob("*.smk")):
+        for line in path.read_text().splitlines():
+            if "python -m feedbackflow launch" in line:
+                launches += 1
+                assert '"exec python -m feedbackflow launch ' in line, (path.name, line)
+    assert launches >= 13
+
+
+SAVING_WORKER = """
+import signal, sys, time
+got = []
+signal.signal(signal.SIGTERM, lambda *a: got.append(1))
+open("started", "w").write("x")
+while not got:
+    time.sleep(0.05)
+time.sleep(2)  # finishing a step and writing a checkpoint
+open("saved", "w").write("x")
+sys.exit(143)
+"""
+
+
+@pytest.mark.parametrize("shell_exec", [True, False])
+def test_snakemake_waits_for_a_checkpoint_only_when_the_shell_execs(tmp_path, shell_exec):
+    """Why the rules `exec`: SIGTERM to every process of the job (as slurmstepd signals a job step) while a job saves
+    for 2 s. With `exec`, Snakemake exits after the save; with a bash in between, before it (SLURM would then kill the
+    saving process)."""
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "work.py").write_text(SAVING_WORKER)
+    command = f"{'exec ' if shell_exec else ''}{sys.executable} work.py > work.log 2>&1"
+    (tmp_path / "Snakefile").write_text(f'rule all:\n    output: "out"\n    shell: "{command}"\n')
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    process = subprocess.Popen([sys.executable, "-m", "snakemake", "-c1", "--quiet"], cwd=tmp_path,
+                               start_new_session=True, **quiet)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "started").exists():
+            assert time.monotonic() < deadline and process.poll() is None, "the job did not start"
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGTERM)  # every process of the session: snakemake, (bash,) the worker
+        process.wait(timeout=30)
+        saved_before_snakemake_exited = (tmp_path / "saved").exists()
+        time.sleep(3)
+        assert (tmp_path / "saved").exists()  # the worker always finishes: the question is who waited for it
+        assert saved_before_snakemake_exited is shell_exec
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_torch_elastic_gives_the_workers_time_to_save(tmp_path):
+    """`accelerate launch` runs torch elastic, which on SIGTERM forwards it to the workers and SIGKILLs them after
+    TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds (30 by default). With 1 s a worker saving for 2 s is killed; with the
+    environment `launch` gives it (launch_environment), it saves."""
+    import signal
+    import subprocess
+    import sys
+
+    from feedbackflow.launch import free_port, launch_environment
+
+    profile = yaml.safe_load((Path(__file__).resolve().parents[1] / "profiles/slurm/config.yaml").read_text())
+    lead_s = int(re.search(r"--signal=TERM@(\d+)", profile["set-resources"]["train_grft"]["slurm_extra"]).group(1))
+    assert int(launch_environment({})["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]) >= lead_s  # the whole lead time to save
+    (tmp_path / "work.py").write_text(SAVING_WORKER)
+    for environment, saves in (({"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "1"}, False), ({}, True)):
+        for name in ("started", "saved"):
+            (tmp_path / name).unlink(missing_ok=True)
+        env = launch_environment({k: v for k, v in os.environ.items() if k != "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"}
+                                 | environment)  # fmt: skip
+        agent = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
+                                  "--master_port", str(free_port()), "work.py"], cwd=tmp_path, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while not (tmp_path / "started").exists():
+                assert time.monotonic() < deadline and agent.poll() is None, "the worker did not start"
+                time.sleep(0.1)
+            agent.send_signal(signal.SIGTERM)  # the agent only: it forwards the signal to its worker
+            agent.wait(timeout=60)
+            time.sleep(0.5)
+            assert (tmp_path / "saved").exists() is saves, environment
+        finally:
+            if agent.poll() is None:
+                agent.kill()

@@ -54,3 +54,17 @@ def planned_jobs(output: str) -> dict[str, int]:
         if match.group(1) != "total":
             jobs[match.group(1)] = int(match.group(2))
     return jobs
+
+
+def planned_resources(output: str) -> dict[str, list[dict[str, str]]]:
+    """The `resources:` line of each planned job in a dry run's output, per rule (values as printed)."""
+    resources: dict[str, list[dict[str, str]]] = {}
+    rule = None
+    for line in output.splitlines():
+        if match := re.match(r"^(?:local)?rule (\w+):$", line.strip()):
+            rule = match.group(1)
+        elif line.strip().startswith("resources:") and rule:
+            values = dict(item.split("=", 1) for item in line.strip().removeprefix("resources:").split(", "))
+            resources.setdefault(rule, []).append(values)
+            rule = None
+    return resources

@@ -19,6 +19,11 @@ import torch
 from accelerate import Accelerator, InitProcessGroupKwargs
 
 DEFAULT_MULTI_PROCESS_CONFIG = Path("config/accelerate/ddp.yaml")
+# Seconds torch elastic (under `accelerate launch`) lets its workers finish after it forwards a SIGTERM, before it
+# SIGKILLs them (torch.distributed.launcher.api reads TORCH_ELASTIC_SHUTDOWN_TIMEOUT; its default is 30 s). A
+# training process that gets SIGTERM (SLURM's early `--signal=TERM@900` of profiles/slurm) finishes its step and
+# saves a checkpoint, which for 7B takes minutes: the agent must not kill it first. SLURM's time limit still applies.
+SHUTDOWN_TIMEOUT_S = 1800
 
 
 def world_size_from_env() -> int:
@@ -62,6 +67,12 @@ def launch_command(processes: int, accelerate_config: str | None, stage_args: li
     ]  # fmt: skip
 
 
+def launch_environment(environ: dict[str, str]) -> dict[str, str]:
+    """The environment of `accelerate launch`: `environ` with TORCH_ELASTIC_SHUTDOWN_TIMEOUT = SHUTDOWN_TIMEOUT_S
+    unless it is set already."""
+    return {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT_S), **environ}
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--processes", type=int, default=1, help="training processes (GPUs, or CPU processes)")
     parser.add_argument("--gpus", type=int, default=0, help="GPUs of the job; more processes than --processes wins")
@@ -82,4 +93,4 @@ def main(args: argparse.Namespace) -> None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execvp(command[0], command)
+    os.execvpe(command[0], command, launch_environment(dict(os.environ)))

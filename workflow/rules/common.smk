@@ -47,9 +47,14 @@ def job_resources(kind):
     """Snakemake resources of a job family (training, evaluation, cpu) from the config's `resources` section.
 
     `runtime` (minutes) grows with the attempt, so a job retried after a timeout (`--retries`) asks for more.
+    A training job asks for one node (`nodes: 1`, not configurable): `launch` starts its processes on the node it runs
+    on, and snakemake-executor-plugin-slurm sends `--gpus=N` without `--nodes` unless `nodes` is set: SLURM could
+    otherwise spread the N GPUs over several nodes, and the processes on the first one would not find theirs.
     """
     values = {**DEFAULT_RESOURCES[kind], **config.get("resources", {}).get(kind, {})}
     runtime = values.pop("runtime")
+    if kind == "training":
+        values["nodes"] = 1
     return {**values, "runtime": lambda wildcards, attempt: runtime * attempt}
 
 

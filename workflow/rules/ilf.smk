@@ -83,7 +83,7 @@ rule train_ilf_lm:
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
+        "exec python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
         "--accelerate-config {params.accelerate_config:q} -- train-sft --train {input.train:q} --dev {input.dev:q} "
         "--model {params.model:q} --output {output:q} --work-dir {params.work_dir:q} --threads {threads} "
         "--hparams {params.hparams:q} > {log:q} 2>&1"
@@ -264,7 +264,7 @@ rule train_ilf_policy:
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
+        "exec python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
         "--accelerate-config {params.accelerate_config:q} -- train-sft --train {input.train:q} --dev {input.dev:q} "
         "--model {params.policy:q} --output {output:q} --work-dir {params.work_dir:q} --threads {threads} "
         "--hparams {params.hparams:q} > {log:q} 2>&1"
@@ -292,7 +292,7 @@ rule train_ilf_opt_rm:
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
+        "exec python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
         "--accelerate-config {params.accelerate_config:q} -- train-opt-rm --train {input.train:q} "
         "--dev {input.dev:q} --model {params.model:q} --output {output:q} --work-dir {params.work_dir:q} "
         "--threads {threads} --hparams {params.hparams:q} > {log:q} 2>&1"

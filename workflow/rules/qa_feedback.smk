@@ -84,7 +84,7 @@ rule train_qa_sft:
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
+        "exec python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
         "--accelerate-config {params.accelerate_config:q} -- train-sft --train {input.train:q} --dev {input.dev:q} "
         "--model {params.model:q} --output {output:q} --work-dir {params.work_dir:q} --threads {threads} "
         "--hparams {params.hparams:q} > {log:q} 2>&1"
@@ -112,7 +112,7 @@ rule train_qa_reward_model:
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
+        "exec python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
         "--accelerate-config {params.accelerate_config:q} -- train-fg-reward-model --train {input.train:q} "
         "--eval {input.dev:q} --model {params.model:q} --output {output:q} --work-dir {params.work_dir:q} "
         "--threads {threads} --hparams {params.hparams:q} > {log:q} 2>&1"
@@ -172,7 +172,7 @@ rule train_qa_ppo:
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
+        "exec python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
         "--accelerate-config {params.accelerate_config:q} -- train-ppo --prompts {input.prompts:q} "
         "--policy {input.policy:q} --value-model {params.value:q} --reward-spec {params.rewards:q} "
         "--output {output.policy:q} --value-output {output.value:q} --work-dir {params.work_dir:q} "

@@ -82,7 +82,7 @@ if config["rrhf"].get("sft"):
         conda:
             "../envs/feedbackflow.yaml"
         shell:
-            "python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
+            "exec python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
             "--accelerate-config {params.accelerate_config:q} -- train-rrhf --train {input.train:q} "
             "--model {params.model:q} --output {output:q} --work-dir {params.work_dir:q} --threads {threads} "
             "--hparams {params.hparams:q} > {log:q} 2>&1"
@@ -201,7 +201,7 @@ if config["rrhf"].get("judge_sft"):
         conda:
             "../envs/feedbackflow.yaml"
         shell:
-            "python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
+            "exec python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
             "--accelerate-config {params.accelerate_config:q} -- train-rrhf --train {input.train:q} "
             "--model {params.model:q} --output {output:q} --work-dir {params.work_dir:q} --threads {threads} "
             "--hparams {params.hparams:q} > {log:q} 2>&1"
@@ -263,7 +263,7 @@ rule train_rrhf:
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
+        "exec python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
         "--accelerate-config {params.accelerate_config:q} -- train-rrhf --train {input.train:q} "
         "--model {params.model:q} --output {output:q} --work-dir {params.work_dir:q} --threads {threads} "
         "--hparams {params.hparams:q} > {log:q} 2>&1"
