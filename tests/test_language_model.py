@@ -18,7 +18,14 @@ import torch
 from openai_stub_server import Action, StubOpenAIServer
 
 from feedbackflow.errors import ConfigError
-from feedbackflow.language_model import LanguageModel, LMConfig, answer_probability
+from feedbackflow.language_model import (
+    LanguageModel,
+    LMConfig,
+    SamplingCall,
+    answer_probability,
+    batch_seed,
+    sampling_calls,
+)
 
 KEY_ENV = "FF_TEST_LM_KEY"
 
@@ -329,6 +336,58 @@ def test_hf_sample_is_seeded_cut_and_cached(tmp_path, tiny_model_dir):
     assert together[1] == alone[0]
     with LanguageModel(hf_config(tiny_model_dir), tmp_path / "f.sqlite") as lm, pytest.raises(ConfigError, match="n:"):
         lm.sample(prompts, n=2, temperature=0.0)
+
+
+def test_sampling_calls_cap_the_sequences_of_each_call():
+    assert sampling_calls([0, 1, 2, 3, 4], n=3, batch_size=8, max_sequences=7) == [
+        SamplingCall([0, 1], 3), SamplingCall([2, 3], 3), SamplingCall([4], 3)
+    ]  # fmt: skip
+    assert sampling_calls([0, 1, 2], n=2, batch_size=2, max_sequences=64) == [
+        SamplingCall([0, 1], 2), SamplingCall([2], 2)
+    ]  # fmt: skip
+    assert sampling_calls([5, 6], n=10, batch_size=8, max_sequences=4) == [
+        SamplingCall([5], 4, 0), SamplingCall([5], 4, 1), SamplingCall([5], 2, 2),
+        SamplingCall([6], 4, 0), SamplingCall([6], 4, 1), SamplingCall([6], 2, 2),
+    ]  # fmt: skip
+    assert batch_seed(1, ["p"]) != batch_seed(1, ["p"], 0) != batch_seed(1, ["p"], 1)
+
+
+def test_hf_sample_batches_by_sequences_complete_and_deterministic(tmp_path, tiny_model_dir):
+    """No generate call holds more than max_sequences_per_generate sequences (prompts x n); a prompt whose n is
+    larger is split over calls with distinct seeds, and its n samples come back whole and reproducible."""
+    prompts = ["title dog", "the summary of the post", "feedback", "good short text"]
+
+    def draw(cache: Path, n: int, which=prompts, **overrides):
+        calls: list[int] = []
+        with LanguageModel(hf_config(tiny_model_dir, **overrides), cache) as lm:
+            model, _ = lm.backend.load()
+            real_generate = model.generate
+
+            def counting_generate(*args, **kwargs):  # a spy: it only counts sequences, the real generate runs
+                calls.append(kwargs["input_ids"].shape[0] * kwargs["num_return_sequences"])
+                return real_generate(*args, **kwargs)
+
+            model.generate = counting_generate
+            results = lm.sample(which, n=n, temperature=1.0, top_p=0.95, max_tokens=6, stop=["\n"], seed=3)
+            assert lm.stats.attempts == len(which) and lm.stats.ok == len(which)
+        return [r.value for r in results], calls
+
+    # 4 prompts x 3 samples, at most 7 sequences a call: 2 prompts a call although batch_size is 8
+    texts, calls = draw(tmp_path / "a.sqlite", n=3, batch_size=8, max_sequences_per_generate=7)
+    assert calls == [6, 6] and [len(t) for t in texts] == [3] * 4
+    # n = 10 over a limit of 4: each prompt alone in calls of 4, 4 and 2 samples
+    texts, calls = draw(tmp_path / "b.sqlite", n=10, batch_size=2, max_sequences_per_generate=4)
+    assert calls == [4, 4, 2] * 4 and [len(t) for t in texts] == [10] * 4
+    assert all(t[0:4] != t[4:8] for t in texts)  # the parts draw from distinct seeds
+    again, _ = draw(tmp_path / "c.sqlite", n=10, batch_size=2, max_sequences_per_generate=4)
+    assert again == texts  # fresh cache, same texts
+    alone, _ = draw(tmp_path / "d.sqlite", n=10, which=prompts[1:2], batch_size=2, max_sequences_per_generate=4)
+    assert alone == [texts[1]]  # a split prompt's samples depend only on (prompt, seed, limit)
+    # the default limit (256) leaves batch_size x n calls as they were
+    _, calls = draw(tmp_path / "e.sqlite", n=3, batch_size=2)
+    assert calls == [6, 6]
+    with pytest.raises(ConfigError, match="max_sequences_per_generate"):
+        hf_config(tiny_model_dir, max_sequences_per_generate=0)
 
 
 def test_hf_prompt_too_long_is_a_recorded_failure(tmp_path, tiny_model_dir):

@@ -17,9 +17,13 @@ the pairwise judge) and the log-probability of a continuation (the "log-probabil
   and key masking (`judge.OpenAIConnection`); the API key is read only when a request must be sent.
 - Sampled texts are cut at the first stop string and stripped (ILF cuts refinements at the first newline: the
   caller passes stop=["\\n"]); the cut is redone from the stored reply on every read.
-- hf sampling runs `sampling.generate_responses` on batches of `batch_size` prompts, each batch seeded with a hash
-  of (seed, its prompts); so with batch_size 1 a prompt's samples depend only on (prompt, seed), and otherwise also
-  on the prompts batched with it. The cache keeps what was drawn, so a rerun returns exactly the same texts.
+- hf sampling batches by sequences (`sampling_calls`): one `generate` call holds at most `max_sequences_per_generate`
+  sequences (prompts x n). A call takes min(batch_size, max_sequences_per_generate // n) prompts with all n samples
+  each and is seeded with a hash of (seed, its prompts); a prompt whose n exceeds the limit goes alone in
+  ceil(n / limit) calls (limit samples each, the rest in the last), call j seeded with a hash of (seed, prompt, j).
+  So a prompt's samples depend only on (prompt, seed) when the limit does not bind and batch_size is 1, on
+  (prompt, seed, limit) when n exceeds the limit, and otherwise also on the prompts batched with it (which batch_size,
+  n and the limit decide). The cache keeps what was drawn, so a rerun returns exactly the same texts.
 - A prompt longer than the hf model's positions (after left-truncation to `max_prompt_tokens`, when set) fails
   with the reason "prompt too long"; nothing is silently cut unless `max_prompt_tokens` asks for it.
 """
@@ -83,6 +87,9 @@ class LMConfig:
     backoff_s: float = dataclasses.field(default=1.0, metadata={"help": "first retry wait; doubles each retry"})
     max_backoff_s: float = dataclasses.field(default=60.0, metadata={"help": "cap on a wait, Retry-After included"})
     batch_size: int = dataclasses.field(default=8, metadata={"help": "prompts per forward / generate batch (hf)"})
+    max_sequences_per_generate: int = dataclasses.field(
+        default=256, metadata={"help": "hf sampling: most sequences (prompts x n) in one generate call (KV cache)"}
+    )
     device: str | None = dataclasses.field(default=None, metadata={"help": "torch device (hf; none = cuda if any)"})
     dtype: str | None = dataclasses.field(default=None, metadata={"help": "dtype on a GPU (hf; none = bf16); CPU fp32"})
     max_prompt_tokens: int | None = dataclasses.field(
@@ -101,7 +108,7 @@ class LMConfig:
             raise ConfigError("api_key_env: must name an environment variable")
         if not 1 <= self.top_logprobs <= 20:
             raise ConfigError(f"top_logprobs: must be from 1 to 20, got {self.top_logprobs}")
-        for name in ("max_concurrency", "batch_size"):
+        for name in ("max_concurrency", "batch_size", "max_sequences_per_generate"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         for name in ("max_retries", "timeout_s", "backoff_s", "max_backoff_s"):
@@ -421,11 +428,14 @@ class HFLMBackend:
             groups.setdefault(canonical_json({name: request[name] for name in settings}), []).append(index)
         for members in groups.values():
             first = requests[members[0]]
-            for start in range(0, len(members), self.config.batch_size):
-                batch = members[start : start + self.config.batch_size]
+            drawn: dict[int, list[str]] = {}
+            for call in sampling_calls(
+                members, first["n"], self.config.batch_size, self.config.max_sequences_per_generate
+            ):
+                batch = call.members
                 prompts = [requests[i]["prompt"] for i in batch]
                 config = SamplingConfig(
-                    num_return_sequences=first["n"],
+                    num_return_sequences=call.n,
                     max_new_tokens=first["max_tokens"],
                     do_sample=first["temperature"] > 0,
                     temperature=first["temperature"] if first["temperature"] > 0 else 1.0,
@@ -435,13 +445,15 @@ class HFLMBackend:
                     num_beam_groups=1,
                     max_prompt_tokens=self.config.max_prompt_tokens or max(2, *(lengths[i] for i in batch)),
                     batch_size=len(batch),
-                    seed=batch_seed(first["seed"], prompts),
+                    seed=batch_seed(first["seed"], prompts, call.part),
                     stop_strings=list(first["stop"] or []),
                 )
                 texts = generate_responses(model, tokenizer, prompts, config)
-                self.attempts += len(batch)
                 for index, group in zip(batch, texts, strict=True):
-                    on_outcome(index, Outcome({"texts": group}, None, "ok", lengths[index], None))
+                    drawn.setdefault(index, []).extend(group)
+                    if len(drawn[index]) == first["n"]:  # a split prompt: after its last call
+                        self.attempts += 1
+                        on_outcome(index, Outcome({"texts": drawn.pop(index)}, None, "ok", lengths[index], None))
 
     def next_token_logprobs(self, requests: Sequence[dict], on_outcome: OnOutcome) -> None:
         import torch
@@ -504,10 +516,36 @@ class HFLMBackend:
             on_outcome(index, Outcome({"logprob": -nll if count else 0.0, "tokens": count}, None, "ok", first, None))
 
 
-def batch_seed(seed: int, prompts: Sequence[str]) -> int:
-    """The seed of one hf sampling batch: a hash of (seed, its prompts), so equal batches draw equal samples and
-    different batches do not share a random stream."""
-    digest = hashlib.sha256(canonical_json([seed, list(prompts)]).encode("utf-8")).digest()
+@dataclasses.dataclass(frozen=True)
+class SamplingCall:
+    """One hf `generate` call: `members` (request indices) with `n` samples each; `part` is None for a call that
+    draws all of its prompts' samples, else the 0-based part of one prompt's samples split over several calls."""
+
+    members: list[int]
+    n: int
+    part: int | None = None
+
+
+def sampling_calls(members: Sequence[int], n: int, batch_size: int, max_sequences: int) -> list[SamplingCall]:
+    """The generate calls for `members` (requests with equal settings) so that no call holds more than
+    `max_sequences` sequences (prompts x samples): up to min(batch_size, max_sequences // n) prompts per call with
+    all n samples each, or, when n > max_sequences, each prompt alone over ceil(n / max_sequences) calls of
+    `max_sequences` samples (the rest in the last)."""
+    if n <= max_sequences:
+        size = min(batch_size, max_sequences // n)
+        return [SamplingCall(list(members[start : start + size]), n) for start in range(0, len(members), size)]
+    return [
+        SamplingCall([index], min(max_sequences, n - start), part)
+        for index in members
+        for part, start in enumerate(range(0, n, max_sequences))
+    ]
+
+
+def batch_seed(seed: int, prompts: Sequence[str], part: int | None = None) -> int:
+    """The seed of one hf sampling call: a hash of (seed, its prompts) (and of the part, for one prompt's samples
+    split over several calls), so equal calls draw equal samples and different calls do not share a random stream."""
+    key = [seed, list(prompts)] if part is None else [seed, list(prompts), part]
+    digest = hashlib.sha256(canonical_json(key).encode("utf-8")).digest()
     return int.from_bytes(digest[:4], "big")
 
 
