@@ -34,3 +34,12 @@ def finished_run(tmp_path_factory) -> Path:
     workdir = copy_project(REPO_ROOT, tmp_path_factory.mktemp("workflow"))
     snakemake(workdir, "--cores", "2")
     return workdir
+
+
+@pytest.fixture(scope="session")
+def paper_shape_assets(tmp_path_factory, shared_data):
+    """The toy models (the paper configs' architecture classes at toy width) and the slices of the real data files
+    that the paper-shape overlays name, each built on first use and kept for the session (tests/paper_shape)."""
+    from paper_shape.assets import PaperShapeAssets
+
+    return PaperShapeAssets(tmp_path_factory.mktemp("paper_shape_assets"), shared_data)

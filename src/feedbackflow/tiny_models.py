@@ -34,12 +34,19 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTJConfig,
+    GPTJForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     LongformerConfig,
     LongformerForSequenceClassification,
     LongformerForTokenClassification,
     LongformerModel,
+    OPTConfig,
+    OPTForCausalLM,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
     T5Config,
     T5ForConditionalGeneration,
@@ -252,6 +259,86 @@ def build_sequence_classifier(
     """A freshly initialised Longformer with a sequence head on the first token (R3 / preference RM)."""
     torch.manual_seed(config.seed)
     return LongformerForSequenceClassification(longformer_config(tokenizer, config, num_labels=num_labels)).float()
+
+
+def _with_generation_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model.float()
+
+
+def build_gpt2_lm(tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2 (learned absolute positions, GELU MLP, tied embeddings): the stand-in for
+    gpt2-large / gpt2-xl (SPEC section 1, detoxification) and gpt2-medium (RRHF perplexity) at toy width."""
+    gpt2_config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=config.max_position_embeddings,
+        n_embd=config.hidden_size,
+        n_layer=config.num_hidden_layers,
+        n_head=config.num_attention_heads,
+        n_inner=config.intermediate_size,
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(config.seed)
+    return _with_generation_ids(GPT2LMHeadModel(gpt2_config), tokenizer)
+
+
+def build_opt_lm(tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig) -> OPTForCausalLM:
+    """A freshly initialised OPT (learned positions offset by 2, ReLU MLP): the stand-in for facebook/opt-2.7b
+    (ILF policy) and opt-1.3b (OPT-RM) of SPEC section 3 at toy width."""
+    opt_config = OPTConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        word_embed_proj_dim=config.hidden_size,
+        ffn_dim=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        max_position_embeddings=config.max_position_embeddings,
+        dropout=config.dropout,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(config.seed)
+    return _with_generation_ids(OPTForCausalLM(opt_config), tokenizer)
+
+
+def build_gptj_lm(tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig) -> GPTJForCausalLM:
+    """A freshly initialised GPT-J (rotary on part of each head, parallel attention + MLP): the body of the RRHF
+    paper's scorer Dahoas/gptj-rm-static (SPEC section 2, import_reward_model) at toy width."""
+    head_dim = config.hidden_size // config.num_attention_heads
+    gptj_config = GPTJConfig(
+        vocab_size=len(tokenizer),
+        n_positions=config.max_position_embeddings,
+        n_embd=config.hidden_size,
+        n_layer=config.num_hidden_layers,
+        n_head=config.num_attention_heads,
+        rotary_dim=max(2, head_dim // 2 // 2 * 2),
+        n_inner=config.intermediate_size,
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(config.seed)
+    return _with_generation_ids(GPTJForCausalLM(gptj_config), tokenizer)
+
+
+# The causal LM families of the paper configs (paper-shape CI scenarios build them at toy width).
+CAUSAL_FAMILY_BUILDERS = {
+    "llama": build_causal_lm,
+    "gpt2": build_gpt2_lm,
+    "opt": build_opt_lm,
+    "gptj": build_gptj_lm,
+}
 
 
 MODEL_BUILDERS = {"causal": build_causal_lm, "seq2seq": build_seq2seq_lm, "longformer": build_encoder}
