@@ -75,6 +75,9 @@ class PaperShapeAssets:
             "data/qa_feedback/dev_feedback.json": self._qa_dev_feedback,
             "data/text_score/hh_pairs.json": self._text_score,
             "data/rm-static/hh.parquet": self._rm_static,
+            "data/qa_feedback/prompts.json": self._qa_prompts,
+            "data/rtp/prompts.jsonl": self._rtp,
+            "data/slf5k": self._slf5k,
         }
 
     # --- the public part ----------------------------------------------------------------------------------------
@@ -117,6 +120,35 @@ class PaperShapeAssets:
         records = json.loads((self.shared / "qa_feedback" / "dev_feedback.json").read_text())
         kept = take(records, QA_FIRST, QA_LONGEST, lambda r: len(json.dumps(r["passages"])))
         out.write_text(json.dumps(kept))
+
+    def _qa_prompts(self, out: Path) -> None:
+        """train.json / dev.json / test.json's format ({text, answer, passages: [{wikipage, content}], question})
+        from the real dev-feedback records: their questions, passages (the paper's prompt text) and gold answers."""
+        records = json.loads(self.path("data/qa_feedback/dev_feedback.json").read_text())
+        prompts = []
+        for record in records:
+            passages = [{"wikipage": p[0], "content": " ".join(p[1:])} for p in record["passages"]]
+            context = " | ".join(f"wikipage: {p['wikipage']} text: {p['content']}" for p in passages)
+            prompts.append({"question": record["question"], "passages": passages, "answer": record["gold"],
+                            "text": f"question: {record['question']} context: {context}"})  # fmt: skip
+        out.write_text(json.dumps(prompts))
+
+    def _rtp(self, out: Path) -> None:
+        """RealToxicityPrompts' prompts.jsonl from the synthetic generator (RTP prompts are one sentence, as
+        there); the Perspective stub scores them."""
+        from feedbackflow.detox_synthetic import SyntheticRTPConfig, make_synthetic_rtp
+
+        tmp = out.with_name("rtp_synthetic")
+        made = make_synthetic_rtp(tmp, SyntheticRTPConfig(n_prompts=200, challenging_fraction=0.5, seed=0))
+        os.replace(next(p for p in made.values() if p.name == "prompts.jsonl"), out)
+
+    def _slf5k(self, out: Path) -> None:
+        """SLF5K's JSONL splits from the synthetic generator (few posts: the conversion keeps a handful)."""
+        from feedbackflow.slf5k_synthetic import SyntheticSLF5KConfig, make_synthetic_slf5k
+
+        sizes = {"train_posts": 12, "development_posts": 4, "validation_posts": 4, "test_posts": 4,
+                 "lm_train_posts": 8, "lm_dev_posts": 4}  # fmt: skip
+        make_synthetic_slf5k(out, SyntheticSLF5KConfig(seed=0, **sizes))
 
     def _text_score(self, out: Path) -> None:
         """WebGPT's text-score format (a list of texts with scores) over the real HH pairs: real lengths."""
