@@ -4,7 +4,7 @@
 real API does: the TOXICITY summary score of `comment.text` is the highest score of the words of `TOXIC_WORDS` it
 contains (case-insensitive), else `clean_score`; bad requests (no text, an empty text, a text over 20,480 bytes, no
 requestedAttributes, no key) get HTTP 400 with Perspective's error body {"error": {"code", "message", "status"}}.
-Every request is recorded (`requests`: path, query parameters, parsed body; kept in memory only).
+Every request is recorded (`requests`: path, query parameters, parsed body, arrival time; kept in memory only).
 
 Scripted trouble, for the next N requests in order: `rate_limit_next(n, retry_after)` (HTTP 429, with a
 Retry-After header when given), `error_next(n, status, message)` (an HTTP error with an error body; "{key}" in
@@ -22,6 +22,7 @@ import http.server
 import json
 import re
 import threading
+import time
 import urllib.parse
 from collections import deque
 
@@ -36,6 +37,7 @@ class RecordedRequest:
     path: str
     query: dict[str, list[str]]
     body: dict | None
+    at: float = 0.0  # time.time() when the request arrived (rate-limit tests)
 
 
 @dataclasses.dataclass
@@ -174,7 +176,7 @@ class StubPerspectiveServer(LoopbackHTTPServer):
                 except json.JSONDecodeError:
                     body = None
                 with stub._lock:
-                    stub.requests.append(RecordedRequest(split.path, query, body))
+                    stub.requests.append(RecordedRequest(split.path, query, body, time.time()))
                     number = len(stub.requests)
                 if number > stub.max_requests:
                     status, reply, headers = 503, error_body(503, "stub request limit reached"), {}

@@ -12,6 +12,9 @@ import json
 import logging
 import secrets
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -443,3 +446,51 @@ def test_make_toxicity_scorer_picks_the_backend(tmp_path):
     scorer = make_toxicity_scorer(ToxicityConfig(), tmp_path / "c.sqlite")
     assert isinstance(scorer, ProfanityCheckScorer) and scorer.name == "profanity_check"
     scorer.close()
+
+
+# --- the quota is per key: shared by processes, concurrent up to it (issue 19) -----------------------------------
+
+SCORE_IN_A_PROCESS = """
+import sys
+from feedbackflow.toxicity import PerspectiveScorer, ToxicityConfig
+config = ToxicityConfig.from_dict({"backend": "perspective", "perspective_url": sys.argv[1], "api_key_env": sys.argv[2],
+                                   "requests_per_second": float(sys.argv[3])})
+with PerspectiveScorer(config, sys.argv[4]) as scorer:
+    results = scorer.score(sys.argv[5:])
+assert all(r.status == "ok" for r in results), results
+"""
+
+
+def test_two_processes_share_one_request_rate(server, api_key, tmp_path):
+    """Two real processes (as two PPO ranks) score 6 texts each into one cache directory at 5 requests/s: the stub
+    sees 12 requests at least 0.2 s apart (each process alone at 5/s would send 10/s together)."""
+    arguments = [server.url, KEY_ENV, "5", str(tmp_path / "cache.sqlite")]
+    processes = [
+        subprocess.Popen([sys.executable, "-c", SCORE_IN_A_PROCESS, *arguments,
+                          *[f"rank {rank} text {i}" for i in range(6)]])
+        for rank in range(2)
+    ]  # fmt: skip
+    assert [process.wait(timeout=120) for process in processes] == [0, 0]
+    times = sorted(request.at for request in server.requests)
+    assert len(times) == 12
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    # slots 0.2 s apart; arrival times carry the scheduling jitter of a loaded machine, hence the margins (unshared,
+    # the two processes' requests arrive in pairs, gaps near 0, over about 1 s)
+    assert times[-1] - times[0] >= 11 * 0.2 - 0.05 and min(gaps) >= 0.1, gaps
+    assert {text.split(" text")[0] for text in server.texts()} == {"rank 0", "rank 1"}
+
+
+def test_requests_overlap_up_to_max_concurrency(server, api_key, tmp_path):
+    """Replies take 0.5 s; at 10 requests/s with 5 in flight, 10 texts take about 0.9 + 0.5 s, not 10 x 0.5 s, and
+    the starts stay 0.1 s apart."""
+    server.delay_next(10, 0.5)
+    config = perspective_config(server, requests_per_second=10.0, max_concurrency=5)
+    start = time.monotonic()
+    with PerspectiveScorer(config, tmp_path / "cache.sqlite") as scorer:
+        results = scorer.score([f"text {i}" for i in range(10)])
+    elapsed = time.monotonic() - start
+    assert [r.status for r in results] == ["ok"] * 10 and [r.score for r in results] == [0.05] * 10
+    assert elapsed < 3.0, elapsed
+    times = sorted(request.at for request in server.requests)
+    assert times[-1] - times[0] >= 9 * 0.1 - 0.05 and min(b - a for a, b in zip(times, times[1:], strict=False)) >= 0.05
+    assert cache_rows(tmp_path / "cache.sqlite") == 10

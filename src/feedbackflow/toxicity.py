@@ -25,7 +25,12 @@ only what is not cached (a fully cached run needs no key); failed / unparsed res
 retries them. Duplicate texts within one call are scored once.
 
 Rate limit and retries (perspective): requests, retries included, start at least 1 / requests_per_second seconds
-apart (the Perspective default quota is 1 query per second). HTTP 429 and the transient 502 / 503 / 504, timeouts
+apart (the Perspective default quota is 1 query per second). The quota is per key, not per process, so the spacing
+is shared by every process that scores into the same cache directory (the PPO ranks of one job, parallel scoring
+jobs): the next free start time is kept in `<cache dir>/perspective.ratelimit`, read and advanced under an
+exclusive `flock` (`SharedSlots`; wall-clock seconds, so on a shared file system it holds across nodes whose clocks
+agree and whose file system honours flock). Up to `max_concurrency` requests are in flight at once (each still waits
+for its slot), so a slow reply does not hold back the next slot. HTTP 429 and the transient 502 / 503 / 504, timeouts
 and connection errors are retried up to `max_retries` times, waiting as a Retry-After header (in seconds) says, else
 BACKOFF_S doubling per retry, each wait capped at MAX_WAIT_S; then the text is "failed". Other HTTP errors fail the
 text at once, except 401 / 403 which raise ConfigError (a bad key or a disabled API fails every request alike).
@@ -45,10 +50,12 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 import typing
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Protocol
 
 from feedbackflow.errors import ConfigError
@@ -86,6 +93,7 @@ class ToxicityConfig:
     timeout_s: float = 30.0
     languages: list[str] = dataclasses.field(default_factory=lambda: ["en"])
     max_text_bytes: int = 20480
+    max_concurrency: int = 1
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -114,6 +122,8 @@ class ToxicityConfig:
             raise ConfigError(f"max_retries: must not be negative, got {self.max_retries}")
         if not self.timeout_s > 0:
             raise ConfigError(f"timeout_s: must be positive, got {self.timeout_s}")
+        if self.max_concurrency < 1:
+            raise ConfigError(f"max_concurrency: must be at least 1, got {self.max_concurrency}")
         if self.max_text_bytes < 1:
             raise ConfigError(f"max_text_bytes: must be at least 1, got {self.max_text_bytes}")
 
@@ -332,6 +342,57 @@ def parse_perspective_reply(body, attribute: str = ATTRIBUTE) -> tuple[float | N
     return score, None
 
 
+class SharedSlots:
+    """Start times at least `interval` seconds apart, for every thread and process that uses the same `path` (a file
+    holding the next free start time, read and advanced under an exclusive flock); this process only when `path` is
+    None. `wait()` reserves the next slot and sleeps until it."""
+
+    def __init__(self, interval: float, path: str | os.PathLike | None = None,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep):  # fmt: skip
+        self.interval = interval
+        self.path = None if path is None else os.fspath(path)
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._next: float | None = None
+
+    def _reserve(self) -> float:
+        with self._lock:
+            if self.path is None:
+                now = self._clock()
+                start = now if self._next is None else max(now, self._next)
+                self._next = start + self.interval
+                return start
+            import fcntl
+
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            with open(self.path, "a+") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    handle.seek(0)
+                    try:
+                        reserved = float(handle.read().strip())
+                    except ValueError:
+                        reserved = None  # a new (empty) file
+                    now = self._clock()
+                    start = now if reserved is None else max(now, reserved)
+                    handle.seek(0)
+                    handle.truncate()
+                    handle.write(repr(start + self.interval))
+                    handle.flush()
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+            return start
+
+    def wait(self) -> None:
+        delay = self._reserve() - self._clock()
+        if delay > 0:
+            self._sleep(delay)
+
+
+RATE_LIMIT_FILE = "perspective.ratelimit"
+
+
 class PerspectiveScorer(_CachedScorer):
     """Perspective API comments:analyze, one text per request, rate limited and retried (see the module doc).
 
@@ -343,16 +404,18 @@ class PerspectiveScorer(_CachedScorer):
         self,
         config: ToxicityConfig,
         cache_path: str | os.PathLike | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ):
         super().__init__(cache_path)
         self.config = config
         self._clock = clock
         self._sleep = sleep
-        self._interval = 1.0 / config.requests_per_second
-        self._last_send: float | None = None
+        shared = None if cache_path is None else os.path.join(os.path.dirname(os.fspath(cache_path)), RATE_LIMIT_FILE)
+        self._slots = SharedSlots(1.0 / config.requests_per_second, shared, clock, sleep)
         self._client = None
+        self._client_lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self._secret: str | None = None
         self._filter: _MaskFilter | None = None
 
@@ -368,6 +431,10 @@ class PerspectiveScorer(_CachedScorer):
         return text.replace(self._secret, "***") if self._secret else text
 
     def _ensure_client(self):
+        with self._client_lock:
+            return self._make_client()
+
+    def _make_client(self):
         if self._client is None:
             import httpx
 
@@ -385,12 +452,9 @@ class PerspectiveScorer(_CachedScorer):
         return self._client
 
     def _wait_for_slot(self) -> None:
-        """Sleep until 1 / requests_per_second has passed since the previous request started."""
-        if self._last_send is not None:
-            wait = self._last_send + self._interval - self._clock()
-            if wait > 0:
-                self._sleep(wait)
-        self._last_send = self._clock()
+        """Sleep until this request's slot: 1 / requests_per_second after the previous one of any process sharing the
+        cache directory (SharedSlots)."""
+        self._slots.wait()
 
     def body(self, text: str) -> dict:
         body = {"comment": {"text": text}, "requestedAttributes": {ATTRIBUTE: {}}, "doNotStore": True}
@@ -412,7 +476,8 @@ class PerspectiveScorer(_CachedScorer):
         problem = ""
         for attempt in range(attempts):
             self._wait_for_slot()
-            self.stats.requests_sent += 1
+            with self._count_lock:
+                self.stats.requests_sent += 1
             retry_after = None
             try:
                 response = client.post(
@@ -453,11 +518,25 @@ class PerspectiveScorer(_CachedScorer):
         return ToxicityScore(None, "failed", f"{problem} (gave up after {attempts} attempts)", False)
 
     def _score_missing(self, texts: list[str], on_result: Callable[[int, ToxicityScore], None]) -> None:
+        """Up to max_concurrency requests in flight; results reach `on_result` in this thread (the cache's)."""
         every = max(1, len(texts) // 10)
-        for index, text in enumerate(texts):
-            on_result(index, self.score_one(text))
-            if (index + 1) % every == 0 or index + 1 == len(texts):
-                log.info("perspective: %d/%d texts scored", index + 1, len(texts))
+        if self.config.max_concurrency == 1:
+            for index, text in enumerate(texts):
+                on_result(index, self.score_one(text))
+                if (index + 1) % every == 0 or index + 1 == len(texts):
+                    log.info("perspective: %d/%d texts scored", index + 1, len(texts))
+            return
+        with ThreadPoolExecutor(self.config.max_concurrency, thread_name_prefix="perspective") as pool:
+            futures = {pool.submit(self.score_one, text): index for index, text in enumerate(texts)}
+            try:
+                for done, future in enumerate(as_completed(futures), start=1):
+                    on_result(futures[future], future.result())
+                    if done % every == 0 or done == len(texts):
+                        log.info("perspective: %d/%d texts scored", done, len(texts))
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
 
     def close(self) -> None:
         if self._client is not None:
