@@ -396,7 +396,8 @@ RATE_LIMIT_FILE = "perspective.ratelimit"
 class PerspectiveScorer(_CachedScorer):
     """Perspective API comments:analyze, one text per request, rate limited and retried (see the module doc).
 
-    `clock` and `sleep` (default time.monotonic / time.sleep) are injectable so tests check the waits."""
+    `clock` and `sleep` (default time.time / time.sleep: wall clock, as the shared slot file) are injectable so
+    tests check the waits."""
 
     name = "perspective"
 
