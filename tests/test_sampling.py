@@ -9,6 +9,7 @@ import json
 import pyarrow as pa
 import pytest
 import torch
+from diverse_beam_reference import reference_diverse_beam_search
 
 from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.formats import PROMPTS, RANKED_RESPONSES, SAMPLES, SCORED_SAMPLES, read_table, write_rows
@@ -27,7 +28,7 @@ from feedbackflow.sampling import (
     pad_left,
     ranked_responses,
 )
-from feedbackflow.tiny_models import TinyModelConfig, build_causal_lm, train_tokenizer
+from feedbackflow.tiny_models import TinyModelConfig, build_causal_lm, build_gpt2_lm, train_tokenizer
 
 TINY = TinyModelConfig(
     seed=3,
@@ -191,6 +192,49 @@ def test_one_group_matches_transformers_beam_search(tokenizer):
     assert ours == reference
     finished = sum(eos in seq for group in ours for seq in group)
     assert 0 < finished < 4 * len(PROMPTS_TEXT)
+
+
+BEAM_PROMPTS = [*PROMPTS_TEXT, "the lazy dog", "\n\nHuman: how do I bake bread?\n\nAssistant: mix"]
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        # the paper's: 4 groups of 1 beam, penalty 1.0
+        {"num_beams": 4, "num_beam_groups": 4, "diversity_penalty": 1.0, "num_return_sequences": 4},
+        # groups of 2 beams, a length penalty, more returns than groups
+        {
+            "num_beams": 6,
+            "num_beam_groups": 3,
+            "diversity_penalty": 0.5,
+            "num_return_sequences": 5,
+            "length_penalty": 0.7,
+        },
+        # a third of the vocabulary ends a hypothesis: groups finish early, some slots are left unfilled
+        {"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 2.0, "num_return_sequences": 3, "many_eos": True},
+    ],
+)
+def test_vectorised_diverse_beam_search_equals_the_per_prompt_loop(tokenizer, architecture, settings):
+    """The vectorised decode step gives the token lists of the per-prompt, per-group loop it replaced
+    (tests/diverse_beam_reference.py, the code of commit 1a9b829), on LLaMA and GPT-2 layouts, with prompts of
+    different lengths (left padding), finished and running hypotheses."""
+    settings = dict(settings)
+    build = build_causal_lm if architecture == "llama" else build_gpt2_lm
+    model = build(tokenizer, TinyModelConfig(**{**TINY.__dict__, "seed": 5})).eval()
+    head = model.lm_head.weight
+    with torch.no_grad():  # make eos likely, so some hypotheses finish before max_new_tokens and some do not
+        head[tokenizer.eos_token_id] += 0.03 * head.mean(dim=0).sign()
+    eos_ids = {tokenizer.eos_token_id}
+    if settings.pop("many_eos", False):
+        eos_ids |= set(range(0, len(tokenizer), 3))
+    input_ids, mask = pad_left(encode_prompts(tokenizer, BEAM_PROMPTS, 64), tokenizer.pad_token_id)
+    common = dict(max_new_tokens=12, eos_token_ids=eos_ids, pad_token_id=tokenizer.pad_token_id, **settings)
+    reference = reference_diverse_beam_search(model, input_ids, mask, **common)
+    vectorised = diverse_beam_search(model, input_ids, mask, **common)
+    assert vectorised == reference
+    ended = [tokens[-1] in eos_ids for group in reference for tokens in group]
+    assert any(ended) and not all(ended), "the case needs finished and unfinished hypotheses"
 
 
 @pytest.mark.parametrize(

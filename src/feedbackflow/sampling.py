@@ -156,7 +156,7 @@ def decode_response(tokenizer, ids: list[int], eos_ids: set[int], stop_strings) 
 
 
 class _Hypotheses:
-    """The best `size` finished hypotheses of one (prompt, group)."""
+    """The best `size` finished hypotheses of one (prompt, group), on the host (used to assemble the results)."""
 
     def __init__(self, size: int, length_penalty: float):
         self.size = size
@@ -168,11 +168,76 @@ class _Hypotheses:
         self.items.sort(key=lambda item: -item[0])
         del self.items[self.size :]
 
-    def is_done(self, best_running_sum: float, length: int) -> bool:
-        """No running beam can still beat the worst kept hypothesis (Transformers' non-early-stopping rule)."""
-        if len(self.items) < self.size:
-            return False
-        return self.items[-1][0] >= best_running_sum / max(length, 1) ** self.length_penalty
+
+class _FinishedBeams:
+    """The best `group_size` finished hypotheses of every (prompt, group), as tensors on the model's device, so the
+    decode step adds to them and tests Transformers' non-early-stopping rule without a host sync.
+
+    Scores are float64 sums of log-probabilities / length ** length_penalty (as Python computes them from the
+    float32 sums); each (prompt, group) keeps its hypotheses sorted best first, a tie keeping the earlier one."""
+
+    def __init__(self, batch: int, groups: int, group_size: int, max_new_tokens: int, pad_token_id: int, device):
+        self.group_size, self.pad = group_size, pad_token_id
+        self.scores = torch.full((batch, groups, group_size), -math.inf, dtype=torch.float64, device=device)
+        self.tokens = torch.full((batch, groups, group_size, max_new_tokens), pad_token_id, device=device)
+        self.lengths = torch.zeros((batch, groups, group_size), dtype=torch.long, device=device)
+        self.count = torch.zeros((batch, groups), dtype=torch.long, device=device)
+
+    def add(
+        self,
+        new: torch.Tensor,
+        sums: torch.Tensor,
+        prefixes: torch.Tensor,
+        last: torch.Tensor,
+        length: int,
+        denominator: float,
+    ) -> None:
+        """Add, where `new` (batch, groups, k) is true, the hypothesis `prefixes` (batch, groups, k, length - 1) +
+        `last` (batch, groups, k) whose float32 sum of log-probabilities is `sums`; k candidates in rank order."""
+        scores = torch.where(new, sums.double() / denominator, -math.inf)
+        tokens = self.tokens.new_full((*new.shape, self.tokens.shape[-1]), self.pad)
+        tokens[..., : length - 1] = prefixes
+        tokens[..., length - 1] = last
+        merged = torch.cat([self.scores, scores], dim=2)
+        keep = merged.argsort(dim=2, descending=True, stable=True)[..., : self.group_size]
+        self.scores = merged.gather(2, keep)
+        tokens = torch.cat([self.tokens, tokens], dim=2)
+        self.tokens = tokens.gather(2, keep[..., None].expand(-1, -1, -1, tokens.shape[-1]))
+        lengths = torch.cat([self.lengths, torch.full_like(new, length, dtype=torch.long)], dim=2)
+        self.lengths = lengths.gather(2, keep)
+        self.count = (self.count + new.sum(dim=2)).clamp(max=self.group_size)
+
+    def is_done(self, best_running: torch.Tensor, denominator: float) -> torch.Tensor:
+        """(batch, groups) bool: no running beam can still beat the worst kept hypothesis (Transformers' rule)."""
+        return (self.count == self.group_size) & (self.scores[..., -1] >= best_running.double() / denominator)
+
+    def to_host(self, length_penalty: float) -> list[list[_Hypotheses]]:
+        """Per prompt, per group: the kept hypotheses as `_Hypotheses` (one host sync)."""
+        scores, tokens = self.scores.tolist(), self.tokens.tolist()
+        lengths, count = self.lengths.tolist(), self.count.tolist()
+        result = []
+        for b, per_group in enumerate(count):
+            row = []
+            for group, n in enumerate(per_group):
+                kept = _Hypotheses(self.group_size, length_penalty)
+                kept.items = [(scores[b][group][i], tokens[b][group][i][: lengths[b][group][i]]) for i in range(n)]
+                row.append(kept)
+            result.append(row)
+        return result
+
+
+def _select_group_beams(
+    top_scores: torch.Tensor, top_tokens: torch.Tensor, eos: torch.Tensor, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which of a group's 2 * group_size best candidates (batch, 2 * group_size, in rank order) become its next
+    beams: the first `group_size` that are not eos, in rank order. Returns their ranks (batch, group_size), whether
+    each slot is filled (with several eos ids some may not be: Transformers 4's loop left such a slot with the pad
+    token, score 0 and its own beam), and which of the first `group_size` candidates are eos (finished)."""
+    is_eos = torch.isin(top_tokens, eos)
+    keep = ~is_eos
+    keep &= keep.cumsum(dim=1) <= group_size
+    ranks = (~keep).to(torch.int32).argsort(dim=1, stable=True)[:, :group_size]
+    return ranks, keep.gather(1, ranks), is_eos[:, :group_size]
 
 
 @torch.no_grad()
@@ -192,7 +257,10 @@ def diverse_beam_search(
 ) -> list[list[list[int]]]:
     """Diverse (group) beam search on left-padded prompts; per prompt, the best `num_return_sequences` token lists.
 
-    The returned token lists are the generated ids without the prompt, ending with an eos id when finished.
+    The returned token lists are the generated ids without the prompt, ending with an eos id when finished. The
+    decode step runs on the model's device for all prompts at once: one loop over the groups (each group's
+    diversity penalty needs the tokens the earlier groups chose) and one host sync per step (may every group
+    stop?). It gives the same token lists as the per-prompt loop it replaced (tests/diverse_beam_reference.py).
     """
     if num_beams % num_beam_groups or num_return_sequences > num_beams:
         raise ConfigError("num_beams must be divisible by num_beam_groups and at least num_return_sequences")
@@ -209,56 +277,51 @@ def diverse_beam_search(
     beam_scores = torch.full((batch, num_beams), -1e9, device=device)
     beam_scores[:, ::group_size] = 0.0
     generated = torch.empty((batch * num_beams, 0), dtype=torch.long, device=device)
-    hypotheses = [[_Hypotheses(group_size, length_penalty) for _ in range(num_beam_groups)] for _ in range(batch)]
-    done = [[False] * num_beam_groups for _ in range(batch)]
-    eos_list = sorted(eos_token_ids)
+    finished = _FinishedBeams(batch, num_beam_groups, group_size, max_new_tokens, pad_token_id, device)
+    done = torch.zeros((batch, num_beam_groups), dtype=torch.bool, device=device)
+    eos = torch.tensor(sorted(eos_token_ids), dtype=torch.long, device=device)
+    beams = torch.arange(batch * num_beams, device=device).view(batch, num_beams)
+    ones = torch.ones((batch, group_size), device=device)
 
     for step in range(max_new_tokens):
         logprobs = torch.log_softmax(output.logits[:, -1, :].float(), dim=-1)
         vocab = logprobs.shape[-1]
         logprobs = logprobs.view(batch, num_beams, vocab)
         next_tokens = torch.full((batch, num_beams), pad_token_id, dtype=torch.long, device=device)
-        next_scores = torch.zeros((batch, num_beams), device=device)
-        sources = torch.arange(batch * num_beams, device=device).view(batch, num_beams)
-        generated_list = None  # the token lists, converted only when a hypothesis finishes
+        live = ~done[:, :, None]  # finished groups carry on with pad tokens, score 0 and their own beams
+        counts = torch.zeros((batch, vocab), device=device)  # tokens chosen by the earlier groups at this step
+        candidates = []
         for group in range(num_beam_groups):
             start, stop = group * group_size, (group + 1) * group_size
             scores = logprobs[:, start:stop, :]
             if group > 0 and diversity_penalty:
-                earlier = next_tokens[:, :start]
-                counts = torch.zeros((batch, vocab), device=device).scatter_add_(
-                    1, earlier, torch.ones_like(earlier, dtype=torch.float)
-                )
                 scores = scores - diversity_penalty * counts[:, None, :]
             total = (scores + beam_scores[:, start:stop, None]).view(batch, -1)
             top_scores, top_indices = total.topk(2 * group_size, dim=1)
-            top_scores, top_indices = top_scores.tolist(), top_indices.tolist()
-            for b in range(batch):
-                if done[b][group]:
-                    next_scores[b, start:stop] = 0.0  # finished groups carry on with pad tokens
-                    continue
-                filled = 0
-                for rank, (score, index) in enumerate(zip(top_scores[b], top_indices[b], strict=True)):
-                    beam, token = divmod(index, vocab)
-                    source = b * num_beams + start + beam
-                    if token in eos_token_ids:
-                        if rank < group_size:
-                            if generated_list is None:
-                                generated_list = generated.tolist()
-                            hypotheses[b][group].add(generated_list[source] + [token], score, step + 1)
-                        continue
-                    next_tokens[b, start + filled] = token
-                    next_scores[b, start + filled] = score
-                    sources[b, start + filled] = source
-                    filled += 1
-                    if filled == group_size:
-                        break
-                best_running = max(next_scores[b, start:stop].tolist())
-                done[b][group] = hypotheses[b][group].is_done(best_running, step + 1)
+            top_tokens = top_indices % vocab
+            ranks, filled, ends = _select_group_beams(top_scores, top_tokens, eos, group_size)
+            filled &= live[:, group]
+            chosen = torch.where(filled, top_tokens.gather(1, ranks), pad_token_id)
+            next_tokens[:, start:stop] = chosen
+            if group + 1 < num_beam_groups and diversity_penalty:
+                counts.scatter_add_(1, chosen, ones)
+            candidates.append((top_scores, top_tokens, top_indices // vocab + start, ranks, filled, ends))
+        # the rest of the step for all groups at once: (batch, groups, candidates)
+        top_scores, top_tokens, top_beams, ranks, filled, ends = (
+            torch.stack(t, dim=1) for t in zip(*candidates, strict=True)
+        )
+        top_sources = beams[:, None, :1] + top_beams
+        next_scores = torch.where(filled, top_scores.gather(2, ranks), 0.0)
+        sources = torch.where(filled, top_sources.gather(2, ranks), beams.view(batch, num_beam_groups, group_size))
+        denominator = float(step + 1) ** length_penalty
+        head = slice(0, group_size)
+        prefixes = generated[top_sources[..., head]]
+        finished.add(ends & live, top_scores[..., head], prefixes, top_tokens[..., head], step + 1, denominator)
+        done |= finished.is_done(next_scores.max(dim=2).values, denominator)
         order = sources.view(-1)
         generated = torch.cat([generated[order], next_tokens.view(-1, 1)], dim=1)
-        beam_scores = next_scores
-        if all(all(row) for row in done) or step + 1 == max_new_tokens:
+        beam_scores = next_scores.view(batch, num_beams)
+        if step + 1 == max_new_tokens or bool(done.all()):
             break
         cache.reorder_cache(order)
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
@@ -271,16 +334,34 @@ def diverse_beam_search(
             use_cache=True,
         )
 
-    generated_list = generated.tolist()
+    return _best_hypotheses(finished, done, generated, beam_scores, num_return_sequences, eos_token_ids, length_penalty)
+
+
+def _best_hypotheses(
+    finished: _FinishedBeams,
+    done: torch.Tensor,
+    generated: torch.Tensor,
+    beam_scores: torch.Tensor,
+    num_return_sequences: int,
+    eos_token_ids: set[int],
+    length_penalty: float,
+) -> list[list[list[int]]]:
+    """Per prompt, the best `num_return_sequences` of its groups' finished hypotheses and, in groups not done,
+    running beams (scored at the generated length); each cut after its first eos."""
+    hypotheses = finished.to_host(length_penalty)
+    generated_list, scores, done_list = generated.tolist(), beam_scores.tolist(), done.tolist()
     length = generated.shape[1]
+    num_beams = beam_scores.shape[1]
+    group_size = num_beams // len(hypotheses[0]) if hypotheses else 1
+    eos_list = sorted(eos_token_ids)
     results = []
-    for b in range(batch):
-        for group in range(num_beam_groups):
-            if done[b][group]:
+    for b, groups in enumerate(hypotheses):
+        for group, kept in enumerate(groups):
+            if done_list[b][group]:
                 continue
             for beam in range(group * group_size, (group + 1) * group_size):
-                hypotheses[b][group].add(generated_list[b * num_beams + beam], beam_scores[b, beam].item(), length)
-        candidates = [item for group in hypotheses[b] for item in group.items]
+                kept.add(generated_list[b * num_beams + beam], scores[b][beam], length)
+        candidates = [item for kept in groups for item in kept.items]
         candidates.sort(key=lambda item: -item[0])
         results.append([_until_eos(tokens, eos_list) for _score, tokens in candidates[:num_return_sequences]])
     return results
