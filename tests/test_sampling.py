@@ -7,6 +7,7 @@ import argparse
 import json
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from diverse_beam_reference import reference_diverse_beam_search
@@ -14,19 +15,25 @@ from diverse_beam_reference import reference_diverse_beam_search
 from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.formats import PROMPTS, RANKED_RESPONSES, SAMPLES, SCORED_SAMPLES, read_table, write_rows
 from feedbackflow.sampling import (
+    BatchCheckpoints,
     SamplingConfig,
+    batch_plan,
     configure,
+    configure_merge,
     configure_rank,
     cut_at_stop_strings,
     decode_response,
     diverse_beam_search,
     encode_prompts,
     generate_responses,
+    generate_shard,
     main,
+    main_merge,
     main_rank,
     merge_samples,
     pad_left,
     ranked_responses,
+    shard_batches,
 )
 from feedbackflow.tiny_models import TinyModelConfig, build_causal_lm, build_gpt2_lm, train_tokenizer
 
@@ -334,3 +341,95 @@ def test_ranked_responses(tmp_path):
     assert read_table(tmp_path / "ranked.parquet", RANKED_RESPONSES).num_rows == 1
     with pytest.raises(DataError, match="score"):
         ranked_responses(pa.Table.from_pylist([row("1", "a", None)], schema=SCORED_SAMPLES))
+
+
+def test_shard_batches_split_consecutive_batches():
+    assert [shard_batches(5, k, 2) for k in range(2)] == [range(0, 2), range(2, 5)]
+    assert [list(shard_batches(2, k, 3)) for k in range(3)] == [[], [0], [1]]  # more shards than batches
+    assert batch_plan([[1, 2, 3], [1], [1, 2], [1]], 2) == [[1, 3], [2, 0]]  # by length, ties in file order
+    with pytest.raises(ConfigError, match="shard"):
+        shard_batches(5, 2, 2)
+
+
+def policy_and_prompts(model, tokenizer, tmp_path, texts) -> tuple[str, str]:
+    policy = tmp_path / "policy"
+    model.save_pretrained(policy)
+    tokenizer.save_pretrained(policy)
+    prompts = tmp_path / "prompts.parquet"
+    rows = [{"prompt_id": f"p-{i}", "prompt": text, "source": "test", "record": i} for i, text in enumerate(texts)]
+    write_rows(rows, prompts, PROMPTS)
+    return str(policy), str(prompts)
+
+
+def run_stage(configure_stage, main_stage, argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    configure_stage(parser)
+    main_stage(parser.parse_args(argv))
+
+
+@pytest.mark.parametrize("shards", [2, 3])
+def test_sharded_sampling_gathers_to_the_unsharded_samples(model, tokenizer, tmp_path, shards):
+    """The paper's decoding (diverse beam search) on 6 prompts in 3 batches: `shards` sample-responses jobs, then
+    merge-samples with --prompts, give the table one job gives (rows in prompt-file order)."""
+    policy, prompts = policy_and_prompts(model, tokenizer, tmp_path, BEAM_PROMPTS)
+    hparams = ["--max-new-tokens", "5", "--batch-size", "2", "--origin", "policy", "--stop-strings", "[]"]
+    common = ["--prompts", prompts, "--model", policy, *hparams]
+    whole = tmp_path / "whole.parquet"
+    run_stage(configure, main, [*common, "--output", str(whole), "--work-dir", str(tmp_path / "work-whole")])
+    parts = [str(tmp_path / f"shard{k}.parquet") for k in range(shards)]
+    for k, part in enumerate(parts):
+        argv = [*common, "--output", part, "--shard", str(k), "--shards", str(shards)]
+        run_stage(configure, main, [*argv, "--work-dir", str(tmp_path / f"work{k}")])
+        assert not (tmp_path / f"work{k}").exists()  # removed once the output is written
+    gathered = tmp_path / "gathered.parquet"
+    run_stage(
+        configure_merge, main_merge, ["--samples", *reversed(parts), "--prompts", prompts, "--output", str(gathered)]
+    )
+    expected = read_table(whole, SAMPLES)
+    assert expected.num_rows == 4 * len(BEAM_PROMPTS)
+    assert [read_table(part, SAMPLES).num_rows for part in parts] != [expected.num_rows] + [0] * (shards - 1)
+    assert read_table(gathered, SAMPLES).equals(expected)
+
+
+def test_a_stopped_sampling_job_resumes_after_its_last_finished_batch(model, tokenizer, tmp_path):
+    """Sampling (the random stream matters) in 4 batches, saved per batch; after deleting the last two batches'
+    files (a job stopped after batch 2), a rerun loads batches 0-1 (an edited saved response comes back) and
+    generates 2-3 from the random state saved after batch 1, as the uninterrupted run did."""
+    config = SamplingConfig(
+        num_return_sequences=2, num_beams=1, num_beam_groups=1, do_sample=True, max_new_tokens=6, batch_size=1
+    )
+    config.stop_strings = []
+    fingerprint = {"run": 1}
+    work = tmp_path / "work"
+    full = generate_shard(model, tokenizer, PROMPTS_TEXT, config, checkpoints=BatchCheckpoints(work, fingerprint))
+    assert full == dict(enumerate(generate_responses(model, tokenizer, PROMPTS_TEXT, config)))
+    plan = batch_plan(encode_prompts(tokenizer, PROMPTS_TEXT, config.max_prompt_tokens), 1)
+    for batch in (2, 3):
+        (work / f"batch-{batch:06d}.parquet").unlink()
+    first = work / "batch-000000.parquet"
+    edited = pa.table({"prompt_index": plan[0], "responses": [["edited", "saved"]]})
+    pq.write_table(edited.cast(pq.read_schema(first)), first)
+    resumed = generate_shard(model, tokenizer, PROMPTS_TEXT, config, checkpoints=BatchCheckpoints(work, fingerprint))
+    assert resumed == {**full, plan[0][0]: ["edited", "saved"]}
+    again = generate_shard(model, tokenizer, PROMPTS_TEXT, config, checkpoints=BatchCheckpoints(work, {"run": 2}))
+    assert again == full  # another fingerprint: the saved batches are not reused
+
+
+def test_gathering_shards_checks_prompt_coverage(tmp_path):
+    prompts = tmp_path / "prompts.parquet"
+    write_rows(
+        [{"prompt_id": p, "prompt": f"prompt {p}", "source": "t", "record": i} for i, p in enumerate("abc")],
+        prompts,
+        PROMPTS,
+    )
+    second = samples_file(tmp_path / "s1.parquet", [("c", "z", "policy", 0), ("b", "y", "policy", 0)])
+    first = samples_file(tmp_path / "s0.parquet", [("a", "x", "policy", 0), ("a", "w", "policy", 1)])
+    merged = merge_samples([second, first], prompts)
+    assert merged.column("response").to_pylist() == ["x", "w", "y", "z"]
+    with pytest.raises(DataError) as caught:
+        merge_samples([second], prompts)
+    assert (caught.value.path, caught.value.record, caught.value.field) == (str(prompts), 0, "prompt_id")
+    stray = samples_file(tmp_path / "s2.parquet", [("d", "v", "policy", 0)])
+    with pytest.raises(DataError) as caught:
+        merge_samples([second, first, stray], prompts)
+    assert (caught.value.path, caught.value.record, caught.value.field) == (stray, 0, "prompt_id")

@@ -24,17 +24,32 @@ ids from the attention mask), reordered between steps like `generate` does.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import json
 import logging
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
 
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.formats import PROMPTS, RANKED_RESPONSES, SAMPLES, SCORED_SAMPLES, read_table, write_rows, write_table
+from feedbackflow.formats import (
+    PROMPTS,
+    RANKED_RESPONSES,
+    SAMPLES,
+    SCORED_SAMPLES,
+    atomic_path,
+    read_table,
+    write_rows,
+    write_table,
+)
 from feedbackflow.inference import load_for_inference
 from feedbackflow.reward_model import pad_id_of
 from feedbackflow.stage_args import add_dataclass_arguments, dataclass_from_args
@@ -384,20 +399,121 @@ def load_policy(name_or_path: str, dtype: str | None = None):
     return load_for_inference(AutoModelForCausalLM, name_or_path, dtype=dtype), tokenizer
 
 
+def batch_plan(encoded: list[list[int]], batch_size: int) -> list[list[int]]:
+    """The prompt indices of each generation batch: prompts sorted by encoded length (ties in file order), in
+    consecutive chunks of `batch_size` (so each batch pads little)."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def shard_batches(n_batches: int, shard: int, shards: int) -> range:
+    """The batches of shard `shard` (0-based) of `shards`: consecutive batches of `batch_plan`, shard sizes
+    differing by at most one batch. Batches are the same whatever the shard count, so deterministic decoding
+    (greedy, beam search) gives every prompt the same responses however the prompts are sharded."""
+    if not 0 <= shard < shards:
+        raise ConfigError(f"shard must be in [0, {shards}), got {shard}")
+    return range(shard * n_batches // shards, (shard + 1) * n_batches // shards)
+
+
+class BatchCheckpoints:
+    """The finished batches of one sampling job, one small Parquet per batch in `work_dir` (with the torch random
+    state after it), so that a job stopped part way (preempted, out of time) resumes after its last finished batch
+    and gives the responses an uninterrupted run gives. `fingerprint` (settings, model, prompts, shard) is written
+    to the directory; batches saved under another fingerprint are deleted, not reused."""
+
+    def __init__(self, work_dir: str | os.PathLike, fingerprint: dict):
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        stamp = self.work_dir / "fingerprint.json"
+        text = json.dumps(fingerprint, sort_keys=True)
+        if not stamp.exists() or stamp.read_text() != text:
+            for old in self.work_dir.glob("batch-*"):
+                old.unlink()
+            stamp.write_text(text)
+
+    def _path(self, batch: int, suffix: str) -> Path:
+        return self.work_dir / f"batch-{batch:06d}{suffix}"
+
+    def load(self, batch: int, prompt_indices: list[int]) -> dict[int, list[str]] | None:
+        """The saved responses of `batch` by prompt index, or None when it was not finished."""
+        path = self._path(batch, ".parquet")
+        if not path.exists():
+            return None
+        table = pq.read_table(path)
+        indices = table.column("prompt_index").to_pylist()
+        if indices != prompt_indices:
+            raise DataError(path, None, "prompt_index", f"saved prompts {indices} are not batch {batch}'s")
+        return dict(zip(indices, table.column("responses").to_pylist(), strict=True))
+
+    def save(self, batch: int, responses: dict[int, list[str]]) -> None:
+        """Save `batch`: the random state first, then the responses (whose file marks the batch finished)."""
+        state = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        with atomic_path(self._path(batch, ".rng.pt")) as tmp:
+            torch.save(state, tmp)
+        table = pa.table(
+            {"prompt_index": list(responses), "responses": list(responses.values())},
+            schema=pa.schema([("prompt_index", pa.int64()), ("responses", pa.list_(pa.string()))]),
+        )
+        with atomic_path(self._path(batch, ".parquet")) as tmp:
+            pq.write_table(table, tmp)
+
+    def restore_random_state(self, batch: int) -> None:
+        """Set torch's random state to the one saved after `batch`."""
+        state = torch.load(self._path(batch, ".rng.pt"), weights_only=True)
+        torch.set_rng_state(state["cpu"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+    def remove(self) -> None:
+        """Delete the work directory (the job's output is written)."""
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
 @torch.inference_mode()
 def generate_responses(model, tokenizer, prompts: list[str], config: SamplingConfig) -> list[list[str]]:
     """`config.num_return_sequences` responses for each prompt (in beam-score order for beam searches)."""
+    results = generate_shard(model, tokenizer, prompts, config)
+    return [results[i] for i in range(len(prompts))]
+
+
+@torch.inference_mode()
+def generate_shard(
+    model,
+    tokenizer,
+    prompts: list[str],
+    config: SamplingConfig,
+    shard: int = 0,
+    shards: int = 1,
+    checkpoints: BatchCheckpoints | None = None,
+) -> dict[int, list[str]]:
+    """Responses to the prompts of shard `shard` of `shards` (`shard_batches`), by prompt index.
+
+    Seeded with `config.seed + shard` before the shard's first batch (shard 0 of 1: the whole run, as before
+    sharding); with `checkpoints`, finished batches are saved and a rerun resumes after the last one."""
     config.validate()
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed + shard)
     model.eval()
     device = next(model.parameters()).device
     pad_id = pad_id_of(tokenizer)
     eos_ids = _eos_ids(model, tokenizer)
     encoded = encode_prompts(tokenizer, prompts, config.max_prompt_tokens)
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    results: list[list[str]] = [[] for _ in prompts]
-    for start in range(0, len(order), config.batch_size):
-        chunk = order[start : start + config.batch_size]
+    plan = batch_plan(encoded, config.batch_size)
+    batches = shard_batches(len(plan), shard, shards)
+    results: dict[int, list[str]] = {}
+    done = 0
+    while checkpoints is not None and done < len(batches):
+        saved = checkpoints.load(batches[done], plan[batches[done]])
+        if saved is None:
+            break
+        results.update(saved)
+        done += 1
+    if done:
+        checkpoints.restore_random_state(batches[done - 1])
+        log.info("resumed after %d of %d finished batches in %s", done, len(batches), checkpoints.work_dir)
+    for batch in batches[done:]:
+        chunk = plan[batch]
         input_ids, attention_mask = pad_left([encoded[i] for i in chunk], pad_id)
         if config.num_beam_groups > 1:
             token_lists = diverse_beam_search(
@@ -415,8 +531,13 @@ def generate_responses(model, tokenizer, prompts: list[str], config: SamplingCon
             )
         else:
             token_lists = _generate(model, input_ids.to(device), attention_mask.to(device), pad_id, eos_ids, config)
-        for i, lists in zip(chunk, token_lists, strict=True):
-            results[i] = [decode_response(tokenizer, ids, eos_ids, config.stop_strings) for ids in lists]
+        responses = {
+            i: [decode_response(tokenizer, ids, eos_ids, config.stop_strings) for ids in lists]
+            for i, lists in zip(chunk, token_lists, strict=True)
+        }
+        if checkpoints is not None:
+            checkpoints.save(batch, responses)
+        results.update(responses)
     return results
 
 
@@ -443,37 +564,67 @@ def _generate(model, input_ids, attention_mask, pad_id, eos_ids, config: Samplin
 
 
 def sample_responses(
-    prompts_path: str | os.PathLike, model_name: str, output: str | os.PathLike, config: SamplingConfig
+    prompts_path: str | os.PathLike,
+    model_name: str,
+    output: str | os.PathLike,
+    config: SamplingConfig,
+    shard: int = 0,
+    shards: int = 1,
+    work_dir: str | os.PathLike | None = None,
 ) -> list[dict]:
-    """Generate for every prompt of a PROMPTS file and write SAMPLES Parquet (origin = config.origin or the model)."""
+    """Generate for every prompt of a PROMPTS file (or of shard `shard` of `shards`: `shard_batches`) and write
+    SAMPLES Parquet in prompt-file order (origin = config.origin or the model). With `work_dir`, each finished
+    batch is saved there and a rerun resumes after the last one; the directory is removed once `output` is
+    written."""
     config.validate()
+    if shards < 1:
+        raise ConfigError(f"shards must be at least 1, got {shards}")
+    shard_batches(0, shard, shards)  # checks the shard index
     table = read_table(prompts_path, PROMPTS)
     if table.num_rows == 0:
         raise DataError(prompts_path, None, None, "no prompts")
-    model, tokenizer = load_policy(model_name, config.dtype)
     prompt_ids = table.column("prompt_id").to_pylist()
     prompts = table.column("prompt").to_pylist()
-    responses = generate_responses(model, tokenizer, prompts, config)
+    checkpoints = None
+    if work_dir is not None:
+        digest = hashlib.sha256(json.dumps([prompt_ids, prompts]).encode()).hexdigest()
+        fingerprint = {"config": dataclasses.asdict(config), "model": model_name, "prompts": digest}
+        checkpoints = BatchCheckpoints(work_dir, {**fingerprint, "shard": shard, "shards": shards})
+    model, tokenizer = load_policy(model_name, config.dtype)
+    responses = generate_shard(model, tokenizer, prompts, config, shard, shards, checkpoints)
     origin = config.origin or model_name
     rows = [
-        {"prompt_id": pid, "prompt": prompt, "response": response, "origin": origin, "sample_index": k}
-        for pid, prompt, group in zip(prompt_ids, prompts, responses, strict=True)
-        for k, response in enumerate(group)
+        {"prompt_id": prompt_ids[i], "prompt": prompts[i], "response": response, "origin": origin, "sample_index": k}
+        for i in sorted(responses)
+        for k, response in enumerate(responses[i])
     ]
     empty = sum(1 for row in rows if not row["response"])
     write_rows(rows, output, SAMPLES)
-    log.info("wrote %d responses to %d prompts (%d empty) to %s", len(rows), len(prompts), empty, output)
+    log.info(
+        "wrote %d responses to %d of %d prompts (shard %d of %d; %d empty) to %s",
+        len(rows),
+        len(responses),
+        len(prompts),
+        shard,
+        shards,
+        empty,
+        output,
+    )
+    if checkpoints is not None:
+        checkpoints.remove()
     return rows
 
 
 # --- merging samples and ranking ------------------------------------------------------------------
 
 
-def merge_samples(paths: list[str | os.PathLike]) -> pa.Table:
+def merge_samples(paths: list[str | os.PathLike], prompts_path: str | os.PathLike | None = None) -> pa.Table:
     """Concatenate SAMPLES files (say, policy samples and the data set's own responses) in the given order.
 
     A (prompt_id, origin, sample_index) seen twice, or a prompt_id whose prompt text differs between rows, is a
-    DataError naming the file and its row.
+    DataError naming the file and its row. With `prompts_path` (a PROMPTS file: gathering the shards of one
+    sampling job), the rows are put in that file's prompt order (a prompt's rows keep their order), and a sample
+    whose prompt is not in it, or a prompt without samples, is a DataError.
     """
     if not paths:
         raise ConfigError("merge_samples needs at least one file")
@@ -496,7 +647,29 @@ def merge_samples(paths: list[str | os.PathLike]) -> pa.Table:
             if prompts.setdefault(pid, prompt) != prompt:
                 raise DataError(path, row, "prompt", f"prompt {pid!r} has a different text in another row or file")
         tables.append(table)
-    return pa.concat_tables(tables)
+    return pa.concat_tables(tables) if prompts_path is None else _in_prompt_order(tables, paths, prompts_path)
+
+
+def _in_prompt_order(tables: list[pa.Table], paths: list, prompts_path: str | os.PathLike) -> pa.Table:
+    """The concatenated `tables` (read from `paths`) in the prompt order of the PROMPTS file `prompts_path`, every
+    prompt covered (stable: a prompt's rows keep their order)."""
+    table = read_table(prompts_path, PROMPTS)
+    position = {pid: row for row, pid in enumerate(table.column("prompt_id").to_pylist())}
+    texts = table.column("prompt").to_pylist()
+    positions = []
+    for path, samples in zip(paths, tables, strict=True):
+        columns = (samples.column("prompt_id").to_pylist(), samples.column("prompt").to_pylist())
+        for row, (pid, prompt) in enumerate(zip(*columns, strict=True)):
+            if pid not in position:
+                raise DataError(path, row, "prompt_id", f"prompt {pid!r} is not in {prompts_path}")
+            if texts[position[pid]] != prompt:
+                raise DataError(path, row, "prompt", f"prompt {pid!r} has another text in {prompts_path}")
+            positions.append(position[pid])
+    missing = sorted(set(range(table.num_rows)) - set(positions))
+    if missing:
+        raise DataError(prompts_path, missing[0], "prompt_id", f"{len(missing)} prompt(s) have no samples")
+    order = sorted(range(len(positions)), key=positions.__getitem__)
+    return pa.concat_tables(tables).take(order)
 
 
 def ranked_responses(scored: pa.Table, path: str | os.PathLike = "<scored samples>") -> list[dict]:
@@ -554,6 +727,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="policy: causal-LM directory or hub id")
     parser.add_argument("--output", required=True, help="SAMPLES Parquet to write")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--shard", type=int, default=0, help="this job's shard (0-based) of --shards")
+    parser.add_argument("--shards", type=int, default=1, help="sample only the prompts of one shard of this many")
+    parser.add_argument("--work-dir", default=None, help="save each finished batch here; a rerun resumes")
     add_dataclass_arguments(parser, SamplingConfig)
 
 
@@ -561,7 +737,7 @@ def main(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = dataclass_from_args(SamplingConfig, args)
-    sample_responses(args.prompts, args.model, args.output, config)
+    sample_responses(args.prompts, args.model, args.output, config, args.shard, args.shards, args.work_dir)
 
 
 def configure_rank(parser: argparse.ArgumentParser) -> None:
@@ -576,18 +752,22 @@ def main_rank(args: argparse.Namespace) -> None:
 
 
 __all__ = [
+    "BatchCheckpoints",
     "SamplingConfig",
+    "batch_plan",
     "cut_at_stop_strings",
     "decode_response",
     "diverse_beam_search",
     "encode_prompts",
     "generate_responses",
+    "generate_shard",
     "load_policy",
     "merge_samples",
     "pad_left",
     "rank_responses",
     "ranked_responses",
     "sample_responses",
+    "shard_batches",
 ]
 
 
@@ -603,11 +783,14 @@ def sft_rows(samples: pa.Table) -> list[dict]:
 
 def configure_merge(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", nargs="+", required=True, help="SAMPLES Parquet files")
+    parser.add_argument(
+        "--prompts", default=None, help="PROMPTS Parquet: put the rows in its prompt order, every prompt covered"
+    )
     parser.add_argument("--output", required=True, help="merged SAMPLES Parquet to write")
 
 
 def main_merge(args: argparse.Namespace) -> None:
-    merged = merge_samples(args.samples)
+    merged = merge_samples(args.samples, args.prompts)
     write_table(merged, args.output, SAMPLES)
     log.info("merged %d samples from %d files into %s", merged.num_rows, len(args.samples), args.output)
 
