@@ -168,6 +168,8 @@ def test_finegrained_qa_config_is_the_papers_setup(tmp_path):
     evaluation = [line for line in lines if "evaluate-qa " in line or "reward-mean-std " in line]
     assert len(evaluation) == 5 and all("--dtype bfloat16" in line for line in evaluation), evaluation
     assert all(line.count('"dtype": "bfloat16"') in (1, 3) for line in ppo)  # one per reward model
+    # issue 19: PPO in bf16 as the paper (its frozen reference and RMs too), checkpointing stated
+    assert all('"mixed_precision": "bf16"' in line and '"gradient_checkpointing": false' in line for line in ppo)
 
 
 def test_finegrained_detox_config_is_the_papers_setup(tmp_path):
@@ -183,6 +185,7 @@ def test_finegrained_detox_config_is_the_papers_setup(tmp_path):
         line = ppo[f"results/detox/models/{variant}"]
         assert "--policy gpt2-large --value-model gpt2-large" in line
         assert f'"variant": "{variant}"' in line and '"backend": "perspective"' in line and f'"lam": {lam}' in line
+        assert '"mixed_precision": "bf16"' in line and '"gradient_checkpointing": false' in line  # issue 19
     sampling = [line for line in result.stdout.splitlines() if "sample-responses" in line]
     assert all('"num_return_sequences": 25' in line and '"top_p": 0.9' in line for line in sampling)
     evaluation = [line for line in result.stdout.splitlines() if "evaluate-detox" in line]

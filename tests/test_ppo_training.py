@@ -9,6 +9,7 @@ one run goes through the CLI with 2 processes (DDP over gloo).
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -20,12 +21,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
+    LongformerConfig,
+    LongformerForSequenceClassification,
     T5Config,
     T5ForConditionalGeneration,
 )
@@ -49,6 +53,7 @@ from feedbackflow.ppo_training import (
     PPOEngine,
     encode_policy_prompts,
     is_encoder_decoder,
+    load_frozen_models,
     load_policy_model,
     load_value_model,
     response_mask_from_ids,
@@ -410,3 +415,186 @@ def test_two_processes_through_the_cli(tiny, repo_root):
     assert log["step"].tolist() == [1, 2] and log["episodes"].tolist() == [32, 64]
     assert json.loads((root / "policy" / META_FILE).read_text())["processes"] == 2
     assert log["response_length"].between(1, 8).all() and log["kl"].notna().all()
+
+
+# --- T5: one encoder pass per prompt, old log-probs from generation; bf16 frozen models (issue 19) ---------------
+
+
+class EncoderRows:
+    """Records the rows of every forward of some real encoders (forward hooks), by name, while active."""
+
+    def __init__(self, encoders: dict[str, torch.nn.Module]):
+        self.encoders = encoders
+        self.seen = {name: [] for name in encoders}
+
+    def __enter__(self):
+        def hook(name):
+            return lambda module, args, kwargs, output: self.seen[name].append(kwargs["input_ids"].shape[0])
+
+        self.handles = [e.register_forward_hook(hook(n), with_kwargs=True) for n, e in self.encoders.items()]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+
+def encoders_of(engine: PPOEngine) -> dict[str, torch.nn.Module]:
+    model = engine.unwrapped
+    return {"policy": model.policy.get_encoder(), "value": model.value_backbone.get_encoder(),
+            "reference": engine.reference.get_encoder()}  # fmt: skip
+
+
+def test_t5_rollout_encodes_each_prompt_once_with_the_numbers_of_one_pass_per_sample(tiny):
+    """4 prompts x 4 samples: each encoder runs once per rollout on the 4 prompts (before: the value and reference
+    encoders on all 16 samples, and the policy's again for the old log-probs), and the scores equal those of one
+    encoder pass per sample (score_rollout without a prompt index: the old path)."""
+    engine, token_ids, prompts = build_engine(tiny["t5"], samples_per_prompt=4, rollout_forward_batch_size=6)
+    with EncoderRows(encoders_of(engine)) as rows:
+        torch.manual_seed(0)
+        rollout, _ = engine.rollout(token_ids, prompts, kl_coef=0.3)
+    assert rows.seen == {"policy": [4], "value": [4], "reference": [4]}  # the policy's: generate() only
+    assert rollout.prompt_index.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]
+
+    args = (rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask)
+    with EncoderRows(encoders_of(engine)) as rows:
+        per_sample = engine.score_rollout(*args)
+    assert rows.seen == {"policy": [6, 6, 4], "value": [6, 6, 4], "reference": [6, 6, 4]}  # chunks of 6 samples
+    with EncoderRows(encoders_of(engine)) as rows:
+        shared = engine.score_rollout(*args, rollout.prompt_index)
+    assert rows.seen == {"policy": [4], "value": [4], "reference": [4]}
+    for got, want in zip(shared, per_sample, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    torch.testing.assert_close(shared[1], rollout.old_values, atol=1e-6, rtol=0)
+    torch.testing.assert_close(shared[2], rollout.ref_logprobs, atol=1e-6, rtol=0)
+
+
+def test_t5_training_pass_shares_the_encoder_only_where_no_dropout_is_drawn(tiny):
+    """A minibatch of 6 samples of 2 prompts: without dropout, each encoder (policy, value) runs on the 2 prompts
+    and log-probs, values and every gradient (the encoders' included) equal those of one pass per sample; with the
+    model's dropout (0.1, train mode) every sample keeps its own encoder pass and dropout mask."""
+    engine, token_ids, prompts = build_engine(tiny["t5"], samples_per_prompt=4, minibatch_size=6)
+    torch.manual_seed(0)
+    rollout, _ = engine.rollout(token_ids, prompts, kl_coef=0.3)
+    batch, _ = engine.minibatches(rollout)[1]  # rows 6-11: 2 samples of prompt 1, 4 of prompt 2
+    assert batch.prompt_index.tolist() == [1, 1, 2, 2, 2, 2]
+    model = engine.unwrapped
+    model.train()
+    trained_encoders = {k: v for k, v in encoders_of(engine).items() if k != "reference"}
+
+    def forward_backward(prompt_index):
+        model.zero_grad()
+        with EncoderRows(trained_encoders) as rows:
+            logprobs, values = model(batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
+                                     prompt_index)  # fmt: skip
+        (logprobs.sum() + values.sum()).backward()
+        return logprobs, values, {n: p.grad.clone() for n, p in model.named_parameters()}, rows.seen
+
+    assert forward_backward(batch.prompt_index)[3] == {"policy": [6], "value": [6]}  # dropout 0.1: per sample
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    assert forward_backward(batch.prompt_index)[3] == {"policy": [6], "value": [6]}  # T5Attention's own dropout
+    for module in model.modules():
+        if isinstance(getattr(module, "dropout", None), float):
+            module.dropout = 0.0
+    *shared, seen = forward_backward(batch.prompt_index)
+    assert seen == {"policy": [2], "value": [2]}
+    *per_sample, seen = forward_backward(None)
+    assert seen == {"policy": [6], "value": [6]}
+    torch.testing.assert_close(shared[0], per_sample[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(shared[1], per_sample[1], atol=1e-6, rtol=0)
+    encoder_grads = [name for name in per_sample[2] if ".encoder." in name]
+    assert len(encoder_grads) > 10 and all(per_sample[2][name].abs().sum() > 0 for name in encoder_grads)
+    for name, want in per_sample[2].items():
+        torch.testing.assert_close(shared[2][name], want, atol=1e-5, rtol=1e-5, msg=name)  # grads up to ~7
+
+
+def test_t5_old_logprobs_come_from_generation_and_equal_the_forward(tiny):
+    """Seq2seq: the old log-probs are read off generate()'s raw logits (the untempered distribution, as the forward
+    pass gives them); on CPU float32 they agree with the teacher-forced forward to 1.5e-6. Causal policies keep the
+    forward (see the module doc)."""
+    engine, token_ids, _ = build_engine(tiny["t5"], temperature=0.7, top_k=5)
+    assert engine.logprobs_from_generation and not build_engine(tiny["causal"])[0].logprobs_from_generation
+    prompt_ids, prompt_mask = engine.pad_prompts(token_ids)
+    torch.manual_seed(3)
+    response_ids, response_mask, generated = engine.generate_with_logprobs(prompt_ids, prompt_mask, True, 3, True)
+    assert len(set(response_mask.sum(dim=1).tolist())) > 1
+    forward = engine.score_rollout(prompt_ids.repeat_interleave(3, 0), prompt_mask.repeat_interleave(3, 0),
+                                   response_ids, response_mask)[0]  # fmt: skip
+    torch.testing.assert_close(generated, forward, atol=1e-5, rtol=0)
+    assert (generated[~response_mask] == 0).all() and (generated[response_mask] < 0).all()
+    # top-k 5 at temperature 0.7 would give log-probs >= log(1/5) to most tokens: these are the raw ones
+    assert (generated[response_mask] < -2.0).float().mean() > 0.5
+
+
+def tiny_sequence_rm(path: Path, tokenizer) -> str:
+    """A tiny Longformer sequence RM on the PPO tokenizer (random weights)."""
+    config = LongformerConfig(
+        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        attention_window=8, max_position_embeddings=100, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, num_labels=1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    LongformerForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state whose mixed precision cannot change once set: clear it around a test
+    that asks for another precision than the other tests of this process (accelerate's own tests do the same)."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_puts_the_frozen_models_in_bf16_and_a_step_runs(tiny, tmp_path, sigterm_restored,
+                                                             fresh_accelerator_state):  # fmt: skip
+    """mixed_precision bf16 on the CPU: the reference and the reward models are bf16 (the CPU included), and PPO
+    steps run under autocast with finite losses; with "no" every frozen model stays float32, as before."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny["t5"])
+    rm_spec = {"type": "preference", "name": "rm", "model": tiny_sequence_rm(tmp_path / "rm", tokenizer),
+               "mean": 0.0, "std": 1.0, "max_length": 60, "device": "cpu"}  # fmt: skip
+    for precision, dtype in (("bf16", torch.bfloat16), ("no", torch.float32)):
+        functions = build_reward_functions([rm_spec], tokenizer)
+        reference = load_frozen_models(str(tiny["t5"]), True, functions, torch.device("cpu"), precision)
+        assert {p.dtype for p in reference.parameters()} == {dtype}
+        assert {p.dtype for p in functions[0].model.parameters()} == {dtype}
+        assert not reference.training and not any(p.requires_grad for p in reference.parameters())
+
+    seen = []  # the reward model's dtype at each call inside train_ppo
+
+    class Probe:
+        """The real sequence-RM reward, recording its model's dtype at each call."""
+
+        def __init__(self, spec, policy_tokenizer):
+            self.inner = build_reward_functions([{**rm_spec, "name": spec["name"]}], policy_tokenizer)[0]
+            self.name = spec["name"]
+
+        def frozen_models(self):
+            return self.inner.frozen_models()
+
+        def __call__(self, *args):
+            seen.append({p.dtype for p in self.inner.model.parameters()})
+            return self.inner(*args)
+
+    register_reward_type("rm_probe", Probe)
+    try:
+        for precision, dtype in (("bf16", torch.bfloat16), ("no", torch.float32)):
+            seen.clear()
+            AcceleratorState._reset_state(reset_partial_state=True)
+            root = tmp_path / precision
+            config = PPOConfig(**{**TOY, **FAMILIES["t5"], "max_steps": 2, "mixed_precision": precision,
+                                  "gradient_checkpointing": precision == "bf16"})  # fmt: skip
+            history = train_ppo(
+                str(tiny["prompts"]), str(tiny["t5"]), str(tiny["t5"]), [*REWARD_SPEC, {"type": "rm_probe"}],
+                str(root / "policy"), str(root / "value"), str(root / "work"), config,
+            )  # fmt: skip
+            assert len(history) == 2 and seen == [{dtype}, {dtype}]
+            for row in history:
+                assert all(math.isfinite(row[k]) for k in ("policy_loss", "value_loss", "kl", "reward")), row
+            assert json.loads((root / "policy" / META_FILE).read_text())["training"]["mixed_precision"] == precision
+    finally:
+        del REWARD_TYPES["rm_probe"]

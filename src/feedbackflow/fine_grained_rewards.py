@@ -98,6 +98,10 @@ class SegmentErrorReward:
         ]
         return spans, segment_error_predictions(self.model, self.tokenizer, inputs, self.batch_size)
 
+    def frozen_models(self) -> list:
+        """The RM, for PPO to put in its mixed-precision dtype (`ppo_rewards` interface)."""
+        return [self.model]
+
     def __call__(self, prompts: list[str], responses: list[str], token_ids: list[list[int]]) -> RewardResult:
         spans, labels = self.judge(prompts, responses)
         rewards, n_segments, n_correct = [], [], []
@@ -138,6 +142,10 @@ class SequenceReward:
         texts = [response_text(p, r) for p, r in zip(prompts, responses, strict=True)]
         raw = sequence_scores(self.model, self.tokenizer, texts, self.max_length, self.batch_size)
         return raw, [(score - self.mean) / self.std for score in raw]
+
+    def frozen_models(self) -> list:
+        """The RM, for PPO to put in its mixed-precision dtype (`ppo_rewards` interface)."""
+        return [self.model]
 
     def __call__(self, prompts: list[str], responses: list[str], token_ids: list[list[int]]) -> RewardResult:
         raw, normalised = self.normalised(prompts, responses)

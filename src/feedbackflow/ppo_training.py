@@ -15,9 +15,15 @@ One PPO step (the paper's fgrlhf/ppo.py `train`):
    prompt, left-truncated to `max_input_length` and left-padded; seq2seq prompts are encoded as the tokenizer does
    (T5 appends eos), right-truncated as the paper's collate does, and right-padded. A response runs up to and
    including its first eos, which is a response token.
-2. ONE no-grad forward each of the policy (old log-probs), the value model (old values) and the reference, over the
-   generate() output (`rollout_forward_batch_size` may split it into chunks for memory). Log-probs are those of the
-   untempered logits, as in the paper's `forward_pass`; sampling uses the temperature.
+2. ONE no-grad forward each of the value model (old values) and the reference, and for a causal policy of the
+   policy (old log-probs), over the generate() output (`rollout_forward_batch_size` may split it into chunks for
+   memory). Log-probs are those of the untempered logits, as in the paper's `forward_pass`; sampling uses the
+   temperature. A seq2seq policy's old log-probs are read off generate()'s raw logits (`output_logits`: the same
+   untempered distribution; on CPU float32 they agree with the forward to 1.5e-6), which saves the policy's
+   forward; a causal policy keeps the forward (agreement 5e-7, but not bit for bit, and the tiny detox run's numbers
+   are kept exactly; its prompts are short, so that forward is cheap). Seq2seq: every encoder (policy in generate(),
+   value, reference) runs once per prompt, not per sample, and its output is repeated to the prompt's samples
+   (`encoder_hidden_once`; bit-identical on the tiny T5).
 3. rewards: every reward function is called once with (prompts, decoded responses, token ids); the per-token rewards
    are summed; then r_t - kl_coef * (log pi - log pi_ref) on each sampled token (`ppo_losses.kl_penalised_rewards`).
 4. rewards whitened without shifting the mean when `whiten_rewards` (statistics over every process), GAE(gamma, lam)
@@ -28,7 +34,9 @@ One PPO step (the paper's fgrlhf/ppo.py `train`):
    minibatch's mean response length / the whole rollout's (all processes), and accumulates the gradients
    (summed over minibatches, averaged over processes by DDP, exactly the paper's `accelerator.backward` per
    minibatch); then ONE optimiser step and one scheduler step per epoch. Policy and value are in train mode during
-   the epochs (dropout on, as in the paper) and in eval mode for the rollout.
+   the epochs (dropout on, as in the paper) and in eval mode for the rollout. Seq2seq: a minibatch's encoder pass
+   is shared by the samples of one prompt (gradients summed over them) only when the encoder draws no dropout;
+   with dropout (t5's 0.1) each sample keeps its own pass and its own dropout mask, as in the paper's code.
 6. the KL controller is updated with the step's mean per-response KL; training stops early once that KL has
    exceeded `kl_threshold` on `kl_patience` steps (the paper's count, not reset in between; `ppo_losses.KLEarlyStop`).
 
@@ -49,10 +57,24 @@ its eos (see `ppo_losses.masked_whiten` for the paper's two slips); the early st
 every process (the paper's flag is set on the main process only, when wandb logging is on); the run has
 `total_steps` steps (the paper's loop runs one more); the value clamp and losses are otherwise the paper's.
 
+Precision (`mixed_precision`, as every trainer's: "no", "fp16" or "bf16"; the paper's train_*.sh: bf16). The
+trained policy and value keep float32 master weights and compute under accelerate's autocast (the training forward,
+generate() and the rollout forwards). Under bf16 the frozen models are bf16 too, on every device (the CPU
+included): the reference and every reward function's models (`frozen_models()`, `load_frozen_models`); otherwise the
+reference is float32 (so the KL is 0 before any update) and the reward models as their spec's `dtype` asks (the
+config's `inference_dtype` on a GPU). `gradient_checkpointing` recomputes the policy's and the value body's
+activations in the backward pass (the same numbers, less memory).
+
 Outputs (atomic): the value model directory first, then the policy directory (`save_pretrained` + tokenizer) holding
 `training_log.parquet` (formats.PPO_LOG, one row per PPO step) and `ppo_training.json` (the summary).
-Runs on one process or under DDP (`accelerate launch`, config/accelerate/ddp.yaml); DeepSpeed is refused (several
-backward passes per optimiser step and generation under ZeRO-3 are not handled).
+Runs on one process or under DDP (`accelerate launch`, config/accelerate/ddp.yaml); DeepSpeed is refused: the loop
+backpropagates several minibatches per optimiser step through `accelerator.backward` + `no_sync` (a DeepSpeed engine
+steps its own optimiser on its own accumulation count), and generate() under ZeRO-3 needs every rank in every decode
+step (synced_gpus) while the responses end at different lengths; neither is handled. It does not matter at paper
+scale, where everything fits DDP on one A100 per process (weights + gradients + Adam: 16 bytes per trained
+parameter): qa trains t5-large + a t5-base value body (~0.96e9 parameters: ~15 GB), detox gpt2-large + a gpt2-large
+value body (~1.55e9: ~25 GB), plus the bf16 reference (~1.5 GB) and reward models (3 Longformer-base: ~0.9 GB), and
+activations of one minibatch sample (1,024 + 200 tokens for qa).
 """
 
 from __future__ import annotations
@@ -84,6 +106,7 @@ from transformers import (
     PreTrainedTokenizerBase,
     get_scheduler,
 )
+from transformers.modeling_outputs import BaseModelOutput
 
 from feedbackflow.checkpoints import CheckpointStore, StopSignal, fingerprint_of
 from feedbackflow.errors import ConfigError, DataError
@@ -246,13 +269,17 @@ def forward_inputs(
     prompt_mask: torch.Tensor,
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
-) -> dict[str, torch.Tensor | bool]:
+    encoder_hidden: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor | bool | BaseModelOutput]:
     """Keyword arguments of one teacher-forced forward over prompt + response (no KV cache): the prompt to the
-    encoder and the shifted response to the decoder (seq2seq), or the concatenation (causal, `causal_inputs`)."""
+    encoder and the shifted response to the decoder (seq2seq), or the concatenation (causal, `causal_inputs`).
+    Seq2seq with `encoder_hidden` (B, P, d): the decoder reads that encoder output (`encoder_hidden_once`) and the
+    encoder does not run."""
     if encoder_decoder:
         decoder_ids = shift_right(response_ids, model.config.decoder_start_token_id)
-        return {"input_ids": prompt_ids, "attention_mask": prompt_mask, "decoder_input_ids": decoder_ids,
-                "use_cache": False}  # fmt: skip
+        prompt = {"input_ids": prompt_ids} if encoder_hidden is None else {
+            "encoder_outputs": BaseModelOutput(last_hidden_state=encoder_hidden)}  # fmt: skip
+        return {**prompt, "attention_mask": prompt_mask, "decoder_input_ids": decoder_ids, "use_cache": False}
     input_ids, attention_mask, position_ids = causal_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
 
@@ -270,10 +297,12 @@ def policy_response_logprobs(
     prompt_mask: torch.Tensor,
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
+    encoder_hidden: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, R) log pi(response token | prompt, earlier response tokens); used for policy and reference alike."""
     length = response_ids.shape[1]
-    inputs = forward_inputs(policy, encoder_decoder, prompt_ids, prompt_mask, response_ids, response_mask)
+    inputs = forward_inputs(policy, encoder_decoder, prompt_ids, prompt_mask, response_ids, response_mask,
+                            encoder_hidden)  # fmt: skip
     if encoder_decoder:
         logits = policy(**inputs).logits
     else:
@@ -289,11 +318,13 @@ def response_values(
     prompt_mask: torch.Tensor,
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
+    encoder_hidden: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, R) values: the head on the decoder's last hidden state (seq2seq), or on the last hidden state of the
     position that predicts each response token (causal)."""
     length = response_ids.shape[1]
-    inputs = forward_inputs(backbone, encoder_decoder, prompt_ids, prompt_mask, response_ids, response_mask)
+    inputs = forward_inputs(backbone, encoder_decoder, prompt_ids, prompt_mask, response_ids, response_mask,
+                            encoder_hidden)  # fmt: skip
     hidden = backbone(**inputs).last_hidden_state
     if not encoder_decoder:
         start = prompt_ids.shape[1] - 1
@@ -311,12 +342,12 @@ class PolicyAndValue(nn.Module):
         self.value_head = value_head
         self.encoder_decoder = encoder_decoder
 
-    def logprobs(self, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+    def logprobs(self, prompt_ids, prompt_mask, response_ids, response_mask, encoder_hidden=None) -> torch.Tensor:
         return policy_response_logprobs(
-            self.policy, self.encoder_decoder, prompt_ids, prompt_mask, response_ids, response_mask
+            self.policy, self.encoder_decoder, prompt_ids, prompt_mask, response_ids, response_mask, encoder_hidden
         )
 
-    def values(self, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+    def values(self, prompt_ids, prompt_mask, response_ids, response_mask, encoder_hidden=None) -> torch.Tensor:
         return response_values(
             self.value_backbone,
             self.value_head,
@@ -325,18 +356,72 @@ class PolicyAndValue(nn.Module):
             prompt_mask,
             response_ids,
             response_mask,
+            encoder_hidden,
         )
 
-    def forward(self, prompt_ids, prompt_mask, response_ids, response_mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log-probs, values) of the response tokens."""
+    def forward(
+        self, prompt_ids, prompt_mask, response_ids, response_mask, prompt_index=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-probs, values) of the response tokens. Seq2seq with `prompt_index`: each encoder runs once per
+        distinct prompt of the batch where that gives the same numbers (`encoder_hidden_once`)."""
         args = (prompt_ids, prompt_mask, response_ids, response_mask)
-        return self.logprobs(*args), self.values(*args)
+        policy_hidden = value_hidden = None
+        if self.encoder_decoder and prompt_index is not None:
+            policy_hidden = encoder_hidden_once(self.policy, prompt_ids, prompt_mask, prompt_index)
+            value_hidden = encoder_hidden_once(self.value_backbone, prompt_ids, prompt_mask, prompt_index)
+        return self.logprobs(*args, policy_hidden), self.values(*args, value_hidden)
 
     def policy_parameters(self):
         return self.policy.parameters()
 
     def value_parameters(self):
         return chain(self.value_backbone.parameters(), self.value_head.parameters())
+
+
+def dropout_active(module: nn.Module) -> bool:
+    """True when a forward of `module` draws dropout masks: train mode, and an `nn.Dropout` with p > 0 or a float
+    `*dropout*` attribute > 0 (the probability that attention layers such as T5's pass to functional dropout)."""
+
+    def draws(m: nn.Module) -> bool:
+        if isinstance(m, nn.Dropout):
+            return m.p > 0
+        return any("dropout" in k and isinstance(v, float) and v > 0 for k, v in vars(m).items())
+
+    return module.training and any(draws(m) for m in module.modules())
+
+
+def prompt_groups(prompt_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first row of each run of equal consecutive `prompt_index` values, each row's run number)."""
+    _, inverse, counts = torch.unique_consecutive(prompt_index, return_inverse=True, return_counts=True)
+    return counts.cumsum(0) - counts, inverse
+
+
+def encoder_hidden_once(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    prompt_index: torch.Tensor,
+    chunk: int | None = None,
+) -> torch.Tensor | None:
+    """(B, P, d) encoder output of a seq2seq `model` for every row, the encoder run once per prompt: the samples of
+    one prompt are consecutive rows with the same `prompt_index`, and the output of the prompt's first row is
+    repeated to the others (index_select: in a training pass the encoder's gradient sums over those rows, as it
+    would over one pass per sample). `chunk` bounds the prompts per encoder call.
+
+    None (encode each row in its own decoder forward, as before) when the encoder draws dropout masks: one pass per
+    sample gives each sample a mask of its own, as in the paper's code, and a shared pass would share one mask
+    among a prompt's samples. So it applies to every no-grad pass of the rollout (eval mode), and to the training
+    passes only with dropout 0."""
+    encoder = model.get_encoder()
+    if dropout_active(encoder):
+        return None
+    first, inverse = prompt_groups(prompt_index)
+    size = chunk or len(first)
+    hidden = torch.cat([
+        encoder(input_ids=prompt_ids[rows], attention_mask=prompt_mask[rows]).last_hidden_state
+        for rows in first.split(size)
+    ])  # fmt: skip
+    return hidden.index_select(0, inverse)
 
 
 def is_encoder_decoder(name_or_path: str) -> bool:
@@ -424,6 +509,7 @@ class Rollout:
     ref_logprobs: torch.Tensor
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
+    prompt_index: torch.Tensor | None = None  # (B,) the prompt of each sample (its samples are consecutive rows)
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
@@ -478,6 +564,8 @@ class PPOEngine:
         if not eos:
             raise ConfigError(f"neither the policy nor tokenizer {tokenizer.name_or_path!r} defines an eos token")
         self.eos_ids = torch.tensor(sorted(eos), device=accelerator.device)
+        # old log-probs from generate()'s logits instead of a policy forward: seq2seq only (see the module doc)
+        self.logprobs_from_generation = encoder_decoder
 
     @property
     def unwrapped(self) -> PolicyAndValue:
@@ -501,6 +589,16 @@ class PPOEngine:
         self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sample: bool, n: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(response_ids, response_mask) of n responses per prompt (consecutive rows), padding columns trimmed."""
+        response_ids, response_mask, _ = self.generate_with_logprobs(prompt_ids, prompt_mask, sample, n, False)
+        return response_ids, response_mask
+
+    @torch.no_grad()
+    def generate_with_logprobs(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sample: bool, n: int, logprobs: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """`generate`, and with `logprobs` the (B, R) log-probs of the response tokens under the policy, read off
+        generate()'s raw logits (`output_logits`: before temperature and top-k/top-p, the same definition as the
+        teacher-forced forward's); 0 past each response's end."""
         config = self.config
         kwargs = {
             "max_new_tokens": config.max_new_tokens,
@@ -508,6 +606,8 @@ class PPOEngine:
             "pad_token_id": self.pad_id,
             "eos_token_id": self.eos_ids.tolist(),
             "use_cache": True,
+            "return_dict_in_generate": True,
+            "output_logits": logprobs,
         }
         if sample:
             kwargs.update(do_sample=True, top_k=config.top_k, top_p=config.top_p, temperature=config.temperature)
@@ -516,30 +616,49 @@ class PPOEngine:
         policy = self.unwrapped.policy
         policy.eval()
         with self.accelerator.autocast():
-            sequences = policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kwargs)
+            out = policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kwargs)
+        sequences = out.sequences
         generated = sequences[:, 1:] if self.encoder_decoder else sequences[:, prompt_ids.shape[1] :]
         mask = response_mask_from_ids(generated, self.eos_ids)
         length = max(int(mask.sum(dim=1).max()), 1)
         response_ids = torch.where(mask, generated, torch.full_like(generated, self.pad_id))[:, :length]
-        return response_ids.contiguous(), mask[:, :length].contiguous()
+        response_ids, mask = response_ids.contiguous(), mask[:, :length].contiguous()
+        if not logprobs:
+            return response_ids, mask, None
+        steps = [gathered_logprobs(logits, response_ids[:, t]) for t, logits in enumerate(out.logits[:length])]
+        return response_ids, mask, torch.where(mask, torch.stack(steps, dim=1), 0.0)
 
     @torch.no_grad()
-    def score_rollout(self, prompt_ids, prompt_mask, response_ids, response_mask) -> tuple[torch.Tensor, ...]:
-        """(old log-probs, old values, reference log-probs): one batched no-grad forward of each model."""
+    def score_rollout(
+        self, prompt_ids, prompt_mask, response_ids, response_mask, prompt_index=None, old_logprobs=None
+    ) -> tuple[torch.Tensor, ...]:
+        """(old log-probs, old values, reference log-probs): one batched no-grad forward of each model; none of the
+        policy when `old_logprobs` (from generation) are given. Seq2seq with `prompt_index`: each model's encoder
+        runs once per prompt (`encoder_hidden_once`), its decoder once per sample."""
         unwrapped = self.unwrapped
         unwrapped.eval()
         chunk = self.config.rollout_forward_batch_size or len(response_ids)
+        models = {"value": unwrapped.value_backbone, "reference": self.reference}
+        if old_logprobs is None:
+            models["policy"] = unwrapped.policy
         parts = []
         with self.accelerator.autocast():
+            hidden = {}
+            if self.encoder_decoder and prompt_index is not None:
+                hidden = {name: encoder_hidden_once(model, prompt_ids, prompt_mask, prompt_index, chunk)
+                          for name, model in models.items()}  # fmt: skip
             for start in range(0, len(response_ids), chunk):
-                args = tuple(t[start : start + chunk] for t in (prompt_ids, prompt_mask, response_ids, response_mask))
+                rows = slice(start, start + chunk)
+                args = tuple(t[rows] for t in (prompt_ids, prompt_mask, response_ids, response_mask))
+                encoded = {name: h[rows] for name, h in hidden.items() if h is not None}
                 parts.append(
                     (
-                        unwrapped.logprobs(*args),
-                        unwrapped.values(*args),
-                        policy_response_logprobs(self.reference, self.encoder_decoder, *args),
+                        old_logprobs[rows] if old_logprobs is not None
+                        else unwrapped.logprobs(*args, encoded.get("policy")),
+                        unwrapped.values(*args, encoded.get("value")),
+                        policy_response_logprobs(self.reference, self.encoder_decoder, *args, encoded.get("reference")),
                     )
-                )
+                )  # fmt: skip
         joined = [torch.cat(tensors) for tensors in zip(*parts, strict=True)]
         return tuple(torch.where(response_mask, t, torch.zeros_like(t)) for t in joined)
 
@@ -570,11 +689,14 @@ class PPOEngine:
         config = self.config
         n = config.samples_per_prompt
         prompt_ids, prompt_mask = self.pad_prompts(prompt_token_ids)
-        response_ids, response_mask = self.generate(prompt_ids, prompt_mask, sample=True, n=n)
+        response_ids, response_mask, generated_logprobs = self.generate_with_logprobs(
+            prompt_ids, prompt_mask, sample=True, n=n, logprobs=self.logprobs_from_generation
+        )
+        prompt_index = torch.arange(len(prompt_token_ids), device=prompt_ids.device).repeat_interleave(n)
         prompt_ids = prompt_ids.repeat_interleave(n, dim=0)
         prompt_mask = prompt_mask.repeat_interleave(n, dim=0)
         old_logprobs, old_values, ref_logprobs = self.score_rollout(
-            prompt_ids, prompt_mask, response_ids, response_mask
+            prompt_ids, prompt_mask, response_ids, response_mask, prompt_index, generated_logprobs
         )
         sample_prompts = [p for p in prompts for _ in range(n)]
         raw, per_function, statistics = self.rewards_of(sample_prompts, response_ids, response_mask)
@@ -586,7 +708,7 @@ class PPOEngine:
         advantages, returns = gae_advantages(rewards, old_values, response_mask, config.gamma, config.lam)
         advantages = masked_whiten(advantages, response_mask, shift_mean=True, reduce=reduce)
         rollout = Rollout(prompt_ids, prompt_mask, response_ids, response_mask, old_logprobs, old_values,
-                          ref_logprobs, advantages, returns)  # fmt: skip
+                          ref_logprobs, advantages, returns, prompt_index)  # fmt: skip
         # global means over samples of per-response sums (the paper's logged rewards/raw and rewards/kl)
         lengths = response_mask.sum(dim=1)
         columns = {
@@ -632,7 +754,9 @@ class PPOEngine:
             sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
             with sync:
                 mask = batch.response_mask
-                logprobs, values = self.model(batch.prompt_ids, batch.prompt_mask, batch.response_ids, mask)
+                logprobs, values = self.model(
+                    batch.prompt_ids, batch.prompt_mask, batch.response_ids, mask, batch.prompt_index
+                )
                 policy_loss, clip_fraction = clipped_policy_loss(
                     logprobs, batch.old_logprobs, batch.advantages, mask, config.cliprange
                 )
@@ -733,6 +857,43 @@ def save_value_model(
     write_json({"head": "Linear(d, d) -> GELU -> Linear(d, 1)", **meta}, output_dir / VALUE_META_FILE)
 
 
+def frozen_dtype(mixed_precision: str) -> torch.dtype | None:
+    """bfloat16 under bf16 mixed precision, where the trained models compute in bf16 (autocast over float32 master
+    weights): PPO's frozen models (reference, reward models) are then kept in bf16 on every device. None otherwise:
+    the reference in float32 (the policy's dtype, so the KL is 0 before any update), the reward models as their
+    spec's `dtype` asks (fp16 is not applied to frozen models: T5 overflows in float16 weights)."""
+    return torch.bfloat16 if mixed_precision == "bf16" else None
+
+
+def frozen_models_of(function: RewardFunction) -> list[nn.Module]:
+    """The torch models a reward function scores with (its `frozen_models()`; none for e.g. a toxicity API)."""
+    method = getattr(function, "frozen_models", None)
+    return list(method()) if method is not None else []
+
+
+def load_frozen_models(
+    policy_path: str,
+    encoder_decoder: bool,
+    reward_functions: list[RewardFunction],
+    device: torch.device,
+    mixed_precision: str,
+) -> nn.Module:
+    """The frozen reference (the initial policy) on `device`; under bf16 mixed precision it and the reward
+    functions' models are put in bf16 on every device, the CPU included (`inference.load_for_inference` keeps the
+    CPU in float32, while bf16 mixed precision computes the trained models in bf16 there as well)."""
+    frozen = frozen_dtype(mixed_precision)
+    reference = load_for_inference(
+        AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM,
+        policy_path,
+        device=device,
+        dtype=frozen or torch.float32,
+    )
+    if frozen is not None:
+        for model in [reference, *chain.from_iterable(frozen_models_of(f) for f in reward_functions)]:
+            model.to(frozen)
+    return reference
+
+
 def train_ppo(
     prompts_path: str,
     policy_path: str,
@@ -767,12 +928,8 @@ def train_ppo(
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
     reward_functions = build_reward_functions(reward_spec, tokenizer)
     policy = load_policy_model(policy_path, encoder_decoder)
-    reference = load_for_inference(  # frozen: the policy's dtype (float32), so that the KL is 0 before any update
-        AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM,
-        policy_path,
-        device=accelerator.device,
-        dtype=torch.float32,
-    )
+    reference = load_frozen_models(policy_path, encoder_decoder, reward_functions, accelerator.device,
+                                   config.mixed_precision)  # fmt: skip
     value_backbone, value_head = load_value_model(value_path, seed=config.seed)
     if value_backbone.get_input_embeddings().num_embeddings < len(tokenizer):
         raise ConfigError(f"value model {value_path!r} has a smaller vocabulary than the policy's tokenizer")
