@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 from diverse_beam_reference import reference_diverse_beam_search
+from test_experiment_configs import check_stage_arguments, stage_commands
+from workflow_runs import copy_project, planned_jobs, snakemake
 
 from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.formats import PROMPTS, RANKED_RESPONSES, SAMPLES, SCORED_SAMPLES, read_table, write_rows
@@ -33,10 +37,12 @@ from feedbackflow.sampling import (
     merge_samples,
     pad_left,
     ranked_responses,
+    sample_responses,
     shard_batches,
 )
 from feedbackflow.tiny_models import TinyModelConfig, build_causal_lm, build_gpt2_lm, train_tokenizer
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = TinyModelConfig(
     seed=3,
     vocab_size=300,
@@ -367,7 +373,7 @@ def run_stage(configure_stage, main_stage, argv: list[str]) -> None:
     main_stage(parser.parse_args(argv))
 
 
-@pytest.mark.parametrize("shards", [2, 3])
+@pytest.mark.parametrize("shards", [2, 4])  # 4 shards of 3 batches: one is empty
 def test_sharded_sampling_gathers_to_the_unsharded_samples(model, tokenizer, tmp_path, shards):
     """The paper's decoding (diverse beam search) on 6 prompts in 3 batches: `shards` sample-responses jobs, then
     merge-samples with --prompts, give the table one job gives (rows in prompt-file order)."""
@@ -433,3 +439,75 @@ def test_gathering_shards_checks_prompt_coverage(tmp_path):
     with pytest.raises(DataError) as caught:
         merge_samples([second, first, stray], prompts)
     assert (caught.value.path, caught.value.record, caught.value.field) == (stray, 0, "prompt_id")
+
+
+def project_copy(path: Path) -> Path:
+    path.mkdir()
+    return copy_project(REPO_ROOT, path)
+
+
+def write_overlay(path, config: dict) -> str:
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_workflow_plans_one_sampling_job_per_shard_and_a_gather(tmp_path):
+    """`rrhf.sampling_shards: 3` over the default config: a real `snakemake -n` plans 3 sample-responses jobs (shards
+    0-2, each its own output and work dir, their flags accepted by the stage's parser) and one merge-samples job
+    gathering them in prompt order into the file merge_rrhf_train_samples reads; 1 shard (the default) plans one."""
+    workdir = project_copy(tmp_path / "project")
+    target = "results/rrhf/samples/train.merged.parquet"
+    default = snakemake(workdir, target, "-n")
+    assert planned_jobs(default.stdout)["sample_rrhf_train"] == 1
+    assert "gather_rrhf_train_samples" not in planned_jobs(default.stdout)
+    overlay = write_overlay(tmp_path / "shards.yaml", {"rrhf": {"sampling_shards": 3}})
+    result = snakemake(workdir, target, "-n", "-p", "--configfile", "config/config.yaml", overlay)
+    jobs = planned_jobs(result.stdout)
+    assert jobs["sample_rrhf_train"] == 3 and jobs["gather_rrhf_train_samples"] == 1
+    commands = [argv for argv, _ in stage_commands(result.stdout)]
+    sampling = sorted((a for a in commands if a[0] == "sample-responses"), key=lambda a: a[a.index("--shard") + 1])
+    for k, argv in enumerate(sampling):
+        check_stage_arguments(argv, 1)
+        assert argv[argv.index("--shard") + 1 :][:3] == [str(k), "--shards", "3"]
+        assert argv[argv.index("--output") + 1] == f"results/rrhf/samples/train.policy.shard{k}-of-3.parquet"
+        assert argv[argv.index("--work-dir") + 1] == f"results/work/rrhf/sample_train/shard{k}-of-3"
+    (gather,) = [a for a in commands if a[0] == "merge-samples" and "--prompts" in a]
+    check_stage_arguments(gather, 1)
+    assert gather[gather.index("--samples") + 1 : gather.index("--prompts")] == [
+        f"results/rrhf/samples/train.policy.shard{k}-of-3.parquet" for k in range(3)
+    ]
+    assert gather[gather.index("--output") + 1] == "results/rrhf/samples/train.policy.parquet"
+
+
+def test_workflow_sampling_on_two_shards_gathers_to_the_one_job_file(model, tokenizer, tmp_path):
+    """A real run of the training-set sampling rules (convert, 2 shard jobs, gather) on a tiny policy and 6 HH
+    prompts with the paper's diverse beam search gives the file one sample-responses job writes (the 1-shard rule's
+    command, run here in-process on the same converted prompts)."""
+    policy, _ = policy_and_prompts(model, tokenizer, tmp_path, BEAM_PROMPTS)
+    raw = tmp_path / "hh.jsonl"
+    pairs = [(text, " Yes.", " No.") for text in BEAM_PROMPTS if text.startswith("\n\nHuman:")]
+    pairs += [(f"\n\nHuman: {text}\n\nAssistant:", " Sure.", " No.") for text in BEAM_PROMPTS[1:4]]
+    raw.write_text("".join(json.dumps({"chosen": p + c, "rejected": p + r}) + "\n" for p, c, r in pairs))
+    sampling = {"max_new_tokens": 5, "num_beams": 4, "num_beam_groups": 4, "do_sample": False, "batch_size": 2}
+    workdir = project_copy(tmp_path / "project")
+    overlay = {
+        "experiments": ["rrhf"],
+        "rrhf": {
+            "prompts": {"train": {"path": str(raw), "format": "hh", "max_prompts": None}},
+            "sft": None,
+            "policy": policy,
+            "sampling": sampling,
+            "sampling_shards": 2,
+        },
+    }
+    configfile = write_overlay(tmp_path / "overlay.yaml", overlay)
+    target = "results/rrhf/samples/train.policy.parquet"
+    result = snakemake(workdir, target, "--cores", "2", "--configfile", "config/config.yaml", configfile)
+    assert "4 of 4 steps (100%) done" in result.stderr  # convert, 2 shards, gather
+    assert not list((workdir / "results/work/rrhf/sample_train").iterdir())  # each shard removed its batches
+    one_job = tmp_path / "one_job.parquet"
+    merged = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())  # the rule's hparams
+    config = SamplingConfig(**{**merged["rrhf"]["sampling"], **sampling}, seed=merged["seed"], origin="policy")
+    sample_responses(workdir / "results/rrhf/data/train.prompts.parquet", policy, one_job, config)
+    expected = read_table(one_job, SAMPLES)
+    assert expected.num_rows == 4 * len(pairs) and read_table(workdir / target, SAMPLES).equals(expected)

@@ -8,6 +8,13 @@ first occurrence of any stop string (such as "\\n\\nHuman:") and stripped of sur
 empty. Generation is seeded (`torch.manual_seed(seed)` once, before the first batch), so a run is reproducible for
 the same prompts, model, config and device; sampled texts do depend on `batch_size` (the random stream is shared).
 
+Shards (`--shard k --shards n`: one job per shard, RRHF's `rrhf.sampling_shards`). The batches are planned over all
+prompts as above and shard k takes a run of consecutive batches (`shard_batches`), so greedy and beam-search responses
+do not depend on the shard count. Shard k is seeded with `seed + k` (shard 0 of 1 is the unsharded run), so sampled
+texts do. `merge-samples --prompts` gathers the shard files in prompt order. With `--work-dir`, each finished batch
+is saved with the random state after it (`BatchCheckpoints`), and a rerun resumes after the last saved batch with the
+responses an uninterrupted run gives.
+
 Diverse beam search (Vijayakumar et al. 2016; the paper's 4 beams, 4 groups, diversity penalty 1.0). Transformers 5
 moved group beam search out of the library into the hub repository "transformers-community/group-beam-search",
 loaded with `trust_remote_code`, which cannot be reached offline. So `num_beam_groups > 1` runs
@@ -18,7 +25,9 @@ is accumulated into the beam scores, as in Transformers 4); each group keeps its
 sum of log-probabilities / generated length ** length_penalty, eos counted); and the `num_return_sequences` best
 hypotheses over all groups are returned. Like Transformers 4 beam search without sampling, it ignores
 `temperature`, `top_k` and `top_p`. It uses the model's forward pass with a `DynamicCache` (left padding, position
-ids from the attention mask), reordered between steps like `generate` does.
+ids from the attention mask), reordered between steps like `generate` does. The decode step runs on tensors for all
+prompts at once. It loops over the groups only, and reads from the device once per step (may every group stop?);
+`tests/diverse_beam_reference.py` keeps the earlier per-prompt loop, which gives the same token lists.
 """
 
 from __future__ import annotations

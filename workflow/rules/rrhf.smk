@@ -88,25 +88,77 @@ if config["rrhf"].get("sft"):
             "--hparams {params.hparams:q} > {log:q} 2>&1"
 
 
+# The policy's training samples. With `rrhf.sampling_shards` N > 1, N jobs each sample one shard (consecutive
+# batches of the length-sorted prompts; sample-responses --shard/--shards) into its own file, so SLURM runs them on
+# N GPUs at once and a retry keeps the finished shards; a local job gathers them in prompt order into the one file
+# the later rules read. Each job saves its finished batches in its work dir and a rerun resumes after the last one.
+RRHF_SAMPLING_SHARDS = config["rrhf"].get("sampling_shards", 1)
+RRHF_TRAIN_SAMPLES = f"{RESULTS}/rrhf/samples/train.policy.parquet"
+
+if RRHF_SAMPLING_SHARDS > 1:
+
+    localrules:
+        gather_rrhf_train_samples,
+
+    rule gather_rrhf_train_samples:
+        input:
+            shards=expand(
+                f"{RESULTS}/rrhf/samples/train.policy.shard{{shard}}-of-{RRHF_SAMPLING_SHARDS}.parquet",
+                shard=range(RRHF_SAMPLING_SHARDS),
+            ),
+            prompts=f"{RESULTS}/rrhf/data/train.prompts.parquet",
+        output:
+            RRHF_TRAIN_SAMPLES,
+        threads: job_threads("cpu")
+        resources:
+            **job_resources("cpu"),
+        log:
+            f"{RESULTS}/logs/rrhf/gather_train_samples.log",
+        conda:
+            "../envs/feedbackflow.yaml"
+        shell:
+            "python -m feedbackflow merge-samples --samples {input.shards:q} --prompts {input.prompts:q} "
+            "--output {output:q} > {log:q} 2>&1"
+
+
 rule sample_rrhf_train:
     input:
         prompts=f"{RESULTS}/rrhf/data/train.prompts.parquet",
         model=local_input(rrhf_policy()),
     output:
-        f"{RESULTS}/rrhf/samples/train.policy.parquet",
+        (
+            f"{RESULTS}/rrhf/samples/train.policy.shard{{shard}}-of-{RRHF_SAMPLING_SHARDS}.parquet"
+            if RRHF_SAMPLING_SHARDS > 1
+            else RRHF_TRAIN_SAMPLES
+        ),
+    wildcard_constraints:
+        shard=r"\d+",
     params:
         model=model_argument(rrhf_policy()),
         hparams=hparams({"seed": config["seed"], "origin": "policy", **config["rrhf"]["sampling"]}),
+        shard=lambda wildcards: (
+            f"--shard {wildcards.shard} --shards {RRHF_SAMPLING_SHARDS}" if RRHF_SAMPLING_SHARDS > 1 else ""
+        ),
+        work_dir=lambda wildcards: (
+            f"{RESULTS}/work/rrhf/sample_train/shard{wildcards.shard}-of-{RRHF_SAMPLING_SHARDS}"
+            if RRHF_SAMPLING_SHARDS > 1
+            else f"{RESULTS}/work/rrhf/sample_train/all"
+        ),
     threads: job_threads("evaluation")
     resources:
         **job_resources("evaluation"),
     log:
-        f"{RESULTS}/logs/rrhf/sample_train.log",
+        (
+            f"{RESULTS}/logs/rrhf/sample_train_shard{{shard}}.log"
+            if RRHF_SAMPLING_SHARDS > 1
+            else f"{RESULTS}/logs/rrhf/sample_train.log"
+        ),
     conda:
         "../envs/feedbackflow.yaml"
     shell:
         "python -m feedbackflow sample-responses --prompts {input.prompts:q} --model {params.model:q} "
-        "--output {output:q} --threads {threads} --hparams {params.hparams:q} > {log:q} 2>&1"
+        "--output {output:q} --threads {threads} --hparams {params.hparams:q} {params.shard} "
+        "--work-dir {params.work_dir:q} > {log:q} 2>&1"
 
 
 rule merge_rrhf_train_samples:
