@@ -73,7 +73,8 @@ def stubbed_services(workdir: Path, configs: list[str]):
     if not services:
         yield [], {}
         return
-    with StubOpenAIServer(judge_score, max_requests=100_000) as openai_stub, StubPerspectiveServer() as perspective:
+    openai_stub = StubOpenAIServer(judge_score, max_requests=100_000)
+    with openai_stub, StubPerspectiveServer(max_requests=100_000) as perspective:
         changes: dict = {}
         for service in services:
             url = perspective.url if service.where == "detox.toxicity" else openai_stub.base_url

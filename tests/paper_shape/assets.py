@@ -26,6 +26,7 @@ import torch
 from transformers import GPTJForCausalLM
 
 from feedbackflow.import_reward_model import ImportRewardModelConfig, import_reward_model
+from feedbackflow.instruct_rm import answer_candidates
 from feedbackflow.synthetic import escape_corpus_line
 from feedbackflow.tiny_models import (
     CAUSAL_FAMILY_BUILDERS,
@@ -43,7 +44,7 @@ WIDTH = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "n
 MAX_POSITIONS = {"llama": 2048, "gpt2": 1024, "opt": 2048, "gptj": 2048, "t5": 2048, "longformer": 4096}
 LONGFORMER_WINDOW = 512  # longformer-base-4096's attention window: inputs are padded to a multiple of it
 HH_FIRST, HH_LONGEST = 16, 8  # records of the real HH harmless-base test split kept: the first and the longest
-DSP_FIRST, DSP_LONGEST = 4, 2
+DSP_FIRST, DSP_LONGEST = 6, 2  # 8 queries: 32 CRFT pairs per domain, 2 accumulation steps of 16
 QA_FIRST, QA_LONGEST = 12, 4
 
 
@@ -129,7 +130,7 @@ class PaperShapeAssets:
         for record in records:
             passages = [{"wikipage": p[0], "content": " ".join(p[1:])} for p in record["passages"]]
             context = " | ".join(f"wikipage: {p['wikipage']} text: {p['content']}" for p in passages)
-            prompts.append({"question": record["question"], "passages": passages, "answer": record["gold"],
+            prompts.append({"question": record["question"], "passages": passages, "answer": [record["gold"]],
                             "text": f"question: {record['question']} context: {context}"})  # fmt: skip
         out.write_text(json.dumps(prompts))
 
@@ -193,6 +194,10 @@ class PaperShapeAssets:
 
     def _tokenizer(self, family: str, architecture: str = "causal"):
         tokenizer = train_tokenizer([self._corpus()], VOCAB_SIZE, MAX_POSITIONS[family])
+        if architecture == "causal":
+            # InstructRM's answer words are single tokens in the hub tokenizers (LLaMA, GPT-2, OPT), not in a
+            # 1,000-token BPE: without them every InstructRM score is unparsed (no Yes/No token)
+            tokenizer.add_tokens(answer_candidates())
         return add_special_token_template(tokenizer, architecture)
 
     def _save(self, out: Path, model, tokenizer) -> None:
