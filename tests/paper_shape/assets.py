@@ -45,7 +45,7 @@ MAX_POSITIONS = {"llama": 2048, "gpt2": 1024, "opt": 2048, "gptj": 2048, "t5": 2
 LONGFORMER_WINDOW = 512  # longformer-base-4096's attention window: inputs are padded to a multiple of it
 HH_FIRST, HH_LONGEST = 16, 8  # records of the real HH harmless-base test split kept: the first and the longest
 DSP_FIRST, DSP_LONGEST = 6, 2  # 8 queries: 32 CRFT pairs per domain, 2 accumulation steps of 16
-QA_FIRST, QA_LONGEST = 12, 4
+QA_FIRST, QA_LONGEST = 32, 4  # R2 keeps ~80% of records as rows: >= 24 (the RMs' batch)
 
 
 def _longest(records: list, n: int, size: Callable) -> list:
@@ -147,7 +147,7 @@ class PaperShapeAssets:
         """SLF5K's JSONL splits from the synthetic generator (few posts: the conversion keeps a handful)."""
         from feedbackflow.slf5k_synthetic import SyntheticSLF5KConfig, make_synthetic_slf5k
 
-        sizes = {"train_posts": 12, "development_posts": 4, "validation_posts": 4, "test_posts": 4,
+        sizes = {"train_posts": 20, "development_posts": 4, "validation_posts": 4, "test_posts": 4,
                  "lm_train_posts": 8, "lm_dev_posts": 4}  # fmt: skip
         make_synthetic_slf5k(out, SyntheticSLF5KConfig(seed=0, **sizes))
 
