@@ -180,12 +180,19 @@ def test_reference_set_and_same_posts_as(tmp_path, data):
                   "--samples", data["initial"], "--same-posts-as", ilf)  # fmt: skip
     assert [r["prompt_id"] for r in rows] == ["p4", "p1"]
 
-    # nothing left: a DataError, nothing written
+    # nothing left: a DataError naming the selection (the cause), not the feedback file, and nothing written
     only_p3 = tmp_path / "only_p3.parquet"
     write_rows([expected_row("p1", "x", data["feedback"], 0) | {"prompt_id": "p3"}], only_p3, QA_PROMPTS)
-    with pytest.raises(SystemExit, match="no human fine-tuning examples"):
+    cause = r"no human fine-tuning examples: none of this selection's 1 posts \(p3\) has one$"
+    with pytest.raises(SystemExit, match=rf"^error: {only_p3}: field 'prompt_id': {cause}"):
         sft(tmp_path, "none", "--source", "human", "--feedback", data["feedback"], "--same-posts-as", only_p3)
     assert not (tmp_path / "none.parquet").exists()
+    # an empty selection (e.g. InstructRM kept no refinement): named as such
+    empty = tmp_path / "empty.parquet"
+    write_rows([], empty, QA_PROMPTS)
+    cause = r"no human fine-tuning examples: this selection \(--same-posts-as\) has no post$"
+    with pytest.raises(SystemExit, match=rf"^error: {empty}: field 'prompt_id': {cause}"):
+        sft(tmp_path, "none", "--source", "human", "--feedback", data["feedback"], "--same-posts-as", empty)
 
 
 def test_reference_samples(tmp_path, data):

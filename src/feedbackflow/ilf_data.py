@@ -141,6 +141,15 @@ def restrict_to_posts(rows: list[dict], reference_path) -> tuple[list[dict], lis
     return kept, [post_id for post_id in wanted if post_id not in by_id]
 
 
+def _empty_restriction(source: str, selection: list[str]) -> str:
+    """Why `--same-posts-as` left no example: the selection itself is empty (an upstream stage kept no post, e.g.
+    every refinement rejected) or none of its posts has a `source` example."""
+    if not selection:
+        return f"no {source} fine-tuning examples: this selection (--same-posts-as) has no post"
+    shown = ", ".join(selection[:5]) + (", ..." if len(selection) > 5 else "")
+    return f"no {source} fine-tuning examples: none of this selection's {len(selection)} posts ({shown}) has one"
+
+
 # --- stages -----------------------------------------------------------------------------------------------------
 
 
@@ -190,11 +199,13 @@ def main_sft(args: argparse.Namespace) -> None:
     else:
         _require(args, "posts")
         rows, missing = reference_sft_rows(args.posts)
+    if not rows:
+        raise DataError(args.feedback or args.posts, None, None, f"no {args.source} fine-tuning examples")
     not_found: list[str] = []
     if args.same_posts_as:
         rows, not_found = restrict_to_posts(rows, args.same_posts_as)
-    if not rows:
-        raise DataError(args.feedback or args.posts, None, None, f"no {args.source} fine-tuning examples")
+        if not rows:
+            raise DataError(args.same_posts_as, None, "prompt_id", _empty_restriction(args.source, not_found))
     write_rows(rows, args.output, QA_PROMPTS)
     report = {
         "source": args.source,
