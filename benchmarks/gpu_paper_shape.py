@@ -89,9 +89,11 @@ class Architecture:
         """Approximate parameter count (embeddings + blocks), for the notes."""
         h, f, n, v = self.hidden_size, self.intermediate_size, self.num_hidden_layers, self.vocab_size
         mlp = 3 * h * f if self.family == "llama" else 2 * h * f
-        blocks = n * (4 * h * h + mlp) * (2.5 if self.family == "t5" else 1)  # t5: encoder + decoder (cross-attn)
+        attention = {"t5": 12, "longformer": 7}.get(self.family, 4) * h * h  # t5: decoder + cross; longformer: global
+        blocks = n * (attention + (2 if self.family == "t5" else 1) * mlp)
         heads = 1 if self.family in ("t5", "gpt2", "opt", "longformer") else 2  # tied or untied output embeddings
-        return blocks + heads * v * h
+        positions = self.max_position_embeddings * h if self.family in ("gpt2", "opt", "longformer") else 0
+        return blocks + heads * v * h + positions
 
 
 ARCHITECTURES = {
@@ -304,13 +306,16 @@ def corpus_file(root: Path, data_dir: Path | None, tiny: bool) -> Path:
     of the real texts under `data_dir` (json/jsonl/txt files), when it exists."""
     rng = random.Random(0)
     lines = [pseudo_words(rng, rng.randint(5, 30)) for _ in range(500 if tiny else 20000)]
+    # OPT-RM and InstructRM read P(" Yes") / P(" No"): each must be one token, as in the real vocabularies
+    lines += [f"Answer: {answer}. Yes or No? {answer}" for answer in ("Yes", "No") for _ in range(1000)]
     budget = 200_000 if tiny else 4_000_000
     if data_dir is not None and data_dir.is_dir():
         for path in sorted(data_dir.rglob("*")):
             if budget <= 0:
                 break
             if path.suffix in (".json", ".jsonl", ".txt", ".md") and path.is_file():
-                text = path.read_text(errors="replace")[:budget]
+                with path.open(encoding="utf-8", errors="replace") as handle:
+                    text = handle.read(budget)  # the head of each file: some are hundreds of MB
                 budget -= len(text)
                 lines.extend(line for line in text.splitlines() if line.strip())
     out = root / "corpus.txt"
@@ -331,6 +336,7 @@ class World:
         corpus = corpus_file(root, data_dir, tiny)
         self._base_tokenizer = train_tokenizer([corpus], vocab_size=400 if tiny else 30000, model_max_length=4096)
         self._models: dict[str, Path] = {}
+        self.build_seconds = 0.0  # spent building models; run_stage takes it off the stage's wall time
 
     def text(self, n_words: int) -> str:
         return pseudo_words(self.rng, n_words)
@@ -353,9 +359,11 @@ class World:
         key = f"{name}.{kind}"
         if key not in self._models:
             out = self.root / "models" / key
+            start = time.perf_counter()
             free_memory()
             self._build(name, kind, out)
-            free_memory()
+            free_memory()  # also resets the peak: every stage builds its models before it runs
+            self.build_seconds += time.perf_counter() - start
             self._models[key] = out
         return str(self._models[key])
 
@@ -502,8 +510,21 @@ def fg_reward_model(world: World, name: str) -> StageResult:
               "micro_batch_size": micro, "max_length": s.rm_max_length}  # fmt: skip
     model = world.model("longformer-base-4096", section["kind"])
     with StepClock() as clock:
-        run_cli("train-fg-reward-model", ["--train", train, "--model", model, "--output", world.root / f"out/{name}",
-                                          "--work-dir", world.root / f"work/{name}", "--hparams", hparams(values)])
+        run_cli(
+            "train-fg-reward-model",
+            [
+                "--train",
+                train,
+                "--model",
+                model,
+                "--output",
+                world.root / f"out/{name}",
+                "--work-dir",
+                world.root / f"work/{name}",
+                "--hparams",
+                hparams(values),
+            ],
+        )
     sequences = batch * (1 if section["kind"] == "token" else 2)
     return StageResult(clock.seconds_per_step(), batch, "examples", sequences * s.rm_max_length,
                        notes=f"{section['kind']} kind, micro batch {micro}; mixed precision: "
@@ -521,9 +542,7 @@ def qa_rm_sequence(world: World) -> StageResult:
 def qa_rm_mean_std(world: World) -> StageResult:
     """reward-mean-std of the sequence RM over its training pairs at 2,048 tokens, bf16 (inference_dtype)."""
     s = world.shapes
-    model = str(world.root / "out/completeness")
-    if not Path(model).is_dir():
-        model = world.model("longformer-base-4096", "sequence")
+    model = world.model("longformer-base-4096", "sequence")  # the same shape as the trained one (deleted by now)
     pairs = str(world.path("qa/completeness.parquet"))
     if not Path(pairs).is_file():
         from feedbackflow.formats import PREFERENCE_LISTS
@@ -576,7 +595,8 @@ def qa_ppo(world: World, variant: str) -> StageResult:
                  "std": 1.0, **qa["rewards"]["preference"], **common}]  # fmt: skip
     else:
         token_rm = world.model("longformer-base-4096", "token")
-        spec = [{"type": "qa_relevance", "name": "relevance", "model": token_rm, **qa["rewards"]["relevance"], **common},
+        spec = [{"type": "qa_relevance", "name": "relevance", "model": token_rm, **qa["rewards"]["relevance"],
+                 **common},
                 {"type": "qa_factuality", "name": "factuality", "model": token_rm, **qa["rewards"]["factuality"],
                  **common},
                 {"type": "qa_completeness", "name": "completeness", "model": world.model("longformer-base-4096",
@@ -651,8 +671,19 @@ def detox_sampling(world: World) -> StageResult:
     prompts = write(rows[: s.detox_prompts], world.path("detox/sampling_prompts.parquet"), PROMPTS)
     values = {**paper_section("finegrained_detox", "detox", "sampling"), "num_return_sequences": s.detox_samples,
               "max_new_tokens": s.detox_new_tokens}  # fmt: skip
-    run_cli("sample-responses", ["--prompts", prompts, "--model", world.model("gpt2-large"), "--output",
-                                 world.root / "out/detox_samples.parquet", "--hparams", hparams(values)])
+    run_cli(
+        "sample-responses",
+        [
+            "--prompts",
+            prompts,
+            "--model",
+            world.model("gpt2-large"),
+            "--output",
+            world.root / "out/detox_samples.parquet",
+            "--hparams",
+            hparams(values),
+        ],
+    )
     n = s.detox_prompts * s.detox_samples
     return StageResult(None, n, "samples", n * s.detox_new_tokens,
                        notes=f"{s.detox_prompts} prompts x {s.detox_samples}; tokens = new tokens")  # fmt: skip
@@ -669,9 +700,377 @@ def detox_perplexity(world: World) -> StageResult:
             for p in range(s.detox_prompts) for i in range(s.detox_samples)]  # fmt: skip
     scored = write(rows, world.path("detox/scored.parquet"), SCORED_SAMPLES)
     values = {**paper_section("finegrained_detox", "detox", "evaluation"), "dtype": "bfloat16"}
-    run_cli("evaluate-detox", ["--scored", scored, "--perplexity-model", world.model("gpt2-xl"), "--name", "bench",
-                               "--summary", world.root / "out/detox_eval.json", "--hparams", hparams(values)])
+    run_cli(
+        "evaluate-detox",
+        [
+            "--scored",
+            scored,
+            "--perplexity-model",
+            world.model("gpt2-xl"),
+            "--name",
+            "bench",
+            "--summary",
+            world.root / "out/detox_eval.json",
+            "--hparams",
+            hparams(values),
+        ],
+    )
     return StageResult(None, len(rows), "samples", len(rows) * (s.detox_prompt_words + s.detox_new_tokens))
+
+
+# --- RRHF, DSP, ILF (issue 21) ---------------------------------------------------------------------------------------
+
+
+def hh_prompt(world: World, words: int) -> str:
+    return f"\n\nHuman: {world.text(words)}\n\nAssistant:"
+
+
+def prompt_rows(world: World, n: int, words: int, prefix: str = "p") -> list[dict]:
+    return [{"prompt_id": f"{prefix}{i}", "prompt": hh_prompt(world, words), "source": "gpu_paper_shape", "record": i}
+            for i in range(n)]  # fmt: skip
+
+
+def sample_rows(world: World, prompts: list[dict], n: int, words: int) -> list[dict]:
+    return [{"prompt_id": p["prompt_id"], "prompt": p["prompt"], "response": world.text(words), "origin": "bench",
+             "sample_index": i} for p in prompts for i in range(n)]  # fmt: skip
+
+
+def rrhf_sampling(world: World, greedy: bool = False) -> StageResult:
+    """sample-responses of LLaMA-7B as rrhf_hh.yaml: diverse beam search, 4 beams in 4 groups, diversity penalty 1.0,
+    128 new tokens, prompts left-truncated to 256 tokens, batch 8, bf16 (greedy: the evaluation sampling, batch 16)."""
+    from feedbackflow.formats import PROMPTS
+
+    s = world.shapes
+    rows = prompt_rows(world, s.rrhf_prompts, 2 * s.rrhf_prompt_tokens)
+    prompts = write(rows, world.path("rrhf/prompts.parquet"), PROMPTS)
+    rrhf = paper_section("rrhf_hh", "rrhf")
+    values = {**(rrhf["evaluation"]["sampling"] if greedy else rrhf["sampling"]),
+              "max_new_tokens": s.rrhf_new_tokens, "max_prompt_tokens": s.rrhf_prompt_tokens}  # fmt: skip
+    if not greedy:
+        values.update(num_beams=s.rrhf_beams, num_beam_groups=s.rrhf_beams, num_return_sequences=s.rrhf_beams)
+    name = "rrhf_greedy" if greedy else "rrhf_sampling"
+    run_cli("sample-responses", ["--prompts", prompts, "--model", world.model("llama-7b"), "--output",
+                                 world.root / f"out/{name}.parquet", "--hparams", hparams(values)])  # fmt: skip
+    beams = 1 if greedy else s.rrhf_beams
+    return StageResult(
+        None,
+        s.rrhf_prompts,
+        "prompts",
+        s.rrhf_prompts * beams * s.rrhf_new_tokens,
+        notes=f"batch {values['batch_size']}, {beams} beam(s); tokens = new tokens of every beam",
+    )
+
+
+def rrhf_greedy(world: World) -> StageResult:
+    return rrhf_sampling(world, greedy=True)
+
+
+def rrhf_reward_scoring(world: World) -> StageResult:
+    """score-samples with the GPT-J-6B reward model (Dahoas/gptj-rm-static's layout: GPT-J body + bias-free value
+    head, eos pooling), max length 1,024, batch 16, bf16."""
+    from feedbackflow.formats import SAMPLES
+
+    s = world.shapes
+    prompts = prompt_rows(world, s.rrhf_prompts, s.rrhf_prompt_tokens)
+    rows = sample_rows(world, prompts, s.rrhf_beams, s.rrhf_new_tokens)
+    samples = write(rows, world.path("rrhf/samples.parquet"), SAMPLES)
+    values = {**paper_section("rrhf_hh", "rrhf", "reward_scoring"), "dtype": "bfloat16"}
+    run_cli("score-samples", ["--samples", samples, "--model", world.model("gptj-6b", "rm_eos"), "--output",
+                              world.root / "out/rrhf_scored.parquet", "--hparams", hparams(values)])  # fmt: skip
+    return StageResult(
+        None,
+        len(rows),
+        "samples",
+        len(rows) * (s.rrhf_prompt_tokens + s.rrhf_new_tokens),
+        notes=f"batch {values['batch_size']}, max length {values['max_length']}",
+    )
+
+
+def with_fallback(world: World, names: list[str], run: Callable[[str], StageResult]) -> StageResult:
+    """`run(model)` with the first of `names`; on CUDA out-of-memory, the next one (the note says which ran)."""
+    for index, name in enumerate(names):
+        try:
+            result = run(world.model(name))
+        except torch.OutOfMemoryError:
+            if index == len(names) - 1:
+                raise
+            free_memory()
+            continue
+        ran = f"{name} ({'toy width' if world.tiny else f'{ARCHITECTURES[name].parameters() / 1e9:.1f}e9 parameters'})"
+        skipped = f"; {', '.join(names[:index])} ran out of memory" if index else ""
+        result.notes = f"{ran}{skipped}; {result.notes}"
+        return result
+    raise AssertionError("unreachable")
+
+
+FULL_FINE_TUNING = ["llama-7b", "llama-5b"]
+
+
+def rrhf_training(world: World) -> StageResult:
+    """train-rrhf steps as rrhf_hh.yaml at one GPU's share (64 queries over 8 GPUs: 8 per step), 6 responses per query,
+    max length 192, bf16, gradient checkpointing, Adam; the full 7B, else the largest LLaMA that fits."""
+    from feedbackflow.formats import RANKED_RESPONSES
+
+    s = world.shapes
+    queries = s.rrhf_micro * s.steps
+    rows = [{"prompt_id": f"q{i}", "query": hh_prompt(world, s.rrhf_max_length // 2),
+             "responses": [world.text(s.rrhf_max_length // 2) for _ in range(s.rrhf_responses)],
+             "scores": [float(j) for j in range(s.rrhf_responses)]} for i in range(queries)]  # fmt: skip
+    train = write(rows, world.path("rrhf/ranked.parquet"), RANKED_RESPONSES)
+    values = {**paper_section("rrhf_hh", "rrhf", "training"), "num_epochs": 1, "max_steps": s.steps,
+              "batch_size": s.rrhf_micro, "micro_batch_size": s.rrhf_micro, "max_length": s.rrhf_max_length,
+              "checkpoint_every": 10_000}  # fmt: skip
+
+    def run(model: str) -> StageResult:
+        with StepClock() as clock:
+            run_cli(
+                "train-rrhf",
+                [
+                    "--train",
+                    train,
+                    "--model",
+                    model,
+                    "--output",
+                    world.root / "out/rrhf",
+                    "--work-dir",
+                    world.root / "work/rrhf",
+                    "--hparams",
+                    hparams(values),
+                ],
+            )
+        sequences = s.rrhf_micro * s.rrhf_responses
+        return StageResult(clock.seconds_per_step(), s.rrhf_micro, "queries", sequences * s.rrhf_max_length,
+                           notes=f"{s.rrhf_micro} queries x {s.rrhf_responses} responses per step")  # fmt: skip
+
+    return with_fallback(world, FULL_FINE_TUNING, run)
+
+
+def rrhf_perplexity(world: World) -> StageResult:
+    """evaluate-responses: reward (the scores given) and gpt2-medium perplexity of the responses, max length 512,
+    batch 16, bf16."""
+    from feedbackflow.formats import SCORED_SAMPLES
+
+    s = world.shapes
+    prompts = prompt_rows(world, s.rrhf_prompts * 4, s.rrhf_prompt_tokens)
+    rows = [{**row, "score": 0.5, "status": "ok", "reason": None, "scorer": "bench", "prompt_tokens": None,
+             "completion_tokens": None} for row in sample_rows(world, prompts, 1, s.rrhf_new_tokens)]  # fmt: skip
+    scored = write(rows, world.path("rrhf/eval_scored.parquet"), SCORED_SAMPLES)
+    evaluation = paper_section("rrhf_hh", "rrhf", "evaluation")
+    values = {"max_length": evaluation["max_length"] if not world.tiny else s.dsp_max_length,
+              "batch_size": evaluation["batch_size"], "dtype": "bfloat16"}  # fmt: skip
+    run_cli("evaluate-responses", ["--scored", scored, "--reference-model", world.model("gpt2-medium"), "--output",
+                                   world.root / "out/rrhf_eval.parquet", "--markdown", world.root / "out/rrhf_eval.md",
+                                   "--hparams", hparams(values)])  # fmt: skip
+    return StageResult(None, len(rows), "responses", len(rows) * (s.rrhf_prompt_tokens + s.rrhf_new_tokens))
+
+
+def dsp_pairs(world: World, n: int) -> list[dict]:
+    words = world.shapes.dsp_max_length  # at least max_length tokens: truncation runs, every text is full length
+    return [{"text": [hh_prompt(world, words // 2) + " " + world.text(words // 2), hh_prompt(world, words // 2)
+             + " " + world.text(words // 2)], "score": [1.0, 0.0], "source": "gpu_paper_shape", "record": i}
+            for i in range(n)]  # fmt: skip
+
+
+def dsp_reward_training(world: World) -> StageResult:
+    """train-reward-model (GRFT) of LLaMA-7B as dsp.yaml: last pooling, max length 512, one GPU's share (64 pairs over
+    8 GPUs: 8 per step), bf16, gradient checkpointing, Adam; the full 7B, else the largest LLaMA that fits."""
+    from feedbackflow.formats import PREFERENCE_LISTS
+
+    s = world.shapes
+    train = write(dsp_pairs(world, s.dsp_micro * s.steps), world.path("dsp/train.parquet"), PREFERENCE_LISTS)
+    dsp = paper_section("dsp", "dsp")
+    values = {"seed": 42, **dsp["reward_model"], **dsp["grft"], "num_epochs": 1, "max_steps": s.steps,
+              "batch_size": s.dsp_micro, "micro_batch_size": s.dsp_micro, "max_length": s.dsp_max_length,
+              "checkpoint_every": 10_000, "warmup_steps": 0}  # fmt: skip
+
+    def run(model: str) -> StageResult:
+        with StepClock() as clock:
+            run_cli(
+                "train-reward-model",
+                [
+                    "--train",
+                    train,
+                    "--model",
+                    model,
+                    "--output",
+                    world.root / "out/dsp_rm",
+                    "--work-dir",
+                    world.root / "work/dsp_rm",
+                    "--hparams",
+                    hparams(values),
+                ],
+            )
+        return StageResult(clock.seconds_per_step(), s.dsp_micro, "pairs", 2 * s.dsp_micro * s.dsp_max_length,
+                           notes=f"{s.dsp_micro} pairs per step, last pooling")  # fmt: skip
+
+    return with_fallback(world, FULL_FINE_TUNING, run)
+
+
+def dsp_reward_evaluation(world: World) -> StageResult:
+    """evaluate-reward-model of a LLaMA-7B reward model (last pooling, max length 512, batch 16, bf16) over a few
+    thousand texts."""
+    from feedbackflow.formats import PREFERENCE_LISTS
+
+    s = world.shapes
+    pairs = dsp_pairs(world, s.dsp_eval_texts // 2)
+    eval_set = write(pairs, world.path("dsp/test.parquet"), PREFERENCE_LISTS)
+    values = {"pooling": "last", "max_length": s.dsp_max_length,
+              **paper_section("dsp", "dsp", "evaluation"), "dtype": "bfloat16"}  # fmt: skip
+    run_cli("evaluate-reward-model", ["--model", world.model("llama-7b"), "--model-name", "bench", "--eval-set",
+                                      f"bench={eval_set}", "--metrics", world.root / "out/dsp_metrics.parquet",
+                                      "--rewards", world.root / "out/dsp_rewards.parquet",
+                                      "--hparams", hparams(values)])  # fmt: skip
+    return StageResult(
+        None,
+        2 * len(pairs),
+        "texts",
+        2 * len(pairs) * s.dsp_max_length,
+        notes=f"batch {values['batch_size']}; the LM's head is drawn fresh (a base LM directory)",
+    )
+
+
+def slf5k_post(world: World) -> tuple[str, str]:
+    return world.text(8), world.text(world.shapes.ilf_post_words)
+
+
+def ilf_opt_rm_training(world: World) -> StageResult:
+    """train-opt-rm of OPT-1.3B as ilf_slf5k.yaml (batch 32 over 2 GPUs: 16 per step, micro 4), input up to 1,024
+    tokens, bf16."""
+    from feedbackflow.formats import SLF5K_COMPARISONS
+
+    s = world.shapes
+    ilf = paper_section("ilf_slf5k", "ilf")
+    batch = 4 * s.opt_rm_micro
+    rows = []
+    for i in range(batch * s.steps):
+        title, post = slf5k_post(world)
+        rows.append({"post_id": f"c{i}", "title": title, "post": post, "summary_a": world.text(s.ilf_new_tokens),
+                     "summary_b": world.text(s.ilf_new_tokens), "preferred": "AB"[i % 2],
+                     "source": "gpu_paper_shape", "record": i})  # fmt: skip
+    train = write(rows, world.path("ilf/comparisons.parquet"), SLF5K_COMPARISONS)
+    values = {k: v for k, v in ilf["opt_rm"].items() if k != "base_model"}
+    values.update(num_epochs=1, max_steps=s.steps, batch_size=batch, micro_batch_size=s.opt_rm_micro,
+                  checkpoint_every=10_000, seed=42)  # fmt: skip
+    if world.tiny:
+        values["max_input_length"] = s.sft_input
+    with StepClock() as clock:
+        run_cli("train-opt-rm", ["--train", train, "--model", world.model("opt-1.3b"), "--output",
+                                 world.root / "out/opt_rm", "--work-dir", world.root / "work/opt_rm",
+                                 "--hparams", hparams(values)])  # fmt: skip
+    return StageResult(
+        clock.seconds_per_step(),
+        batch,
+        "comparisons",
+        2 * batch * values["max_input_length"],
+        notes=f"batch {batch}, micro {s.opt_rm_micro}; tokens nominal (2 texts x max input length)",
+    )
+
+
+def ilf_prompt_rows(world: World) -> list[dict]:
+    from feedbackflow.ilf_prompts import summary_prompt
+
+    return [{"prompt_id": f"post{i}", "prompt": summary_prompt(*slf5k_post(world)), "source": "gpu_paper_shape",
+             "record": i} for i in range(world.shapes.ilf_posts)]  # fmt: skip
+
+
+def ilf_best_of_n(world: World) -> StageResult:
+    """generate-texts with the hf backend on OPT-2.7B: 64 samples per post (best-of-64), 48 tokens, top-p 0.95,
+    batch 32, 32 sequences per generate, bf16."""
+    from feedbackflow.formats import PROMPTS
+
+    s = world.shapes
+    prompts = write(ilf_prompt_rows(world), world.path("ilf/prompts.parquet"), PROMPTS)
+    ilf = paper_section("ilf_slf5k", "ilf")
+    lm = {"backend": "hf", "model": world.model("opt-2.7b"), **ilf["policy_lm"]}
+    values = {**ilf["initial_summaries"], "n": s.ilf_best_of, "max_tokens": s.ilf_new_tokens, "stop": []}
+    run_cli("generate-texts", ["--prompts", prompts, "--output", world.root / "out/best_of_n.parquet", "--cache",
+                               world.root / "work/best_of_n.sqlite", "--lm", json.dumps(lm),
+                               "--hparams", hparams(values)])  # fmt: skip
+    n = s.ilf_posts * s.ilf_best_of
+    return StageResult(
+        None,
+        n,
+        "samples",
+        n * s.ilf_new_tokens,
+        notes=f"{s.ilf_posts} posts x {s.ilf_best_of}; no stop string, so every sample runs 48 tokens",
+    )
+
+
+def ilf_instructrm(world: World) -> StageResult:
+    """select-refinements --scorer instructrm with the hf backend on a LLaMA-7B-layout LM: 5 refinements per post,
+    each scored with InstructRM's 5 templates (P(yes)), bf16."""
+    from feedbackflow.formats import SAMPLES, SLF5K_FEEDBACK
+
+    s = world.shapes
+    feedback, refinements = [], []
+    for i in range(s.ilf_posts):
+        title, post = slf5k_post(world)
+        feedback.append({"post_id": f"post{i}", "title": title, "post": post, "summary": world.text(30),
+                         "feedback": world.text(20), "ideal_summary": None, "source": "gpu_paper_shape",
+                         "record": i})  # fmt: skip
+        refinements += [{"prompt_id": f"post{i}", "prompt": "", "response": world.text(30), "origin": "refiner",
+                         "sample_index": j} for j in range(s.ilf_refinements)]  # fmt: skip
+    feedback_path = write(feedback, world.path("ilf/feedback.parquet"), SLF5K_FEEDBACK)
+    refinements_path = write(refinements, world.path("ilf/refinements.parquet"), SAMPLES)
+    ilf = paper_section("ilf_slf5k", "ilf")
+    lm = {"backend": "hf", "model": world.model("llama-7b"), "dtype": "bfloat16",
+          "batch_size": ilf["refinement"]["lm"]["batch_size"]}  # fmt: skip
+    run_cli(
+        "select-refinements",
+        [
+            "--feedback",
+            feedback_path,
+            "--refinements",
+            refinements_path,
+            "--scorer",
+            "instructrm",
+            "--lm",
+            json.dumps(lm),
+            "--cache",
+            world.root / "work/irm.sqlite",
+            "--scores",
+            world.root / "out/irm_scores.parquet",
+            "--output",
+            world.root / "out/irm_chosen.parquet",
+            "--report",
+            world.root / "out/irm.json",
+        ],
+    )
+    import pandas as pd
+
+    n = len(refinements)
+    scored = int((pd.read_parquet(world.root / "out/irm_scores.parquet")["status"] == "ok").sum())
+    return StageResult(None, n, "refinements", 0.0, notes=f"{s.ilf_posts} posts x {s.ilf_refinements} refinements "
+                       f"x 5 templates, {scored} of {n} scored; tokens not counted")  # fmt: skip
+
+
+def ilf_fine_tuning(world: World) -> StageResult:
+    """train-sft of OPT-2.7B on ILF's fine-tuning rows (ilf_slf5k.yaml fine_tuning: batch 32 over 2 GPUs = 16 per
+    step, micro 4, input up to 1,024, target 64, bf16)."""
+    from feedbackflow.formats import QA_PROMPTS
+
+    s = world.shapes
+    rows = [{"prompt_id": row["prompt_id"], "prompt": row["prompt"], "question": "", "references":
+             [world.text(s.ilf_target)], "passages": [], "source": "gpu_paper_shape", "record": row["record"]}
+            for row in ilf_prompt_rows(world)]  # fmt: skip
+    batch = 4 * s.ilf_sft_micro
+    train = write((rows * (batch * s.steps // len(rows) + 1))[: batch * s.steps], world.path("ilf/sft.parquet"),
+                  QA_PROMPTS)  # fmt: skip
+    train_rows = [dict(r, prompt_id=f"t{i}") for i, r in enumerate((rows * (batch * s.steps))[: batch * s.steps])]
+    train = write(train_rows, world.path("ilf/sft.parquet"), QA_PROMPTS)
+    dev = write(rows[:1], world.path("ilf/sft_dev.parquet"), QA_PROMPTS)
+    values = {**paper_section("ilf_slf5k", "ilf", "fine_tuning"), "num_epochs": 1, "max_steps": s.steps,
+              "batch_size": batch, "micro_batch_size": s.ilf_sft_micro, "checkpoint_every": 10_000,
+              "max_eval_examples": 1, "eval_batch_size": 1, "max_target_length": s.ilf_target,
+              "max_new_tokens": s.ilf_new_tokens}  # fmt: skip
+    if world.tiny:
+        values["max_input_length"] = s.sft_input
+    with StepClock() as clock:
+        run_cli("train-sft", ["--train", train, "--dev", dev, "--model", world.model("opt-2.7b"), "--output",
+                              world.root / "out/ilf_sft", "--work-dir", world.root / "work/ilf_sft",
+                              "--hparams", hparams(values)])  # fmt: skip
+    return StageResult(clock.seconds_per_step(), batch, "samples", batch * (values["max_input_length"] + s.ilf_target),
+                       notes=f"batch {batch}, micro {s.ilf_sft_micro}; tokens nominal")  # fmt: skip
 
 
 # --- the run --------------------------------------------------------------------------------------------------------
@@ -688,7 +1087,20 @@ FINEGRAINED = {
     "detox_sampling": detox_sampling,
     "detox_perplexity": detox_perplexity,
 }
-GROUPS = {"gpu_finegrained": FINEGRAINED}
+RRHF_DSP_ILF = {
+    "rrhf_sampling": rrhf_sampling,
+    "rrhf_greedy": rrhf_greedy,
+    "rrhf_reward_scoring": rrhf_reward_scoring,
+    "rrhf_training": rrhf_training,
+    "rrhf_perplexity": rrhf_perplexity,
+    "dsp_reward_training": dsp_reward_training,
+    "dsp_reward_evaluation": dsp_reward_evaluation,
+    "ilf_opt_rm_training": ilf_opt_rm_training,
+    "ilf_best_of_n": ilf_best_of_n,
+    "ilf_instructrm": ilf_instructrm,
+    "ilf_fine_tuning": ilf_fine_tuning,
+}
+GROUPS = {"gpu_finegrained": FINEGRAINED, "gpu_rrhf_dsp_ilf": RRHF_DSP_ILF}
 
 
 def all_stages() -> dict[str, Callable[[World], StageResult]]:
@@ -699,13 +1111,13 @@ def run_stage(world: World, name: str, fn: Callable[[World], StageResult]) -> di
     """Run one stage; its row (status ok, or the error's last line and the traceback in `traceback`)."""
     free_memory()
     synchronize()
-    start = time.perf_counter()
+    start, built_before = time.perf_counter(), world.build_seconds
     row: dict = {"stage": name}
     try:
         with contextlib.redirect_stdout(sys.stderr):
             result = fn(world)
         synchronize()
-        wall = time.perf_counter() - start
+        wall = time.perf_counter() - start - (world.build_seconds - built_before)
         seconds = result.seconds_per_step if result.seconds_per_step is not None else wall
         row.update(status="ok", peak_memory=peak_memory(), wall_s=round(wall, 3),
                    seconds=round(seconds, 4), per="step" if result.seconds_per_step is not None else "stage",
@@ -718,6 +1130,11 @@ def run_stage(world: World, name: str, fn: Callable[[World], StageResult]) -> di
                    traceback=traceback.format_exc(), peak_memory=peak_memory(),
                    wall_s=round(time.perf_counter() - start, 3))  # fmt: skip
         print(row["traceback"], file=sys.stderr)
+    finally:  # the stages' outputs (a 7B checkpoint is 27 GB in float32) would fill the device's 64 GiB disk
+        for scratch in ("out", "work"):
+            for path in (world.root / scratch).glob("*"):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
     return row
 
 

@@ -1,0 +1,123 @@
+"""The GPU paper-shape harness (benchmarks/gpu_paper_shape.py, issues 20 and 21) at `--tiny` on the CPU: every stage
+runs through the project's own stage code and gets a row; a failing stage gets its row with the error and a nonzero
+exit; `--budget-s` still writes the table. The GPU numbers themselves come from the device machine, not from CI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "benchmarks" / "gpu_paper_shape.py"
+
+
+def load_harness():
+    spec = importlib.util.spec_from_file_location("gpu_paper_shape", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def harness():
+    return load_harness()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One whole `--tiny` run in its own process (as a user runs it); its exit code, output directory and rows."""
+    out = tmp_path_factory.mktemp("gpu_paper_shape")
+    done = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--out", str(out)], capture_output=True, text=True,
+                          timeout=600, cwd=REPO_ROOT)  # fmt: skip
+    rows = json.loads((out / "results.json").read_text())["rows"] if (out / "results.json").is_file() else []
+    return done, out, rows
+
+
+def test_every_stage_runs_at_tiny_size(tiny_run, harness):
+    done, out, rows = tiny_run
+    failed = {row["stage"]: row.get("error") for row in rows if row["status"] != "ok"}
+    assert not failed, f"failed stages: {failed}\n{done.stderr[-4000:]}"
+    assert [row["stage"] for row in rows] == list(harness.all_stages())
+    assert done.returncode == 0, done.stderr[-4000:]
+    for row in rows:
+        assert row["seconds"] > 0 and row["items_per_s"] > 0, row
+        assert row["peak_memory"].startswith("n/a (cpu"), row  # no CUDA here: the CPU's peak RSS instead
+    # issue 20's and issue 21's stages, one table each, every stage a row
+    for group, members in harness.GROUPS.items():
+        table = (out / f"{group}.md").read_text()
+        assert "- device: cpu" in table and "--tiny" in table
+        for name in members:
+            assert f"| {name} | ok |" in table
+
+
+def test_training_stages_report_seconds_per_optimiser_step(tiny_run):
+    _, _, rows = tiny_run
+    per_step = {row["stage"] for row in rows if row["per"] == "step"}
+    assert {"qa_sft", "qa_rm_token", "qa_rm_sequence", "rrhf_training", "dsp_reward_training",
+            "ilf_opt_rm_training", "ilf_fine_tuning", "qa_ppo_fine_grained", "qa_ppo_holistic",
+            "detox_ppo"} <= per_step  # fmt: skip
+
+
+def test_ppo_rows_split_the_step(tiny_run):
+    """The PPO step's shares: generation, scoring passes, rewards and optimisation, each a part of the step (the
+    rest is the step's own bookkeeping), so they sum to at most 1 and cover most of it."""
+    _, _, rows = tiny_run
+    ppo = [row for row in rows if row["stage"] in ("qa_ppo_fine_grained", "qa_ppo_holistic", "detox_ppo")]
+    assert len(ppo) == 3
+    for row in ppo:
+        shares = row["shares"]
+        assert set(shares) == {"generation", "scoring passes", "rewards", "optimisation"}
+        assert all(value > 0 for value in shares.values()), row
+        assert 0.5 < sum(shares.values()) <= 1.0 + 1e-3, row
+
+
+def test_a_failing_stage_gets_its_row_and_the_run_goes_on(harness, tmp_path):
+    """run_stage on a stage that raises: a failed row naming the error, then the next stage runs."""
+    world = harness.World(tmp_path, tiny=True, data_dir=None)
+
+    def broken(world):
+        raise ValueError("first line\nthe last line names the problem")
+
+    def fine(world):
+        return harness.StageResult(None, 4, "samples", 40.0, notes="ran")
+
+    failed, ok = harness.run_stage(world, "broken", broken), harness.run_stage(world, "fine", fine)
+    assert failed["status"] == "failed"
+    assert failed["error"] == "ValueError: the last line names the problem"
+    assert "Traceback" in failed["traceback"]
+    assert ok["status"] == "ok" and ok["per"] == "stage" and ok["notes"] == "ran"
+    table = harness.markdown_table([failed, ok])
+    assert "| broken | failed |" in table and "| fine | ok |" in table
+
+
+def test_budget_skips_the_rest_and_still_writes_the_table(tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--out", str(out), "--budget-s", "0",
+                           "--stages", "qa_sft,rrhf_training"], capture_output=True, text=True, timeout=300,
+                          cwd=REPO_ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [(row["stage"], row["status"]) for row in rows] == [("qa_sft", "skipped (budget)"),
+                                                               ("rrhf_training", "skipped (budget)")]  # fmt: skip
+    assert "| qa_sft | skipped (budget) |" in (out / "gpu_finegrained.md").read_text()
+    assert "| rrhf_training | skipped (budget) |" in (out / "gpu_rrhf_dsp_ilf.md").read_text()
+
+
+def test_unknown_stage_is_an_error_naming_it(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--out", str(tmp_path), "--stages", "qa_sft,nope"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)  # fmt: skip
+    assert done.returncode == 2 and "unknown stage(s) ['nope']" in done.stderr
+
+
+def test_architectures_are_the_papers_models(harness):
+    """The written-out configs at the hub models' real sizes (parameter counts within a few percent)."""
+    expected = {"t5-large": 0.74e9, "t5-base": 0.22e9, "gpt2-large": 0.77e9, "gpt2-xl": 1.56e9, "llama-7b": 6.74e9,
+                "gptj-6b": 6.05e9, "opt-1.3b": 1.32e9, "opt-2.7b": 2.65e9, "longformer-base-4096": 0.149e9}  # fmt: skip
+    for name, count in expected.items():
+        assert harness.ARCHITECTURES[name].parameters() == pytest.approx(count, rel=0.06), name
