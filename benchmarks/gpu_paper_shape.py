@@ -367,7 +367,8 @@ class World:
             self._models[key] = out
         return str(self._models[key])
 
-    def _build(self, name: str, kind: str, out: Path) -> None:
+    def build(self, name: str, kind: str):
+        """(model, tokenizer) of `name` as `kind` on `self.device`, in bfloat16 (float32 at --tiny), unsaved."""
         from transformers import GPTJConfig, GPTJForCausalLM
 
         from feedbackflow import tiny_models as tm
@@ -401,7 +402,10 @@ class World:
                 ))  # fmt: skip
             else:
                 model = tm.CAUSAL_FAMILY_BUILDERS[arch.family](tokenizer, config)
-        model = model.to(torch.bfloat16) if not self.tiny else model.float()
+        return (model.to(torch.bfloat16) if not self.tiny else model.float()), tokenizer
+
+    def _build(self, name: str, kind: str, out: Path) -> None:
+        model, tokenizer = self.build(name, kind)
         if kind == "rm_eos":  # Dahoas/gptj-rm-static's layout, as import_reward_model writes it
             from feedbackflow.reward_model import RewardModel, save_reward_model
 
