@@ -454,6 +454,8 @@ class StageResult:
     tokens: float = 0.0  # tokens per step (or in the whole stage)
     shares: dict[str, float] | None = None
     notes: str = ""
+    per: str = "step"  # what seconds_per_step is the time of
+    extra: dict = dataclasses.field(default_factory=dict)  # further numbers for results.json
 
 
 # --- Fine-Grained RLHF (issue 20) -------------------------------------------------------------------------------------
@@ -739,9 +741,41 @@ def sample_rows(world: World, prompts: list[dict], n: int, words: int) -> list[d
              "sample_index": i} for p in prompts for i in range(n)]  # fmt: skip
 
 
+def generate_reference(model_dir: str, prompts: list[str], values: dict) -> float:
+    """Seconds of plain `transformers` `model.generate` on the same model, prompts and batches as sample-responses
+    (its length-sorted plan, left-truncated and left-padded the same way), generation alone. For a diverse beam
+    search, the reference is generate's beam search with as many beams and returned sequences and no groups:
+    group beam search is no longer in transformers' own generate (v5 moved it to a hub custom_generate), and the
+    project runs its own (sampling.diverse_beam_search)."""
+    from feedbackflow.reward_model import pad_id_of
+    from feedbackflow.sampling import SamplingConfig, batch_plan, encode_prompts, load_policy, pad_left
+
+    config = SamplingConfig(**values)
+    model, tokenizer = load_policy(model_dir, config.dtype)
+    device = next(model.parameters()).device
+    encoded = encode_prompts(tokenizer, prompts, config.max_prompt_tokens)
+    pad_id = pad_id_of(tokenizer)
+    kwargs = {"max_new_tokens": config.max_new_tokens, "min_new_tokens": config.max_new_tokens, "do_sample": False,
+              "num_beams": config.num_beams, "num_return_sequences": config.num_return_sequences,
+              "pad_token_id": pad_id, "temperature": None, "top_k": None, "top_p": None}  # fmt: skip
+    seconds = 0.0
+    with torch.inference_mode():
+        for chunk in batch_plan(encoded, config.batch_size):
+            input_ids, attention_mask = pad_left([encoded[i] for i in chunk], pad_id)
+            synchronize()
+            start = time.perf_counter()
+            model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs)
+            synchronize()
+            seconds += time.perf_counter() - start
+    del model
+    return seconds
+
+
 def rrhf_sampling(world: World, greedy: bool = False) -> StageResult:
     """sample-responses of LLaMA-7B as rrhf_hh.yaml: diverse beam search, 4 beams in 4 groups, diversity penalty 1.0,
-    128 new tokens, prompts left-truncated to 256 tokens, batch 8, bf16 (greedy: the evaluation sampling, batch 16)."""
+    128 new tokens, prompts left-truncated to 256 tokens, batch 8, bf16 (greedy: the evaluation sampling, batch 16);
+    then `generate_reference` on the same prompts, for the ratio of generation times."""
+    from feedbackflow import sampling
     from feedbackflow.formats import PROMPTS
 
     s = world.shapes
@@ -753,16 +787,23 @@ def rrhf_sampling(world: World, greedy: bool = False) -> StageResult:
     if not greedy:
         values.update(num_beams=s.rrhf_beams, num_beam_groups=s.rrhf_beams, num_return_sequences=s.rrhf_beams)
     name = "rrhf_greedy" if greedy else "rrhf_sampling"
-    run_cli("sample-responses", ["--prompts", prompts, "--model", world.model("llama-7b"), "--output",
-                                 world.root / f"out/{name}.parquet", "--hparams", hparams(values)])  # fmt: skip
+    model = world.model("llama-7b")
+    with MethodTimers(sampling, {"diverse_beam_search": "ours", "_generate": "ours"}) as ours:
+        run_cli("sample-responses", ["--prompts", prompts, "--model", model, "--output",
+                                     world.root / f"out/{name}.parquet", "--hparams", hparams(values)])  # fmt: skip
+    free_memory()
+    reference = generate_reference(model, [row["prompt"] for row in rows], values)
     beams = 1 if greedy else s.rrhf_beams
-    return StageResult(
-        None,
-        s.rrhf_prompts,
-        "prompts",
-        s.rrhf_prompts * beams * s.rrhf_new_tokens,
-        notes=f"batch {values['batch_size']}, {beams} beam(s); tokens = new tokens of every beam",
-    )
+    search = "greedy" if greedy else f"diverse beam search ({beams} groups)"
+    against = "greedy" if greedy else f"beam search, {beams} beams, no groups"
+    return StageResult(ours.seconds["ours"], s.rrhf_prompts, "prompts", s.rrhf_prompts * beams * s.rrhf_new_tokens,
+                       per="generation (all batches)",
+                       extra={"generate_seconds": round(reference, 4), "ours_seconds": round(ours.seconds["ours"], 4),
+                              "ratio_generate_over_ours": round(reference / max(ours.seconds["ours"], 1e-9), 3)},
+                       notes=f"batch {values['batch_size']}, {search}; generation {ours.seconds['ours']:.3f} s, "
+                             f"transformers generate ({against}) on the same batches {reference:.3f} s: "
+                             f"ratio generate / ours {reference / max(ours.seconds['ours'], 1e-9):.2f}; tokens = "
+                             "new tokens of every beam")  # fmt: skip
 
 
 def rrhf_greedy(world: World) -> StageResult:
@@ -1124,11 +1165,11 @@ def run_stage(world: World, name: str, fn: Callable[[World], StageResult]) -> di
         wall = time.perf_counter() - start - (world.build_seconds - built_before)
         seconds = result.seconds_per_step if result.seconds_per_step is not None else wall
         row.update(status="ok", peak_memory=peak_memory(), wall_s=round(wall, 3),
-                   seconds=round(seconds, 4), per="step" if result.seconds_per_step is not None else "stage",
+                   seconds=round(seconds, 4), per=result.per if result.seconds_per_step is not None else "stage",
                    items_per_s=round(result.items / seconds, 3) if seconds else None, item_unit=result.item_unit,
                    tokens_per_s=round(result.tokens / seconds, 1) if seconds else None,
                    shares={k: round(v, 3) for k, v in result.shares.items()} if result.shares else None,
-                   notes=result.notes)  # fmt: skip
+                   notes=result.notes, **result.extra)  # fmt: skip
     except Exception as error:  # noqa: BLE001 - a failing stage gets its row and the run goes on
         row.update(status="failed", error=f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[-1]}",
                    traceback=traceback.format_exc(), peak_memory=peak_memory(),

@@ -65,6 +65,17 @@ def test_training_stages_report_seconds_per_optimiser_step(tiny_run):
             "detox_ppo"} <= per_step  # fmt: skip
 
 
+def test_sampling_rows_compare_with_transformers_generate(tiny_run):
+    """Issue 21: our diverse beam search and greedy sampling against transformers' generate on the same model, prompts
+    and batches, as a ratio from the same run (generation time alone)."""
+    _, _, rows = tiny_run
+    for row in (r for r in rows if r["stage"] in ("rrhf_sampling", "rrhf_greedy")):
+        assert row["per"] == "generation (all batches)"
+        assert row["seconds"] == row["ours_seconds"] > 0 and row["generate_seconds"] > 0
+        assert row["ratio_generate_over_ours"] == pytest.approx(row["generate_seconds"] / row["ours_seconds"], rel=0.01)
+        assert "ratio generate / ours" in row["notes"]
+
+
 def test_ppo_rows_split_the_step(tiny_run):
     """The PPO step's shares: generation, scoring passes, rewards and optimisation, each a part of the step (the
     rest is the step's own bookkeeping), so they sum to at most 1 and cover most of it."""
