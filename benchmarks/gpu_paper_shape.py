@@ -326,11 +326,12 @@ def corpus_file(root: Path, data_dir: Path | None, tiny: bool) -> Path:
 class World:
     """The tokenizer, the models (built once, on first use) and the input files of one run."""
 
-    def __init__(self, root: Path, tiny: bool, data_dir: Path | None):
+    def __init__(self, root: Path, tiny: bool, data_dir: Path | None, toy_models: bool = False):
         from feedbackflow.tiny_models import train_tokenizer
 
-        self.root, self.tiny = root, tiny
+        self.root, self.tiny = root, tiny or toy_models  # tiny: toy architectures (float32, own vocabulary)
         self.shapes = TINY_SHAPES if tiny else Shapes()
+        self.tiny_shapes = tiny
         self.rng = random.Random(0)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         corpus = corpus_file(root, data_dir, tiny)
@@ -834,11 +835,14 @@ def rrhf_reward_scoring(world: World) -> StageResult:
 def with_fallback(world: World, names: list[str], run: Callable[[str], StageResult]) -> StageResult:
     """`run(model)` with the first of `names`; on CUDA out-of-memory, the next one (the note says which ran)."""
     for index, name in enumerate(names):
+        out_of_memory = False
         try:
             result = run(world.model(name))
         except torch.OutOfMemoryError:
             if index == len(names) - 1:
                 raise
+            out_of_memory = True
+        if out_of_memory:  # outside the except block: its traceback holds the stage's frames (and the model)
             free_memory()
             continue
         ran = f"{name} ({'toy width' if world.tiny else f'{ARCHITECTURES[name].parameters() / 1e9:.1f}e9 parameters'})"
@@ -901,7 +905,7 @@ def rrhf_perplexity(world: World) -> StageResult:
              "completion_tokens": None} for row in sample_rows(world, prompts, 1, s.rrhf_new_tokens)]  # fmt: skip
     scored = write(rows, world.path("rrhf/eval_scored.parquet"), SCORED_SAMPLES)
     evaluation = paper_section("rrhf_hh", "rrhf", "evaluation")
-    values = {"max_length": evaluation["max_length"] if not world.tiny else s.dsp_max_length,
+    values = {"max_length": evaluation["max_length"] if not world.tiny_shapes else s.dsp_max_length,
               "batch_size": evaluation["batch_size"], "dtype": "bfloat16"}  # fmt: skip
     run_cli("evaluate-responses", ["--scored", scored, "--reference-model", world.model("gpt2-medium"), "--output",
                                    world.root / "out/rrhf_eval.parquet", "--markdown", world.root / "out/rrhf_eval.md",
@@ -996,7 +1000,7 @@ def ilf_opt_rm_training(world: World) -> StageResult:
     values = {k: v for k, v in ilf["opt_rm"].items() if k != "base_model"}
     values.update(num_epochs=1, max_steps=s.steps, batch_size=batch, micro_batch_size=s.opt_rm_micro,
                   checkpoint_every=10_000, seed=42)  # fmt: skip
-    if world.tiny:
+    if world.tiny_shapes:
         values["max_input_length"] = s.sft_input
     with StepClock() as clock:
         run_cli("train-opt-rm", ["--train", train, "--model", world.model("opt-1.3b"), "--output",
@@ -1108,7 +1112,7 @@ def ilf_fine_tuning(world: World) -> StageResult:
               "batch_size": batch, "micro_batch_size": s.ilf_sft_micro, "checkpoint_every": 10_000,
               "max_eval_examples": 1, "eval_batch_size": 1, "max_target_length": s.ilf_target,
               "max_new_tokens": s.ilf_new_tokens}  # fmt: skip
-    if world.tiny:
+    if world.tiny_shapes:
         values["max_input_length"] = s.sft_input
     with StepClock() as clock:
         run_cli("train-sft", ["--train", train, "--dev", dev, "--model", world.model("opt-2.7b"), "--output",
@@ -1208,13 +1212,19 @@ def environment() -> dict:
             "python": platform.python_version()}  # fmt: skip
 
 
+def size_of(args: argparse.Namespace) -> str:
+    if args.tiny:
+        return "tiny (toy widths, small shapes: a CI check, not a measurement)"
+    return "paper shapes, toy widths (a check of the shapes, not a measurement)" if args.toy_models else "paper"
+
+
 def report(rows: list[dict], args: argparse.Namespace, env: dict, title: str) -> str:
     header = [f"# {title}", "",
               f"- date: {env['date']}", f"- device: {env['device']}",
               f"- versions: torch {env['torch']}, transformers {env['transformers']}, accelerate {env['accelerate']}, "
               f"python {env['python']}",
               f"- command: `{' '.join(['python', 'benchmarks/gpu_paper_shape.py', *args.argv])}`",
-              f"- size: {'tiny (toy widths, small shapes: a CI check, not a measurement)' if args.tiny else 'paper'}",
+              f"- size: {size_of(args)}",
               "- seconds: per optimiser step for training stages (median gap between steps), else the stage's wall "
               "time (model loading included); tokens/s counts the nominal shape (max lengths)", ""]  # fmt: skip
     return "\n".join(header) + markdown_table(rows)
@@ -1225,6 +1235,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="directory for table.md, results.json and the group tables")
     parser.add_argument("--tiny", action="store_true", help="toy widths and shapes: runs on the CPU in seconds")
     parser.add_argument("--stages", default=None, help=f"comma-separated subset of: {', '.join(all_stages())}")
+    parser.add_argument("--toy-models", action="store_true", help="paper shapes, toy architectures: a CPU check")
     parser.add_argument("--budget-s", type=float, default=None, help="skip the stages left after this many seconds")
     parser.add_argument("--data-dir", default=str(REPO_ROOT.parent / "shared" / "data"),
                         help="texts for the tokenizer (used when it exists)")  # fmt: skip
@@ -1254,7 +1265,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     rows: list[dict] = []
     try:
-        world = World(work, args.tiny, Path(args.data_dir))
+        world = World(work, args.tiny, Path(args.data_dir), toy_models=args.toy_models)
         stages = all_stages()
         for name in args.stage_names:
             if args.budget_s is not None and time.perf_counter() - start > args.budget_s:

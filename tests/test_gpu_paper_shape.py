@@ -148,3 +148,27 @@ def test_architectures_are_the_papers_models(harness, tmp_path, name):
     assert count == pytest.approx(HUB_PARAMETERS[name], rel=0.01)
     assert arch.parameters() == pytest.approx(count, rel=0.03)
     assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_full_fine_tuning_falls_back_to_the_smaller_llama_on_out_of_memory(harness, tmp_path):
+    """with_fallback: a CUDA out-of-memory error on LLaMA-7B runs the stage again on llama-5b and says so; any other
+    error, or running out on the last model, is the stage's error. (The out-of-memory error is raised by the stage
+    function here: no GPU in CI.)"""
+    world = harness.World(tmp_path, tiny=True, data_dir=None)
+    tried = []
+
+    def run(model: str):
+        tried.append(Path(model).name)
+        if "llama-7b" in model:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return harness.StageResult(1.0, 8, "queries", 100.0, notes="ran")
+
+    result = harness.with_fallback(world, ["llama-7b", "llama-5b"], run)
+    assert tried == ["llama-7b.lm", "llama-5b.lm"]
+    assert result.notes == "llama-5b (toy width); llama-7b ran out of memory; ran"
+
+    def always(model: str):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        harness.with_fallback(world, ["llama-7b", "llama-5b"], always)
