@@ -326,12 +326,15 @@ def corpus_file(root: Path, data_dir: Path | None, tiny: bool) -> Path:
 class World:
     """The tokenizer, the models (built once, on first use) and the input files of one run."""
 
-    def __init__(self, root: Path, tiny: bool, data_dir: Path | None, toy_models: bool = False):
+    def __init__(
+        self, root: Path, tiny: bool, data_dir: Path | None, toy_models: bool = False, scratch: Path | None = None
+    ):
         from feedbackflow.tiny_models import train_tokenizer
 
         self.root, self.tiny = root, tiny or toy_models  # tiny: toy architectures (float32, own vocabulary)
         self.shapes = TINY_SHAPES if tiny else Shapes()
         self.tiny_shapes = tiny
+        self.scratch = scratch or root  # the stages' outputs (out/, work/), deleted after each stage
         self.rng = random.Random(0)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         corpus = corpus_file(root, data_dir, tiny)
@@ -476,8 +479,23 @@ def qa_sft(world: World) -> StageResult:
               "max_new_tokens": s.sft_target}  # fmt: skip
     model = world.model("t5-large")
     with StepClock() as clock:
-        run_cli("train-sft", ["--train", train, "--dev", dev, "--model", model, "--output", world.root / "out/qa_sft",
-                              "--work-dir", world.root / "work/qa_sft", "--hparams", hparams(values)])  # fmt: skip
+        run_cli(
+            "train-sft",
+            [
+                "--train",
+                train,
+                "--dev",
+                dev,
+                "--model",
+                model,
+                "--output",
+                world.scratch / "out/qa_sft",
+                "--work-dir",
+                world.scratch / "work/qa_sft",
+                "--hparams",
+                hparams(values),
+            ],
+        )
     return StageResult(clock.seconds_per_step(), s.sft_batch, "samples", s.sft_batch * (s.sft_input + s.sft_target),
                        notes=f"{s.steps} steps; eval of 1 dev prompt at the end not timed")  # fmt: skip
 
@@ -525,9 +543,9 @@ def fg_reward_model(world: World, name: str) -> StageResult:
                 "--model",
                 model,
                 "--output",
-                world.root / f"out/{name}",
+                world.scratch / f"out/{name}",
                 "--work-dir",
-                world.root / f"work/{name}",
+                world.scratch / f"work/{name}",
                 "--hparams",
                 hparams(values),
             ],
@@ -556,7 +574,7 @@ def qa_rm_mean_std(world: World) -> StageResult:
 
         pairs = write(pair_rows(world, s.rm_token_batch * s.steps, s.rm_max_length), Path(pairs), PREFERENCE_LISTS)
     n_texts = 2 * s.rm_token_batch * s.steps
-    run_cli("reward-mean-std", ["--model", model, "--pairs", pairs, "--output", world.root / "out/mean_std.json",
+    run_cli("reward-mean-std", ["--model", model, "--pairs", pairs, "--output", world.scratch / "out/mean_std.json",
                                 "--max-length", s.rm_max_length, "--dtype", "bfloat16"])  # fmt: skip
     return StageResult(None, n_texts, "texts", n_texts * s.rm_max_length, notes="batch 32")
 
@@ -573,8 +591,8 @@ def run_ppo(world: World, name: str, prompts: str, policy: str, value: str, spec
     with MethodTimers(PPOEngine, {"rollout": "step", "ppo_epochs": "step"}) as step:
         with MethodTimers(PPOEngine, PPO_PARTS) as parts:
             run_cli("train-ppo", ["--prompts", prompts, "--policy", policy, "--value-model", value, "--reward-spec",
-                                  json.dumps(spec), "--output", world.root / f"out/{name}", "--value-output",
-                                  world.root / f"out/{name}.value", "--work-dir", world.root / f"work/{name}",
+                                  json.dumps(spec), "--output", world.scratch / f"out/{name}", "--value-output",
+                                  world.scratch / f"out/{name}.value", "--work-dir", world.scratch / f"work/{name}",
                                   "--hparams", hparams(values)])  # fmt: skip
     total = step.seconds["step"]
     shares = {label: seconds / total for label, seconds in parts.seconds.items()} if total else None
@@ -634,7 +652,7 @@ def qa_eval_greedy(world: World) -> StageResult:
         "--prompts", prompts, "--policy", world.model("t5-large"), "--relevance-model", token_rm,
         "--factuality-model", token_rm, "--completeness-model", sequence_rm, "--completeness-mean-std", mean_std,
         "--preference-model", sequence_rm, "--preference-mean-std", mean_std, "--responses",
-        world.root / "out/qa_eval.parquet", "--summary", world.root / "out/qa_eval.json", "--name", "bench",
+        world.scratch / "out/qa_eval.parquet", "--summary", world.scratch / "out/qa_eval.json", "--name", "bench",
         "--max-input-length", s.ppo_input, "--max-new-tokens", s.ppo_new_tokens, "--batch-size", s.eval_prompts,
         "--rm-max-length", s.rm_max_length, "--dtype", "bfloat16",
     ])  # fmt: skip
@@ -663,7 +681,7 @@ def detox_ppo(world: World) -> StageResult:
               "ppo_epochs": s.ppo_epochs,
               "eval_every": 10_000, "save_every": 10_000}  # fmt: skip
     spec = [{"type": "toxicity", "variant": "holistic", "scorer": {"backend": "profanity_check"},
-             "cache": str(world.root / "work/toxicity.sqlite")}]  # fmt: skip
+             "cache": str(world.scratch / "work/toxicity.sqlite")}]  # fmt: skip
     policy = world.model("gpt2-large")
     return run_ppo(world, "detox_ppo", prompts, policy, policy, spec, values,
                    s.detox_prompt_words + s.detox_new_tokens)  # fmt: skip
@@ -686,7 +704,7 @@ def detox_sampling(world: World) -> StageResult:
             "--model",
             world.model("gpt2-large"),
             "--output",
-            world.root / "out/detox_samples.parquet",
+            world.scratch / "out/detox_samples.parquet",
             "--hparams",
             hparams(values),
         ],
@@ -717,7 +735,7 @@ def detox_perplexity(world: World) -> StageResult:
             "--name",
             "bench",
             "--summary",
-            world.root / "out/detox_eval.json",
+            world.scratch / "out/detox_eval.json",
             "--hparams",
             hparams(values),
         ],
@@ -791,7 +809,7 @@ def rrhf_sampling(world: World, greedy: bool = False) -> StageResult:
     model = world.model("llama-7b")
     with MethodTimers(sampling, {"diverse_beam_search": "ours", "_generate": "ours"}) as ours:
         run_cli("sample-responses", ["--prompts", prompts, "--model", model, "--output",
-                                     world.root / f"out/{name}.parquet", "--hparams", hparams(values)])  # fmt: skip
+                                     world.scratch / f"out/{name}.parquet", "--hparams", hparams(values)])  # fmt: skip
     free_memory()
     reference = generate_reference(model, [row["prompt"] for row in rows], values)
     beams = 1 if greedy else s.rrhf_beams
@@ -822,7 +840,7 @@ def rrhf_reward_scoring(world: World) -> StageResult:
     samples = write(rows, world.path("rrhf/samples.parquet"), SAMPLES)
     values = {**paper_section("rrhf_hh", "rrhf", "reward_scoring"), "dtype": "bfloat16"}
     run_cli("score-samples", ["--samples", samples, "--model", world.model("gptj-6b", "rm_eos"), "--output",
-                              world.root / "out/rrhf_scored.parquet", "--hparams", hparams(values)])  # fmt: skip
+                              world.scratch / "out/rrhf_scored.parquet", "--hparams", hparams(values)])  # fmt: skip
     return StageResult(
         None,
         len(rows),
@@ -880,9 +898,9 @@ def rrhf_training(world: World) -> StageResult:
                     "--model",
                     model,
                     "--output",
-                    world.root / "out/rrhf",
+                    world.scratch / "out/rrhf",
                     "--work-dir",
-                    world.root / "work/rrhf",
+                    world.scratch / "work/rrhf",
                     "--hparams",
                     hparams(values),
                 ],
@@ -907,9 +925,21 @@ def rrhf_perplexity(world: World) -> StageResult:
     evaluation = paper_section("rrhf_hh", "rrhf", "evaluation")
     values = {"max_length": evaluation["max_length"] if not world.tiny_shapes else s.dsp_max_length,
               "batch_size": evaluation["batch_size"], "dtype": "bfloat16"}  # fmt: skip
-    run_cli("evaluate-responses", ["--scored", scored, "--reference-model", world.model("gpt2-medium"), "--output",
-                                   world.root / "out/rrhf_eval.parquet", "--markdown", world.root / "out/rrhf_eval.md",
-                                   "--hparams", hparams(values)])  # fmt: skip
+    run_cli(
+        "evaluate-responses",
+        [
+            "--scored",
+            scored,
+            "--reference-model",
+            world.model("gpt2-medium"),
+            "--output",
+            world.scratch / "out/rrhf_eval.parquet",
+            "--markdown",
+            world.scratch / "out/rrhf_eval.md",
+            "--hparams",
+            hparams(values),
+        ],
+    )
     return StageResult(None, len(rows), "responses", len(rows) * (s.rrhf_prompt_tokens + s.rrhf_new_tokens))
 
 
@@ -942,9 +972,9 @@ def dsp_reward_training(world: World) -> StageResult:
                     "--model",
                     model,
                     "--output",
-                    world.root / "out/dsp_rm",
+                    world.scratch / "out/dsp_rm",
                     "--work-dir",
-                    world.root / "work/dsp_rm",
+                    world.scratch / "work/dsp_rm",
                     "--hparams",
                     hparams(values),
                 ],
@@ -966,8 +996,8 @@ def dsp_reward_evaluation(world: World) -> StageResult:
     values = {"pooling": "last", "max_length": s.dsp_max_length,
               **paper_section("dsp", "dsp", "evaluation"), "dtype": "bfloat16"}  # fmt: skip
     run_cli("evaluate-reward-model", ["--model", world.model("llama-7b"), "--model-name", "bench", "--eval-set",
-                                      f"bench={eval_set}", "--metrics", world.root / "out/dsp_metrics.parquet",
-                                      "--rewards", world.root / "out/dsp_rewards.parquet",
+                                      f"bench={eval_set}", "--metrics", world.scratch / "out/dsp_metrics.parquet",
+                                      "--rewards", world.scratch / "out/dsp_rewards.parquet",
                                       "--hparams", hparams(values)])  # fmt: skip
     return StageResult(
         None,
@@ -1004,7 +1034,7 @@ def ilf_opt_rm_training(world: World) -> StageResult:
         values["max_input_length"] = s.sft_input
     with StepClock() as clock:
         run_cli("train-opt-rm", ["--train", train, "--model", world.model("opt-1.3b"), "--output",
-                                 world.root / "out/opt_rm", "--work-dir", world.root / "work/opt_rm",
+                                 world.scratch / "out/opt_rm", "--work-dir", world.scratch / "work/opt_rm",
                                  "--hparams", hparams(values)])  # fmt: skip
     return StageResult(
         clock.seconds_per_step(),
@@ -1032,8 +1062,8 @@ def ilf_best_of_n(world: World) -> StageResult:
     ilf = paper_section("ilf_slf5k", "ilf")
     lm = {"backend": "hf", "model": world.model("opt-2.7b"), **ilf["policy_lm"]}
     values = {**ilf["initial_summaries"], "n": s.ilf_best_of, "max_tokens": s.ilf_new_tokens, "stop": []}
-    run_cli("generate-texts", ["--prompts", prompts, "--output", world.root / "out/best_of_n.parquet", "--cache",
-                               world.root / "work/best_of_n.sqlite", "--lm", json.dumps(lm),
+    run_cli("generate-texts", ["--prompts", prompts, "--output", world.scratch / "out/best_of_n.parquet", "--cache",
+                               world.scratch / "work/best_of_n.sqlite", "--lm", json.dumps(lm),
                                "--hparams", hparams(values)])  # fmt: skip
     n = s.ilf_posts * s.ilf_best_of
     return StageResult(
@@ -1076,19 +1106,19 @@ def ilf_instructrm(world: World) -> StageResult:
             "--lm",
             json.dumps(lm),
             "--cache",
-            world.root / "work/irm.sqlite",
+            world.scratch / "work/irm.sqlite",
             "--scores",
-            world.root / "out/irm_scores.parquet",
+            world.scratch / "out/irm_scores.parquet",
             "--output",
-            world.root / "out/irm_chosen.parquet",
+            world.scratch / "out/irm_chosen.parquet",
             "--report",
-            world.root / "out/irm.json",
+            world.scratch / "out/irm.json",
         ],
     )
     import pandas as pd
 
     n = len(refinements)
-    scored = int((pd.read_parquet(world.root / "out/irm_scores.parquet")["status"] == "ok").sum())
+    scored = int((pd.read_parquet(world.scratch / "out/irm_scores.parquet")["status"] == "ok").sum())
     return StageResult(None, n, "refinements", 0.0, notes=f"{s.ilf_posts} posts x {s.ilf_refinements} refinements "
                        f"x 5 templates, {scored} of {n} scored; tokens not counted")  # fmt: skip
 
@@ -1116,7 +1146,7 @@ def ilf_fine_tuning(world: World) -> StageResult:
         values["max_input_length"] = s.sft_input
     with StepClock() as clock:
         run_cli("train-sft", ["--train", train, "--dev", dev, "--model", world.model("opt-2.7b"), "--output",
-                              world.root / "out/ilf_sft", "--work-dir", world.root / "work/ilf_sft",
+                              world.scratch / "out/ilf_sft", "--work-dir", world.scratch / "work/ilf_sft",
                               "--hparams", hparams(values)])  # fmt: skip
     return StageResult(clock.seconds_per_step(), batch, "samples", batch * (values["max_input_length"] + s.ilf_target),
                        notes=f"batch {batch}, micro {s.ilf_sft_micro}; tokens nominal")  # fmt: skip
@@ -1181,7 +1211,7 @@ def run_stage(world: World, name: str, fn: Callable[[World], StageResult]) -> di
         print(row["traceback"], file=sys.stderr)
     finally:  # the stages' outputs (a 7B checkpoint is 27 GB in float32) would fill the device's 64 GiB disk
         for scratch in ("out", "work"):
-            for path in (world.root / scratch).glob("*"):
+            for path in (world.scratch / scratch).glob("*"):
                 if path.is_dir():
                     shutil.rmtree(path, ignore_errors=True)
     return row
@@ -1240,6 +1270,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=str(REPO_ROOT.parent / "shared" / "data"),
                         help="texts for the tokenizer (used when it exists)")  # fmt: skip
     parser.add_argument("--work-dir", default=None, help="models and data (default: a temporary directory)")
+    parser.add_argument(
+        "--scratch-dir",
+        default=None,
+        help="where the stages write their outputs, e.g. /dev/shm: a training stage saves its model "
+        "at the end (27 GB for a 7B in float32), outside its measured steps (default: work dir)",
+    )
     args = parser.parse_args(argv)
     args.argv = argv
     known = all_stages()
@@ -1264,8 +1300,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(min(2, torch.get_num_threads()))
     env = environment()
     rows: list[dict] = []
+    world = None
     try:
-        world = World(work, args.tiny, Path(args.data_dir), toy_models=args.toy_models)
+        scratch = Path(tempfile.mkdtemp(prefix="gpu_paper_shape.", dir=args.scratch_dir)) if args.scratch_dir else None
+        world = World(work, args.tiny, Path(args.data_dir), toy_models=args.toy_models, scratch=scratch)
         stages = all_stages()
         for name in args.stage_names:
             if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
@@ -1277,6 +1315,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
+        if args.scratch_dir and world is not None:
+            shutil.rmtree(world.scratch, ignore_errors=True)
     (out / "results.json").write_text(json.dumps({"environment": env, "argv": args.argv, "tiny": args.tiny,
                                                   "rows": rows}, indent=2) + "\n")  # fmt: skip
     by_name = {row["stage"]: row for row in rows}
