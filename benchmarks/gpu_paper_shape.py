@@ -12,19 +12,21 @@ on the texts of `--data-dir` (../shared/data when there) plus a pseudo-word corp
 each model's real vocabulary size (32,128 / 50,265 / 50,257 / 32,000 / 50,400 / 50,272), so embedding and softmax
 cost what they cost at paper scale.
 
-Stages (`STAGES`): each one calls the project's own stage function in this process, the `main` that
-`python -m feedbackflow <stage>` (and so the Snakemake rule) calls, with the paper config's hyperparameters
+Stages (`GROUPS`: issue 20's and issue 21's): each one calls the project's own stage function in this process, the
+`main` that `python -m feedbackflow <stage>` (and so the Snakemake rule) calls, with the paper config's hyperparameters
 (config/experiments/*.yaml) at one process's share of the paper's shapes, on small Parquet inputs written here in
 the project's formats (feedbackflow.formats), a few steps each. `--tiny` shrinks every architecture to toy width and
-depth (the same classes) and every shape to small values, so the whole script runs on the CPU in well under a minute:
-that is its CI test (tests/test_gpu_paper_shape.py).
+depth (the same classes) and every shape to small values, so the whole script runs on the CPU in about a minute: that
+is its CI test (tests/test_gpu_paper_shape.py). `--toy-models` keeps the paper shapes with toy architectures: a CPU
+check of shapes and data before device time is spent.
 
 Measured per stage: peak GPU memory (torch.cuda.max_memory_allocated after reset_peak_memory_stats; on the CPU
 "n/a (cpu)" and the process's peak RSS so far), seconds per optimiser step for training stages (the median gap between
 consecutive optimiser steps, read by a global optimiser-step hook, so loading and saving are not counted), else the
 stage's wall seconds, and tokens or samples per second. For the PPO steps, the share of the step spent in generation,
 the scoring passes (old log-probs, values, reference), the rewards and the PPO epochs: PPOEngine's methods are wrapped
-with timers here (synchronising CUDA around each), nothing in src/ changes.
+with timers here (synchronising CUDA around each), nothing in src/ changes. rrhf_sampling / rrhf_greedy also time
+transformers' own `generate` on the same model, prompts and batches (`generate_reference`) and give the ratio.
 
 Memory of a full fine-tuning step of LLaMA-7B with Adam under bf16 mixed precision: 6.74e9 parameters x (4 bytes
 fp32 weights + 4 grads + 8 Adam moments) = 108 GB (about 100 GiB) of states before activations and the bf16 autocast
@@ -34,9 +36,11 @@ LLaMA-architecture model kept here below it; the table's notes say which one ran
 
 Run (see benchmarks/README.md for the device machine):
 
-    .venv/bin/python benchmarks/gpu_paper_shape.py --out /tmp/gpu_shape [--tiny] [--stages a,b] [--budget-s 420]
+    .venv/bin/python benchmarks/gpu_paper_shape.py --out DIR [--tiny | --toy-models] [--stages a,b] [--budget-s 420]
+        [--scratch-dir /dev/shm] [--data-dir DIR] [--work-dir DIR]
 
-Writes DIR/table.md and DIR/results.json; exits nonzero when any stage failed (its row carries the error).
+Writes DIR/gpu_finegrained.md, DIR/gpu_rrhf_dsp_ilf.md, DIR/table.md and DIR/results.json; exits 1 when any stage
+failed (its row carries the error; results.json its traceback), 2 on bad arguments.
 """
 
 from __future__ import annotations
