@@ -38,3 +38,23 @@ def test_unknown_hyperparameter_is_named():
     )  # fmt: skip
     assert result.returncode != 0
     assert "learning_rat" in result.stderr
+
+
+def test_a_stage_ends_its_process_group(tmp_path):
+    """A stage run under `accelerate launch` leaves no process group to interpreter finalisation (where gloo's
+    threads aborted a finished ZeRO-3 job): here a real one-process gloo group around a real stage."""
+    import torch.distributed as dist
+
+    from feedbackflow.formats import SLF5K_POSTS, write_rows
+
+    posts = tmp_path / "posts.parquet"
+    post = {"post_id": "p1", "subreddit": "Advice", "title": "A title", "post": "A post.",
+            "reference_summary": "A summary.", "source": "train.jsonl", "record": 0}  # fmt: skip
+    write_rows([post], posts, SLF5K_POSTS)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        main(["ilf-reference-samples", "--posts", str(posts), "--output", str(tmp_path / "samples.parquet")])
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -73,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def end_distributed() -> None:
+    """Destroy the process group that a stage's Accelerator opened (under `accelerate launch`: DDP or DeepSpeed)
+    once the stage has finished. Left to interpreter finalisation, gloo's worker threads can abort a process that
+    has finished and saved ("terminate called without an active exception", SIGABRT: seen at the exit of a CRFT
+    stage under ZeRO-3), which fails the job. Destroying a group is local: no collective, no wait on the others."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in STAGES:
@@ -93,3 +103,4 @@ def main(argv: list[str] | None = None) -> None:
     except (DataError, ConfigError) as error:
         logging.getLogger("feedbackflow").error("%s", error)
         sys.exit(f"error: {error}")
+    end_distributed()
