@@ -39,13 +39,19 @@ from feedbackflow.tiny_models import (
 
 VOCAB_SIZE = 1000
 WIDTH = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+# Longformer: one layer of 2 heads. Its sliding-window attention at 2,048 tokens is the cost of the qa scenario (4
+# reward models trained on batches of 24, reward-mean-std over every training pair, evaluation): 2 layers of 4 heads
+# take ~3.7x as long a sequence on the CPU; the layer keeps what matters here (window, global attention, padding).
+FAMILY_WIDTH = {"longformer": {"num_hidden_layers": 1, "num_attention_heads": 2}}
 # Longest sequence of each toy model: the real architecture's (Longformer 4,096; GPT-2 1,024; OPT and GPT-J 2,048),
 # at least every max length of the paper configs.
 MAX_POSITIONS = {"llama": 2048, "gpt2": 1024, "opt": 2048, "gptj": 2048, "t5": 2048, "longformer": 4096}
 LONGFORMER_WINDOW = 512  # longformer-base-4096's attention window: inputs are padded to a multiple of it
-HH_FIRST, HH_LONGEST = 16, 8  # records of the real HH harmless-base test split kept: the first and the longest
+HH_FIRST, HH_LONGEST = 8, 8  # records of the real HH harmless-base test split kept: the first and the longest;
+# 16 = one RRHF batch of queries (2 processes x 8), two GRFT batches of pairs (helpful and harmless: 32 pairs)
 DSP_FIRST, DSP_LONGEST = 6, 2  # 8 queries: 32 CRFT pairs per domain, 2 accumulation steps of 16
 QA_FIRST, QA_LONGEST = 32, 4  # R2 keeps ~80% of records as rows: >= 24 (the RMs' batch)
+QA_EVAL_FIRST, QA_EVAL_LONGEST = 2, 2  # the evaluation sets (dev/test prompts, the RMs' dev feedback): a few records
 
 
 def _longest(records: list, n: int, size: Callable) -> list:
@@ -76,7 +82,11 @@ class PaperShapeAssets:
             "data/qa_feedback/dev_feedback.json": self._qa_dev_feedback,
             "data/text_score/hh_pairs.json": self._text_score,
             "data/rm-static/hh.parquet": self._rm_static,
-            "data/qa_feedback/prompts.json": self._qa_prompts,
+            "data/qa_feedback/prompts.json": lambda out: self._qa_prompts(out, "data/qa_feedback/dev_feedback.json"),
+            "data/qa_feedback/dev_feedback.eval.json": self._qa_eval_feedback,
+            "data/qa_feedback/prompts.eval.json": lambda out: self._qa_prompts(
+                out, "data/qa_feedback/dev_feedback.eval.json"
+            ),
             "data/rtp/prompts.jsonl": self._rtp,
             "data/slf5k": self._slf5k,
         }
@@ -122,10 +132,21 @@ class PaperShapeAssets:
         kept = take(records, QA_FIRST, QA_LONGEST, lambda r: len(json.dumps(r["passages"])))
         out.write_text(json.dumps(kept))
 
-    def _qa_prompts(self, out: Path) -> None:
+    def _qa_eval_feedback(self, out: Path) -> None:
+        """A few records of the real dev_feedback.json (the first and the longest), none of the training slice's:
+        the reward models' dev set and, as prompts, the dev and test sets."""
+        records = json.loads((self.shared / "qa_feedback" / "dev_feedback.json").read_text())
+        size = lambda r: len(json.dumps(r["passages"]))  # noqa: E731
+        training = take(records, QA_FIRST, QA_LONGEST, size)
+        rest = [r for r in records[QA_FIRST:] if r not in training]
+        kept = take(rest, QA_EVAL_FIRST, QA_EVAL_LONGEST, size)
+        out.write_text(json.dumps(kept))
+
+    def _qa_prompts(self, out: Path, feedback: str) -> None:
         """train.json / dev.json / test.json's format ({text, answer, passages: [{wikipage, content}], question})
-        from the real dev-feedback records: their questions, passages (the paper's prompt text) and gold answers."""
-        records = json.loads(self.path("data/qa_feedback/dev_feedback.json").read_text())
+        from real dev-feedback records (the asset `feedback`): their questions, passages (the paper's prompt text)
+        and gold answers."""
+        records = json.loads(self.path(feedback).read_text())
         prompts = []
         for record in records:
             passages = [{"wikipage": p[0], "content": " ".join(p[1:])} for p in record["passages"]]
@@ -189,7 +210,7 @@ class PaperShapeAssets:
     def _config(self, family: str) -> TinyModelConfig:
         return TinyModelConfig(
             seed=0, vocab_size=VOCAB_SIZE, max_position_embeddings=MAX_POSITIONS[family],
-            attention_window=LONGFORMER_WINDOW, **WIDTH,
+            attention_window=LONGFORMER_WINDOW, **{**WIDTH, **FAMILY_WIDTH.get(family, {})},
         )  # fmt: skip
 
     def _tokenizer(self, family: str, architecture: str = "causal"):
