@@ -137,7 +137,7 @@ def _keys(tree, prefix=""):
 
 
 def test_dsp(paper_shape_assets, tmp_path, record_property):
-    """GRFT then CRFT (with and without the LM loss) of a toy LLaMA under ZeRO-3 + offload on 2 processes, at
+    """GRFT then CRFT (with and without the LM loss) of a toy LLaMA under ZeRO-3 (no offload) on 2 processes, at
     max length 512 on real HH dialogues and DSP responses; every model evaluated on every set."""
     workdir, table = run_scenario(SCENARIOS["dsp"], paper_shape_assets, tmp_path, record_property)
     assert set(table["model"]) >= {"base", "grft", "crft-academy", "crft_imitation-academy"}
