@@ -39,7 +39,7 @@ Run (see benchmarks/README.md for the device machine):
     .venv/bin/python benchmarks/gpu_paper_shape.py --out DIR [--tiny | --toy-models] [--stages a,b] [--budget-s 420]
         [--scratch-dir /dev/shm] [--data-dir DIR] [--work-dir DIR]
 
-Writes DIR/gpu_finegrained.md, DIR/gpu_rrhf_dsp_ilf.md, DIR/table.md and DIR/results.json; exits 1 when any stage
+Writes DIR/gpu_fgrlhf.md, DIR/gpu_rrhf_dsp_ilf.md, DIR/table.md and DIR/results.json; exits 1 when any stage
 failed (its row carries the error; results.json its traceback), 2 on bad arguments.
 """
 
@@ -1183,7 +1183,7 @@ RRHF_DSP_ILF = {
     "ilf_instructrm": ilf_instructrm,
     "ilf_fine_tuning": ilf_fine_tuning,
 }
-GROUPS = {"gpu_finegrained": FINEGRAINED, "gpu_rrhf_dsp_ilf": RRHF_DSP_ILF}
+GROUPS = {"gpu_fgrlhf": FINEGRAINED, "gpu_rrhf_dsp_ilf": RRHF_DSP_ILF}
 
 
 def all_stages() -> dict[str, Callable[[World], StageResult]]:

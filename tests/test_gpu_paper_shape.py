@@ -117,7 +117,7 @@ def test_budget_skips_the_rest_and_still_writes_the_table(tmp_path):
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [(row["stage"], row["status"]) for row in rows] == [("qa_sft", "skipped (budget)"),
                                                                ("rrhf_training", "skipped (budget)")]  # fmt: skip
-    assert "| qa_sft | skipped (budget) |" in (out / "gpu_finegrained.md").read_text()
+    assert "| qa_sft | skipped (budget) |" in (out / "gpu_fgrlhf.md").read_text()
     assert "| rrhf_training | skipped (budget) |" in (out / "gpu_rrhf_dsp_ilf.md").read_text()
 
 
