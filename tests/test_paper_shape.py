@@ -29,7 +29,10 @@ from feedbackflow.preflight import configured_services
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OVERLAYS = REPO_ROOT / "tests" / "paper_shape"
-LIMITS = ("max_length", "max_input", "max_target", "max_prompt", "max_position")  # key parts an overlay keeps
+# a key naming a length limit of the model input (max_length, max_input_length, max_prompt_tokens, ...), which an
+# overlay keeps; counts (max_prompts, max_steps) and max_new_tokens (a generation size) are sizes it may change
+LIMIT_SUFFIXES = ("length", "_tokens", "_words", "_embeddings")
+GENERATION_SIZES = ("max_new_tokens", "max_tokens")  # max_tokens: the OpenAI-style name of max_new_tokens
 
 
 @dataclass
@@ -125,8 +128,20 @@ def test_overlays_change_sizes_only():
     for paper in papers:
         overlay = yaml.safe_load((OVERLAYS / f"{paper}.yaml").read_text())
         assert not {"accelerate_config", "experiments", "seed"} & set(overlay), paper
-        lengths = [key for key in _keys(overlay) if any(limit in key.rsplit(".", 1)[-1] for limit in LIMITS)]
+        lengths = [key for key in _keys(overlay) if is_length_limit(key.rsplit(".", 1)[-1])]
         assert not lengths, f"{paper}: the overlay changes {lengths}"
+
+
+def is_length_limit(name: str) -> bool:
+    """Whether a config key's last part is a max length of the model input (see LIMIT_SUFFIXES)."""
+    return name.startswith("max_") and name.endswith(LIMIT_SUFFIXES) and name not in GENERATION_SIZES
+
+
+def test_length_limits_are_told_from_sizes():
+    assert all(map(is_length_limit, ["max_length", "max_input_length", "max_prompt_tokens", "max_prompt_words",
+                                     "max_position_embeddings", "max_target_length"]))  # fmt: skip
+    sizes = ["max_prompts", "max_steps", "max_new_tokens", "max_tokens", "max_eval_examples"]
+    assert not any(map(is_length_limit, sizes))
 
 
 def _keys(tree, prefix=""):
