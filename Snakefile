@@ -20,31 +20,16 @@ if not config:
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
-def snakemake_executor():
-    """The executor this run submits jobs with (`--executor`, or a profile's `executor:`; None: local), read with
-    Snakemake's own argument parser, since the workflow object learns it only after the Snakefile is parsed."""
-    import contextlib
-    import io
-
-    from snakemake.cli import parse_args
-
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            return parse_args(sys.argv[1:])[1].executor  # quiet: it would print "Using profile ..." again
-    except (SystemExit, Exception):  # not started from the snakemake command line (e.g. the Python API)
-        return None
-
-
 # The remote services the configured stages call (ILF's LMs, the RRHF judge, Perspective): an unset API key
 # variable, a loopback endpoint under a cluster executor, or an endpoint nobody answers (a TCP connect, no request)
 # fail here, before any job is submitted (feedbackflow.preflight). Jobs parse this file again on their node: not there.
 if workflow.is_main_process:
     try:
-        from feedbackflow.preflight import check_services
+        from feedbackflow.preflight import check_services, snakemake_executor
     except ImportError:  # Snakemake runs outside the project's environment: the module needs only the stdlib
         sys.path.insert(0, os.path.join(workflow.basedir, "src"))
-        from feedbackflow.preflight import check_services
-    check_services(config, snakemake_executor())
+        from feedbackflow.preflight import check_services, snakemake_executor
+    check_services(config, snakemake_executor(sys.argv[1:]))
 
 
 include: "workflow/rules/common.smk"

@@ -14,7 +14,7 @@ service fails at once with a message naming the config key and its value, not af
   the connection is opened and closed, no HTTP request is sent, so the check costs nothing on a paid API.
 
 Only the experiments listed in `experiments` are checked, and only services their stages use. The stdlib alone is
-imported here: the Snakefile imports this module in Snakemake's own environment.
+imported at module level: the Snakefile imports this module in Snakemake's own environment.
 """
 
 from __future__ import annotations
@@ -168,6 +168,22 @@ def service_problems(config: Mapping, executor: str | None, environ: Mapping[str
         if unreachable.get(service.url):
             problems.append(f"config {service.url_key}: {service.url} is unreachable ({unreachable[service.url]})")
     return problems
+
+
+def snakemake_executor(argv: list[str]) -> str | None:
+    """The executor a Snakemake command line submits jobs with (`--executor`, or a profile's `executor:`; None:
+    local), read with Snakemake's own argument parser: the workflow learns it only after the Snakefile is parsed.
+    Snakemake is imported here only, so the rest of the module keeps to the stdlib."""
+    import contextlib
+    import io
+
+    from snakemake.cli import parse_args
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return parse_args(argv)[1].executor  # quiet: it would print "Using profile ..." again
+    except (SystemExit, Exception):  # not a snakemake command line (e.g. the Python API)
+        return None
 
 
 def check_services(config: Mapping, executor: str | None, environ: Mapping[str, str] | None = None,
