@@ -23,7 +23,7 @@ import pytest
 import yaml
 from openai_stub_server import StubOpenAIServer
 from perspective_stub_server import StubPerspectiveServer
-from workflow_runs import copy_project, planned_jobs, planned_resources, snakemake
+from workflow_runs import copy_project, planned_jobs, planned_resources, snakemake, write_service_overlay
 
 from feedbackflow.cli import STAGES
 from feedbackflow.language_model import lm_config_from_json
@@ -46,16 +46,10 @@ def reachable_services(workdir: Path, configfile: str):
         yield [], {}
         return
     with StubOpenAIServer() as openai_stub, StubPerspectiveServer() as perspective_stub:
-        changes: dict = {}
-        for service in services:
-            url = perspective_stub.url if service.where == "detox.toxicity" else openai_stub.origin + "/v1"
-            *parents, leaf = service.url_key.split(".")
-            section = changes
-            for name in parents:
-                section = section.setdefault(name, {})
-            section[leaf] = url
-        (workdir / "services_overlay.yaml").write_text(yaml.safe_dump(changes))
-        yield ["services_overlay.yaml"], {service.api_key_env: "test-key" for service in services}
+        env = write_service_overlay(
+            workdir / "services_overlay.yaml", services, openai_stub.origin + "/v1", perspective_stub.url
+        )
+        yield ["services_overlay.yaml"], env
 
 
 def plan_with_placeholder_inputs(workdir: Path, configfile: str, attempts: int = 40):

@@ -23,7 +23,7 @@ import yaml
 from openai_stub_server import Action, StubOpenAIServer
 from perspective_stub_server import StubPerspectiveServer
 from safetensors.torch import load_file
-from workflow_runs import copy_project, snakemake
+from workflow_runs import copy_project, snakemake, write_service_overlay
 
 from feedbackflow.preflight import configured_services
 
@@ -80,16 +80,8 @@ def stubbed_services(workdir: Path, configs: list[str]):
         return
     openai_stub = StubOpenAIServer(judge_score, max_requests=100_000)
     with openai_stub, StubPerspectiveServer(max_requests=100_000) as perspective:
-        changes: dict = {}
-        for service in services:
-            url = perspective.url if service.where == "detox.toxicity" else openai_stub.base_url
-            *parents, leaf = service.url_key.split(".")
-            section = changes
-            for name in parents:
-                section = section.setdefault(name, {})
-            section[leaf] = url
-        (workdir / "services.yaml").write_text(yaml.safe_dump(changes))
-        yield ["services.yaml"], {service.api_key_env: "test-key" for service in services}
+        env = write_service_overlay(workdir / "services.yaml", services, openai_stub.base_url, perspective.url)
+        yield ["services.yaml"], env
 
 
 def _merge(base: dict, overlay: dict) -> None:

@@ -68,3 +68,19 @@ def planned_resources(output: str) -> dict[str, list[dict[str, str]]]:
             resources.setdefault(rule, []).append(values)
             rule = None
     return resources
+
+
+def write_service_overlay(path: Path, services, openai_url: str, perspective_url: str) -> dict[str, str]:
+    """Write a --configfile at `path` pointing each remote service (feedbackflow.preflight.Service) at a loopback
+    stub (Perspective for `detox.toxicity`, else the OpenAI-compatible one); return the key variables to set."""
+    import yaml
+
+    changes: dict = {}
+    for service in services:
+        *parents, leaf = service.url_key.split(".")
+        section = changes
+        for name in parents:
+            section = section.setdefault(name, {})
+        section[leaf] = perspective_url if service.where == "detox.toxicity" else openai_url
+    path.write_text(yaml.safe_dump(changes))
+    return {service.api_key_env: "test-key" for service in services}

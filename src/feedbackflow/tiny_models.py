@@ -261,16 +261,23 @@ def build_sequence_classifier(
     return LongformerForSequenceClassification(longformer_config(tokenizer, config, num_labels=num_labels)).float()
 
 
-def _with_generation_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+def _special_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+    return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+
+
+def _seeded_lm(model_class, model_config, tokenizer: PreTrainedTokenizerFast, seed: int) -> PreTrainedModel:
+    """`model_class(model_config)` initialised under `seed`, with the tokenizer's special ids for generation."""
+    torch.manual_seed(seed)
+    model = model_class(model_config)
+    for name, value in _special_ids(tokenizer).items():
+        setattr(model.generation_config, name, value)
     return model.float()
 
 
 def build_gpt2_lm(tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig) -> GPT2LMHeadModel:
     """A freshly initialised GPT-2 (learned absolute positions, GELU MLP, tied embeddings): the stand-in for
-    gpt2-large / gpt2-xl (SPEC section 1, detoxification) and gpt2-medium (RRHF perplexity) at toy width."""
+    gpt2-large / gpt2-xl (Wu et al. 2023, detoxification) and gpt2-medium (RRHF perplexity) at toy width."""
     gpt2_config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=config.max_position_embeddings,
@@ -281,17 +288,14 @@ def build_gpt2_lm(tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig) -
         resid_pdrop=config.dropout,
         embd_pdrop=config.dropout,
         attn_pdrop=config.dropout,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        **_special_ids(tokenizer),
     )
-    torch.manual_seed(config.seed)
-    return _with_generation_ids(GPT2LMHeadModel(gpt2_config), tokenizer)
+    return _seeded_lm(GPT2LMHeadModel, gpt2_config, tokenizer, config.seed)
 
 
 def build_opt_lm(tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig) -> OPTForCausalLM:
     """A freshly initialised OPT (learned positions offset by 2, ReLU MLP): the stand-in for facebook/opt-2.7b
-    (ILF policy) and opt-1.3b (OPT-RM) of SPEC section 3 at toy width."""
+    (ILF policy) and opt-1.3b (OPT-RM) of Scheurer et al. 2023 (ILF) at toy width."""
     opt_config = OPTConfig(
         vocab_size=len(tokenizer),
         hidden_size=config.hidden_size,
@@ -301,17 +305,14 @@ def build_opt_lm(tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig) ->
         num_attention_heads=config.num_attention_heads,
         max_position_embeddings=config.max_position_embeddings,
         dropout=config.dropout,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        **_special_ids(tokenizer),
     )
-    torch.manual_seed(config.seed)
-    return _with_generation_ids(OPTForCausalLM(opt_config), tokenizer)
+    return _seeded_lm(OPTForCausalLM, opt_config, tokenizer, config.seed)
 
 
 def build_gptj_lm(tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig) -> GPTJForCausalLM:
     """A freshly initialised GPT-J (rotary on part of each head, parallel attention + MLP): the body of the RRHF
-    paper's scorer Dahoas/gptj-rm-static (SPEC section 2, import_reward_model) at toy width."""
+    paper's scorer Dahoas/gptj-rm-static (Yuan et al. 2023; `import_reward_model`) at toy width."""
     head_dim = config.hidden_size // config.num_attention_heads
     gptj_config = GPTJConfig(
         vocab_size=len(tokenizer),
@@ -324,12 +325,9 @@ def build_gptj_lm(tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig) -
         resid_pdrop=config.dropout,
         embd_pdrop=config.dropout,
         attn_pdrop=config.dropout,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        **_special_ids(tokenizer),
     )
-    torch.manual_seed(config.seed)
-    return _with_generation_ids(GPTJForCausalLM(gptj_config), tokenizer)
+    return _seeded_lm(GPTJForCausalLM, gptj_config, tokenizer, config.seed)
 
 
 # The causal LM families of the paper configs (paper-shape CI scenarios build them at toy width).
