@@ -821,7 +821,7 @@ def rrhf_sampling(world: World, greedy: bool = False) -> StageResult:
     against = "greedy" if greedy else f"beam search, {beams} beams, no groups"
     return StageResult(ours.seconds["ours"], s.rrhf_prompts, "prompts", s.rrhf_prompts * beams * s.rrhf_new_tokens,
                        per="generation (all batches)",
-                       extra={"generate_seconds": round(reference, 4), "ours_seconds": round(ours.seconds["ours"], 4),
+                       extra={"generate_seconds": round(reference, 6), "ours_seconds": round(ours.seconds["ours"], 6),
                               "ratio_generate_over_ours": round(reference / max(ours.seconds["ours"], 1e-9), 3)},
                        notes=f"batch {values['batch_size']}, {search}; generation {ours.seconds['ours']:.3f} s, "
                              f"transformers generate ({against}) on the same batches {reference:.3f} s: "
@@ -1203,7 +1203,7 @@ def run_stage(world: World, name: str, fn: Callable[[World], StageResult]) -> di
         wall = time.perf_counter() - start - (world.build_seconds - built_before)
         seconds = result.seconds_per_step if result.seconds_per_step is not None else wall
         row.update(status="ok", peak_memory=peak_memory(), wall_s=round(wall, 3),
-                   seconds=round(seconds, 4), per=result.per if result.seconds_per_step is not None else "stage",
+                   seconds=round(seconds, 6), per=result.per if result.seconds_per_step is not None else "stage",
                    items_per_s=round(result.items / seconds, 3) if seconds else None, item_unit=result.item_unit,
                    tokens_per_s=round(result.tokens / seconds, 1) if seconds else None,
                    shares={k: round(v, 3) for k, v in result.shares.items()} if result.shares else None,

@@ -72,7 +72,10 @@ def test_sampling_rows_compare_with_transformers_generate(tiny_run):
     for row in (r for r in rows if r["stage"] in ("rrhf_sampling", "rrhf_greedy")):
         assert row["per"] == "generation (all batches)"
         assert row["seconds"] == row["ours_seconds"] > 0 and row["generate_seconds"] > 0
-        assert row["ratio_generate_over_ours"] == pytest.approx(row["generate_seconds"] / row["ours_seconds"], rel=0.01)
+        # The ratio is rounded to 3 decimals, the times to 6: at a few milliseconds a coarser rounding of the times
+        # moved the recomputed ratio by over 1% (CI: 1.091 against 1.078 from times rounded to 0.1 ms).
+        assert row["ratio_generate_over_ours"] == pytest.approx(row["generate_seconds"] / row["ours_seconds"],
+                                                                rel=0.01, abs=0.0015)  # fmt: skip
         assert "ratio generate / ours" in row["notes"]
 
 
