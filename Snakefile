@@ -22,13 +22,13 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 # The remote services the configured stages call (ILF's LMs, the RRHF judge, Perspective): an unset API key
 # variable, a loopback endpoint under a cluster executor, or an endpoint nobody answers (a TCP connect, no request)
-# fail here, before any job is submitted (feedbackflow.preflight). Jobs parse this file again on their node: not there.
+# fail here, before any job is submitted (feedbackflow.core.preflight). Jobs parse this file again on their node: not there.
 if workflow.is_main_process:
     try:
-        from feedbackflow.preflight import check_services, snakemake_executor
+        from feedbackflow.core.preflight import check_services, snakemake_executor
     except ImportError:  # Snakemake runs outside the project's environment: the module needs only the stdlib
         sys.path.insert(0, os.path.join(workflow.basedir, "src"))
-        from feedbackflow.preflight import check_services, snakemake_executor
+        from feedbackflow.core.preflight import check_services, snakemake_executor
     check_services(config, snakemake_executor(sys.argv[1:]))
 
 

@@ -7,7 +7,7 @@
 Each seed runs in its own scratch copy of the project (`--workdir`/seed-<n>: Snakefile, workflow, config, profiles)
 with `--config seed=<n>`, which reseeds the synthetic worlds, the tiny models and every stage. A copy is kept, so a
 second call resumes its runs and reruns only what a change invalidated: spread the seeds over a working day. The
-claims are `feedbackflow.claims`; a cell is the margin (value - reference, or reference - value where lower is
+claims are `feedbackflow.tiny.claims`; a cell is the margin (value - reference, or reference - value where lower is
 better, in the claim's unit; > 0: holds) and the `min` column the smallest over the seeds, beside the margin the test
 suite asserts. The table also goes to `--workdir`/claims.md. Runs take hours on 2 cores: never time anything else
 while they run.
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from feedbackflow.claims import EXPERIMENTS, Claim, claims_of  # noqa: E402
+from feedbackflow.tiny.claims import EXPERIMENTS, Claim, claims_of  # noqa: E402
 
 PROJECT_ITEMS = ("Snakefile", "workflow", "config", "profiles")
 # Issue 18's plan: four seeds where margins were thin (ILF, Fine-Grained qa), one extra seed where they are wide.

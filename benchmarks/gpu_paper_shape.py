@@ -15,7 +15,7 @@ cost what they cost at paper scale.
 Stages (`GROUPS`: issue 20's and issue 21's): each one calls the project's own stage function in this process, the
 `main` that `python -m feedbackflow <stage>` (and so the Snakemake rule) calls, with the paper config's hyperparameters
 (config/experiments/*.yaml) at one process's share of the paper's shapes, on small Parquet inputs written here in
-the project's formats (feedbackflow.formats), a few steps each. `--tiny` shrinks every architecture to toy width and
+the project's formats (core.formats), a few steps each. `--tiny` shrinks every architecture to toy width and
 depth (the same classes) and every shape to small values, so the whole script runs on the CPU in about a minute: that
 is its CI test (tests/test_gpu_paper_shape.py). `--toy-models` keeps the paper shapes with toy architectures: a CPU
 check of shapes and data before device time is spent.
@@ -333,7 +333,7 @@ class World:
     def __init__(
         self, root: Path, tiny: bool, data_dir: Path | None, toy_models: bool = False, scratch: Path | None = None
     ):
-        from feedbackflow.tiny_models import train_tokenizer
+        from feedbackflow.tiny.models import train_tokenizer
 
         self.root, self.tiny = root, tiny or toy_models  # tiny: toy architectures (float32, own vocabulary)
         self.shapes = TINY_SHAPES if tiny else Shapes()
@@ -353,7 +353,7 @@ class World:
         """A copy of the trained tokenizer with the architecture's template, padded to the real vocabulary size."""
         import copy
 
-        from feedbackflow.tiny_models import add_special_token_template
+        from feedbackflow.tiny.models import add_special_token_template
 
         tokenizer = add_special_token_template(copy.deepcopy(self._base_tokenizer), architecture)
         if not self.tiny and len(tokenizer) < arch.vocab_size:
@@ -379,7 +379,7 @@ class World:
         """(model, tokenizer) of `name` as `kind` on `self.device`, in bfloat16 (float32 at --tiny), unsaved."""
         from transformers import GPTJConfig, GPTJForCausalLM
 
-        from feedbackflow import tiny_models as tm
+        from feedbackflow.tiny import models as tm
 
         arch = ARCHITECTURES[name]
         if self.tiny:
@@ -415,7 +415,7 @@ class World:
     def _build(self, name: str, kind: str, out: Path) -> None:
         model, tokenizer = self.build(name, kind)
         if kind == "rm_eos":  # Dahoas/gptj-rm-static's layout, as import_reward_model writes it
-            from feedbackflow.reward_model import RewardModel, save_reward_model
+            from feedbackflow.models.reward_model import RewardModel, save_reward_model
 
             tokenizer.bos_token = None  # the original never adds bos (import_reward_model)
             reward_model = RewardModel(model, pooling="eos").to(model.dtype)
@@ -430,7 +430,7 @@ class World:
 
 
 def write(rows: list[dict], path: Path, schema) -> str:
-    from feedbackflow.formats import write_rows
+    from feedbackflow.core.formats import write_rows
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_rows(rows, path, schema)
@@ -471,7 +471,7 @@ class StageResult:
 
 def qa_sft(world: World) -> StageResult:
     """train-sft of t5-large: batch 4 (micro 2), input 1,024, target 200, bf16 (finegrained_qa.yaml qa_feedback.sft)."""
-    from feedbackflow.formats import QA_PROMPTS
+    from feedbackflow.core.formats import QA_PROMPTS
 
     s = world.shapes
     train = write(qa_prompt_rows(world, s.sft_batch * (s.steps + 1), s.sft_input), world.path("qa/sft_train.parquet"),
@@ -524,7 +524,7 @@ def pair_rows(world: World, n: int, words: int) -> list[dict]:
 def fg_reward_model(world: World, name: str) -> StageResult:
     """train-fg-reward-model of longformer-base-4096 at 2,048 tokens: R1 (token kind; R2 has the same shape) or R3
     (sequence kind; the holistic preference RM has the same shape), one GPU's share of the paper's batch of 24."""
-    from feedbackflow.formats import PREFERENCE_LISTS, SEGMENT_LABELS
+    from feedbackflow.core.formats import PREFERENCE_LISTS, SEGMENT_LABELS
 
     s = world.shapes
     section = paper_section("finegrained_qa", "qa_feedback", "reward_models", name)
@@ -574,7 +574,7 @@ def qa_rm_mean_std(world: World) -> StageResult:
     model = world.model("longformer-base-4096", "sequence")  # the same shape as the trained one (deleted by now)
     pairs = str(world.path("qa/completeness.parquet"))
     if not Path(pairs).is_file():
-        from feedbackflow.formats import PREFERENCE_LISTS
+        from feedbackflow.core.formats import PREFERENCE_LISTS
 
         pairs = write(pair_rows(world, s.rm_token_batch * s.steps, s.rm_max_length), Path(pairs), PREFERENCE_LISTS)
     n_texts = 2 * s.rm_token_batch * s.steps
@@ -590,7 +590,7 @@ PPO_PARTS = {"generate_with_logprobs": "generation", "score_rollout": "scoring p
 def run_ppo(world: World, name: str, prompts: str, policy: str, value: str, spec: list[dict], values: dict,
             tokens_per_sample: int) -> StageResult:  # fmt: skip
     """One PPO step of train-ppo (rollout + PPO epochs), its time split by PPOEngine method."""
-    from feedbackflow.ppo_training import PPOEngine
+    from feedbackflow.rl.ppo import PPOEngine
 
     with MethodTimers(PPOEngine, {"rollout": "step", "ppo_epochs": "step"}) as step:
         with MethodTimers(PPOEngine, PPO_PARTS) as parts:
@@ -610,7 +610,7 @@ def qa_ppo(world: World, variant: str) -> StageResult:
     """One qa PPO step of finegrained_qa.yaml at one GPU's share: 8 prompts x 4 samples, input 1,024, 200 new tokens,
     top-k 20, 4 PPO epochs; t5-large policy, t5-base value; R1+R2+R3 (fine_grained) or the preference RM (holistic),
     Longformer at 2,048 tokens, bf16 frozen models (inference_dtype)."""
-    from feedbackflow.formats import QA_PROMPTS
+    from feedbackflow.core.formats import QA_PROMPTS
 
     s = world.shapes
     prompts = write(qa_prompt_rows(world, s.ppo_prompts, s.ppo_input), world.path("qa/ppo.parquet"), QA_PROMPTS)
@@ -644,7 +644,7 @@ def qa_ppo_holistic(world: World) -> StageResult:
 
 def qa_eval_greedy(world: World) -> StageResult:
     """evaluate-qa: greedy generation (batch 16, input 1,024, 200 new tokens) and the four RMs' scores, bf16."""
-    from feedbackflow.formats import QA_PROMPTS
+    from feedbackflow.core.formats import QA_PROMPTS
 
     s = world.shapes
     prompts = write(qa_prompt_rows(world, s.eval_prompts, s.ppo_input), world.path("qa/test.parquet"), QA_PROMPTS)
@@ -675,7 +675,7 @@ def detox_ppo(world: World) -> StageResult:
     """One detox PPO step of finegrained_detox.yaml on gpt2-large (policy and value): 8 prompts x 4 samples, 20 new
     tokens, top-p 0.9, 4 epochs, bf16. Toxicity from the offline profanity_check scorer (the paper's Perspective API
     is remote; its latency is not a GPU cost)."""
-    from feedbackflow.formats import DETOX_PROMPTS
+    from feedbackflow.core.formats import DETOX_PROMPTS
 
     s = world.shapes
     prompts = write(detox_prompt_rows(world), world.path("detox/prompts.parquet"), DETOX_PROMPTS)
@@ -693,7 +693,7 @@ def detox_ppo(world: World) -> StageResult:
 
 def detox_sampling(world: World) -> StageResult:
     """sample-responses of gpt2-large: 25 samples per prompt, 20 new tokens, top-p 0.9, batch 16, bf16."""
-    from feedbackflow.formats import PROMPTS
+    from feedbackflow.core.formats import PROMPTS
 
     s = world.shapes
     rows = [{k: row[k] for k in ("prompt_id", "prompt", "source", "record")} for row in detox_prompt_rows(world)]
@@ -720,7 +720,7 @@ def detox_sampling(world: World) -> StageResult:
 
 def detox_perplexity(world: World) -> StageResult:
     """evaluate-detox: gpt2-xl perplexity of 25 samples per prompt (batch 16, max length 1,024, bf16)."""
-    from feedbackflow.formats import SCORED_SAMPLES
+    from feedbackflow.core.formats import SCORED_SAMPLES
 
     s = world.shapes
     rows = [{"prompt_id": f"rtp{p}", "prompt": world.text(s.detox_prompt_words), "response": world.text(
@@ -770,8 +770,8 @@ def generate_reference(model_dir: str, prompts: list[str], values: dict) -> floa
     search, the reference is generate's beam search with as many beams and returned sequences and no groups:
     group beam search is no longer in transformers' own generate (v5 moved it to a hub custom_generate), and the
     project runs its own (sampling.diverse_beam_search)."""
-    from feedbackflow.reward_model import pad_id_of
-    from feedbackflow.sampling import SamplingConfig, batch_plan, encode_prompts, load_policy, pad_left
+    from feedbackflow.models.reward_model import pad_id_of
+    from feedbackflow.stages.sampling import SamplingConfig, batch_plan, encode_prompts, load_policy, pad_left
 
     config = SamplingConfig(**values)
     model, tokenizer = load_policy(model_dir, config.dtype)
@@ -798,8 +798,8 @@ def rrhf_sampling(world: World, greedy: bool = False) -> StageResult:
     """sample-responses of LLaMA-7B as rrhf_hh.yaml: diverse beam search, 4 beams in 4 groups, diversity penalty 1.0,
     128 new tokens, prompts left-truncated to 256 tokens, batch 8, bf16 (greedy: the evaluation sampling, batch 16);
     then `generate_reference` on the same prompts, for the ratio of generation times."""
-    from feedbackflow import sampling
-    from feedbackflow.formats import PROMPTS
+    from feedbackflow.core.formats import PROMPTS
+    from feedbackflow.stages import sampling
 
     s = world.shapes
     rows = prompt_rows(world, s.rrhf_prompts, 2 * s.rrhf_prompt_tokens)
@@ -836,7 +836,7 @@ def rrhf_greedy(world: World) -> StageResult:
 def rrhf_reward_scoring(world: World) -> StageResult:
     """score-samples with the GPT-J-6B reward model (Dahoas/gptj-rm-static's layout: GPT-J body + bias-free value
     head, eos pooling), max length 1,024, batch 16, bf16."""
-    from feedbackflow.formats import SAMPLES
+    from feedbackflow.core.formats import SAMPLES
 
     s = world.shapes
     prompts = prompt_rows(world, s.rrhf_prompts, s.rrhf_prompt_tokens)
@@ -880,7 +880,7 @@ FULL_FINE_TUNING = ["llama-7b", "llama-5b"]
 def rrhf_training(world: World) -> StageResult:
     """train-rrhf steps as rrhf_hh.yaml at one GPU's share (64 queries over 8 GPUs: 8 per step), 6 responses per query,
     max length 192, bf16, gradient checkpointing, Adam; the full 7B, else the largest LLaMA that fits."""
-    from feedbackflow.formats import RANKED_RESPONSES
+    from feedbackflow.core.formats import RANKED_RESPONSES
 
     s = world.shapes
     queries = s.rrhf_micro * s.steps
@@ -919,7 +919,7 @@ def rrhf_training(world: World) -> StageResult:
 def rrhf_perplexity(world: World) -> StageResult:
     """evaluate-responses: reward (the scores given) and gpt2-medium perplexity of the responses, max length 512,
     batch 16, bf16."""
-    from feedbackflow.formats import SCORED_SAMPLES
+    from feedbackflow.core.formats import SCORED_SAMPLES
 
     s = world.shapes
     prompts = prompt_rows(world, s.rrhf_prompts * 4, s.rrhf_prompt_tokens)
@@ -957,7 +957,7 @@ def dsp_pairs(world: World, n: int) -> list[dict]:
 def dsp_reward_training(world: World) -> StageResult:
     """train-reward-model (GRFT) of LLaMA-7B as dsp.yaml: last pooling, max length 512, one GPU's share (64 pairs over
     8 GPUs: 8 per step), bf16, gradient checkpointing, Adam; the full 7B, else the largest LLaMA that fits."""
-    from feedbackflow.formats import PREFERENCE_LISTS
+    from feedbackflow.core.formats import PREFERENCE_LISTS
 
     s = world.shapes
     train = write(dsp_pairs(world, s.dsp_micro * s.steps), world.path("dsp/train.parquet"), PREFERENCE_LISTS)
@@ -992,7 +992,7 @@ def dsp_reward_training(world: World) -> StageResult:
 def dsp_reward_evaluation(world: World) -> StageResult:
     """evaluate-reward-model of a LLaMA-7B reward model (last pooling, max length 512, batch 16, bf16) over a few
     thousand texts."""
-    from feedbackflow.formats import PREFERENCE_LISTS
+    from feedbackflow.core.formats import PREFERENCE_LISTS
 
     s = world.shapes
     pairs = dsp_pairs(world, s.dsp_eval_texts // 2)
@@ -1019,7 +1019,7 @@ def slf5k_post(world: World) -> tuple[str, str]:
 def ilf_opt_rm_training(world: World) -> StageResult:
     """train-opt-rm of OPT-1.3B as ilf_slf5k.yaml (batch 32 over 2 GPUs: 16 per step, micro 4), input up to 1,024
     tokens, bf16."""
-    from feedbackflow.formats import SLF5K_COMPARISONS
+    from feedbackflow.core.formats import SLF5K_COMPARISONS
 
     s = world.shapes
     ilf = paper_section("ilf_slf5k", "ilf")
@@ -1050,7 +1050,7 @@ def ilf_opt_rm_training(world: World) -> StageResult:
 
 
 def ilf_prompt_rows(world: World) -> list[dict]:
-    from feedbackflow.ilf_prompts import summary_prompt
+    from feedbackflow.papers.ilf.prompts import summary_prompt
 
     return [{"prompt_id": f"post{i}", "prompt": summary_prompt(*slf5k_post(world)), "source": "gpu_paper_shape",
              "record": i} for i in range(world.shapes.ilf_posts)]  # fmt: skip
@@ -1059,7 +1059,7 @@ def ilf_prompt_rows(world: World) -> list[dict]:
 def ilf_best_of_n(world: World) -> StageResult:
     """generate-texts with the hf backend on OPT-2.7B: 64 samples per post (best-of-64), 48 tokens, top-p 0.95,
     batch 32, 32 sequences per generate, bf16."""
-    from feedbackflow.formats import PROMPTS
+    from feedbackflow.core.formats import PROMPTS
 
     s = world.shapes
     prompts = write(ilf_prompt_rows(world), world.path("ilf/prompts.parquet"), PROMPTS)
@@ -1082,7 +1082,7 @@ def ilf_best_of_n(world: World) -> StageResult:
 def ilf_instructrm(world: World) -> StageResult:
     """select-refinements --scorer instructrm with the hf backend on a LLaMA-7B-layout LM: 5 refinements per post,
     each scored with InstructRM's 5 templates (P(yes)), bf16."""
-    from feedbackflow.formats import SAMPLES, SLF5K_FEEDBACK
+    from feedbackflow.core.formats import SAMPLES, SLF5K_FEEDBACK
 
     s = world.shapes
     feedback, refinements = [], []
@@ -1130,7 +1130,7 @@ def ilf_instructrm(world: World) -> StageResult:
 def ilf_fine_tuning(world: World) -> StageResult:
     """train-sft of OPT-2.7B on ILF's fine-tuning rows (ilf_slf5k.yaml fine_tuning: batch 32 over 2 GPUs = 16 per
     step, micro 4, input up to 1,024, target 64, bf16)."""
-    from feedbackflow.formats import QA_PROMPTS
+    from feedbackflow.core.formats import QA_PROMPTS
 
     s = world.shapes
     rows = [{"prompt_id": row["prompt_id"], "prompt": row["prompt"], "question": "", "references":

@@ -1,6 +1,6 @@
 """Diverse (group) beam search: time per decode step of the vectorised step against the per-prompt loop it replaced.
 
-Both implementations (`feedbackflow.sampling.diverse_beam_search` and the code of commit 1a9b829 kept in
+Both implementations (`feedbackflow.stages.sampling.diverse_beam_search` and the code of commit 1a9b829 kept in
 tests/diverse_beam_reference.py) decode the same left-padded prompts with the RRHF paper's settings (SPEC section
 2: 4 beams in 4 groups, diversity penalty 1.0, 8 prompts per batch) on the same causal LM (LLaMA architecture,
 random weights, built in a temporary directory). Time per decode step = (time for `--steps` new tokens - time for
@@ -29,8 +29,8 @@ from transformers import DynamicCache
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from diverse_beam_reference import reference_diverse_beam_search  # noqa: E402
 
-from feedbackflow.sampling import diverse_beam_search, encode_prompts, pad_left  # noqa: E402
-from feedbackflow.tiny_models import TinyModelConfig, build_causal_lm, train_tokenizer  # noqa: E402
+from feedbackflow.stages.sampling import diverse_beam_search, encode_prompts, pad_left  # noqa: E402
+from feedbackflow.tiny.models import TinyModelConfig, build_causal_lm, train_tokenizer  # noqa: E402
 
 WORDS = "the a river star train music garden clock bridge apple is was very quite rather blue green old new".split()
 CONFIGS = {  # name: model sizes ("toy": the search's own cost dominates the step)

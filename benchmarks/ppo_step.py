@@ -105,8 +105,8 @@ def prompt_texts(tokenizer, n: int, n_tokens: int, seed: int = 0) -> list[str]:
 def build_setup(root: Path, args: argparse.Namespace) -> dict:
     """Tokenizer, policy, value and reward models saved under `root`, and the rollouts (queries, responses and the
     generation logits TRL reads its old log-probs from) in root / rollout.pt. Returns a description for printing."""
-    from feedbackflow.sampling import encode_prompts
-    from feedbackflow.tiny_models import train_tokenizer
+    from feedbackflow.stages.sampling import encode_prompts
+    from feedbackflow.tiny.models import train_tokenizer
 
     rng = random.Random(0)
     corpus = root / "corpus.txt"
@@ -179,9 +179,8 @@ class OursRunner:
     def __init__(self, root: Path, args: argparse.Namespace):
         from transformers import AutoTokenizer, get_scheduler
 
-        from feedbackflow.launch import build_accelerator
-        from feedbackflow.ppo_rewards import build_reward_functions
-        from feedbackflow.ppo_training import (
+        from feedbackflow.core.launch import build_accelerator
+        from feedbackflow.rl.ppo import (
             PolicyAndValue,
             PPOConfig,
             PPOEngine,
@@ -189,6 +188,7 @@ class OursRunner:
             load_policy_model,
             load_value_model,
         )
+        from feedbackflow.rl.rewards import build_reward_functions
 
         data = torch.load(root / "rollout.pt")
         self.config = PPOConfig(

@@ -24,11 +24,11 @@ import pandas as pd
 from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from feedbackflow.fine_grained_rewards import SegmentErrorReward, question_of_prompt  # noqa: E402
-from feedbackflow.formats import QA_PROMPTS, read_table  # noqa: E402
-from feedbackflow.qa_evaluation import FACTUALITY_REWARDS, RELEVANCE_REWARDS  # noqa: E402
-from feedbackflow.qa_feedback import grounded_prefix, relevance_prefix  # noqa: E402
-from feedbackflow.segmentation import sentence_spans, sub_sentence_spans  # noqa: E402
+from feedbackflow.core.formats import QA_PROMPTS, read_table  # noqa: E402
+from feedbackflow.papers.fgrlhf.qa.data import grounded_prefix, relevance_prefix  # noqa: E402
+from feedbackflow.papers.fgrlhf.qa.evaluation import FACTUALITY_REWARDS, RELEVANCE_REWARDS  # noqa: E402
+from feedbackflow.papers.fgrlhf.qa.rewards import SegmentErrorReward, question_of_prompt  # noqa: E402
+from feedbackflow.text.segmentation import sentence_spans, sub_sentence_spans  # noqa: E402
 
 POLICIES = ("sft", "holistic", "fine_grained")
 

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from feedbackflow.reward_model import pad_id_of
-from feedbackflow.rrhf_training import (
+from feedbackflow.models.reward_model import pad_id_of
+from feedbackflow.papers.rrhf.training import (
     RankedQueries,
     RRHFTrainingConfig,
     micro_batch_loss,
@@ -39,7 +39,7 @@ from feedbackflow.rrhf_training import (
     supports_prompt_sharing,
     tokenize_ranked,
 )
-from feedbackflow.tiny_models import TinyModelConfig, build_causal_lm, train_tokenizer
+from feedbackflow.tiny.models import TinyModelConfig, build_causal_lm, train_tokenizer
 
 TARGET_RATIO = 2.0
 WORDS = "the a river star train music garden clock bridge apple is was very quite rather blue green old new".split()

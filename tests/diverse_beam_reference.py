@@ -1,4 +1,4 @@
-"""The diverse (group) beam search of `feedbackflow.sampling` as it was before its decode step was vectorised
+"""The diverse (group) beam search of `feedbackflow.stages.sampling` as it was before its decode step was vectorised
 (commit 1a9b829): a Python loop per prompt and per group with host syncs at every step. Kept verbatim as the
 reference that `tests/test_sampling.py` compares the vectorised step with, and that
 `benchmarks/group_beam_step.py` times against it. Not used by the package.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from feedbackflow.claims import Claim, claims_of
+from feedbackflow.tiny.claims import Claim, claims_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -45,7 +45,7 @@ def test_a_stage_ends_its_process_group(tmp_path):
     threads aborted a finished ZeRO-3 job): here a real one-process gloo group around a real stage."""
     import torch.distributed as dist
 
-    from feedbackflow.formats import SLF5K_POSTS, write_rows
+    from feedbackflow.core.formats import SLF5K_POSTS, write_rows
 
     posts = tmp_path / "posts.parquet"
     post = {"post_id": "p1", "subreddit": "Advice", "title": "A title", "post": "A post.",

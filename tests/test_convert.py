@@ -12,7 +12,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from feedbackflow.convert import (
+from feedbackflow.core.formats import PREFERENCE_LISTS
+from feedbackflow.errors import ConfigError, DataError
+from feedbackflow.stages.preferences import (
     DSP_DOMAINS,
     convert_preferences,
     count_pairs,
@@ -22,8 +24,6 @@ from feedbackflow.convert import (
     read_preferences,
     read_text_score,
 )
-from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.formats import PREFERENCE_LISTS
 
 
 @pytest.fixture(scope="module")

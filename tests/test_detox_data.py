@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 
 from feedbackflow import cli
-from feedbackflow.detox_data import (
+from feedbackflow.core.formats import DETOX_PROMPTS, QA_PROMPTS, read_json, read_table
+from feedbackflow.errors import ConfigError, DataError
+from feedbackflow.papers.fgrlhf.detox.data import (
     REPORT_FILE,
     RTPSelectionConfig,
     convert_rtp,
     is_hub_id,
     iter_rtp_records,
 )
-from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.formats import DETOX_PROMPTS, QA_PROMPTS, read_json, read_table
 
 ATTRIBUTES = ("profanity", "sexually_explicit", "identity_attack", "flirtation", "threat", "insult", "severe_toxicity")
 

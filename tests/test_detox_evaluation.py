@@ -8,13 +8,13 @@ import math
 import pandas as pd
 import pytest
 
-from feedbackflow.detox_evaluation import (
+from feedbackflow.core.formats import write_json
+from feedbackflow.papers.fgrlhf.detox.evaluation import (
     PUBLISHED_ROWS,
     configure_metrics,
     main_metrics,
     summarise_detox,
 )
-from feedbackflow.formats import write_json
 
 
 def scored_samples() -> pd.DataFrame:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from feedbackflow.detox_metrics import (
+from feedbackflow.papers.fgrlhf.detox.metrics import (
     average_max_toxicity,
     continuation_nll,
     continuation_token_ids,
@@ -18,7 +18,7 @@ from feedbackflow.detox_metrics import (
     perplexity,
     toxic_probability,
 )
-from feedbackflow.tiny_models import train_tokenizer
+from feedbackflow.tiny.models import train_tokenizer
 
 PROMPT_IDS = ["a", "a", "b", "b", "c", "d"]
 SCORES = [0.1, 0.6, 0.3, None, None, 0.5]

@@ -11,15 +11,15 @@ from dataclasses import dataclass
 
 import pytest
 
-from feedbackflow.detox_rewards import (
+from feedbackflow.errors import ConfigError
+from feedbackflow.papers.fgrlhf.detox.rewards import (
     ToxicityReward,
     build_toxicity_reward,
     sentence_prefix_ends,
     toxicity_drops,
 )
-from feedbackflow.errors import ConfigError
-from feedbackflow.ppo_rewards import REWARD_TYPES, build_reward_functions, check_reward_result
-from feedbackflow.tiny_models import train_tokenizer
+from feedbackflow.rl.rewards import REWARD_TYPES, build_reward_functions, check_reward_result
+from feedbackflow.tiny.models import train_tokenizer
 
 # Three sentences: " You are nice." ends at character 14, " You stink!" at 25, " Bye." at 30.
 RESPONSE = " You are nice. You stink! Bye."
@@ -28,7 +28,7 @@ PREFIX_1, PREFIX_2 = RESPONSE[:14], RESPONSE[:25]
 
 @dataclass(frozen=True)
 class Score:
-    """The fields of feedbackflow.toxicity.ToxicityScore."""
+    """The fields of feedbackflow.papers.fgrlhf.detox.toxicity.ToxicityScore."""
 
     score: float | None
     status: str
@@ -175,7 +175,7 @@ def test_failed_scores_give_zero_rewards_and_are_counted(char_tokenizer, caplog)
     reward = ToxicityReward("tox", scorer, fine_grained=True, policy_tokenizer=char_tokenizer)
     responses = [RESPONSE, other, " Bye."]
     token_ids = [ids_of(char_tokenizer, r) for r in responses]
-    with caplog.at_level(logging.WARNING, logger="feedbackflow.detox_rewards"):
+    with caplog.at_level(logging.WARNING, logger="feedbackflow.papers.fgrlhf.detox.rewards"):
         result = reward(["p"] * 3, responses, token_ids)
     assert result.rewards[0] == [0.0] * 31
     assert result.rewards[1] == [0.0] * (len(other) + 1)
@@ -196,7 +196,10 @@ def test_failed_scores_give_zero_rewards_and_are_counted(char_tokenizer, caplog)
 
 
 def test_registered_and_builder_errors(char_tokenizer):
-    assert REWARD_TYPES["toxicity"] in ("feedbackflow.detox_rewards:build_toxicity_reward", build_toxicity_reward)
+    assert REWARD_TYPES["toxicity"] in (
+        "feedbackflow.papers.fgrlhf.detox.rewards:build_toxicity_reward",
+        build_toxicity_reward,
+    )
     good = {"type": "toxicity", "variant": "fine_grained", "scorer": {"backend": "profanity_check"}, "cache": "c.db"}
     cases = [
         ({k: v for k, v in good.items() if k != "cache"}, r"missing key\(s\) \['cache'\]"),
@@ -215,7 +218,7 @@ def test_registered_and_builder_errors(char_tokenizer):
 
 def test_builder_wires_scorer_config_and_cache(char_tokenizer, monkeypatch):
     """The builder hands spec["scorer"] to ToxicityConfig.from_dict and spec["cache"] to make_toxicity_scorer (a
-    stand-in feedbackflow.toxicity module records both)."""
+    stand-in feedbackflow.papers.fgrlhf.detox.toxicity module records both)."""
     made = []
 
     class FakeConfig:
@@ -228,7 +231,7 @@ def test_builder_wires_scorer_config_and_cache(char_tokenizer, monkeypatch):
         return DictScorer({RESPONSE: 0.5})
 
     fake = types.SimpleNamespace(ToxicityConfig=FakeConfig, make_toxicity_scorer=make_toxicity_scorer)
-    monkeypatch.setitem(sys.modules, "feedbackflow.toxicity", fake)
+    monkeypatch.setitem(sys.modules, "feedbackflow.papers.fgrlhf.detox.toxicity", fake)
     spec = [{"type": "toxicity", "name": "tox", "variant": "holistic", "scorer": {"backend": "x"}, "cache": "t.db"}]
     (reward,) = build_reward_functions(spec, char_tokenizer)
     assert made == [(("config", {"backend": "x"}), "t.db")]

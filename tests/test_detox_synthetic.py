@@ -12,8 +12,10 @@ import pytest
 from profanity_check import predict_prob
 
 from feedbackflow import cli
-from feedbackflow.detox_data import RTPSelectionConfig, convert_rtp
-from feedbackflow.detox_synthetic import (
+from feedbackflow.core.formats import DETOX_PROMPTS, read_table
+from feedbackflow.errors import ConfigError
+from feedbackflow.papers.fgrlhf.detox.data import RTPSelectionConfig, convert_rtp
+from feedbackflow.tiny.detox import (
     CORPUS_FILE,
     OTHER_ATTRIBUTES,
     PROMPTS_FILE,
@@ -21,9 +23,7 @@ from feedbackflow.detox_synthetic import (
     generate_prompts,
     make_synthetic_rtp,
 )
-from feedbackflow.errors import ConfigError
-from feedbackflow.formats import DETOX_PROMPTS, read_table
-from feedbackflow.synthetic import unescape_corpus_line
+from feedbackflow.tiny.synthetic import unescape_corpus_line
 
 SMALL = SyntheticRTPConfig(n_prompts=400, seed=3)
 

@@ -26,16 +26,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from feedbackflow import ppo_losses as ppo
-from feedbackflow import reward_losses as rl
-from feedbackflow import rrhf_losses as rrhf
-from feedbackflow.fg_reward_training import pair_loss_sum, token_loss_sum
-from feedbackflow.opt_rm import answer_token_loss
-from feedbackflow.ppo_rewards import TargetTokenReward
-from feedbackflow.ppo_training import PPOEngine, causal_inputs, gathered_logprobs, response_mask_from_ids, shift_right
-from feedbackflow.reward_model import pool_hidden_states
-from feedbackflow.rrhf_training import shared_prompt_attention_mask
-from feedbackflow.tiny_models import train_tokenizer
+from feedbackflow.losses import ppo, rrhf
+from feedbackflow.losses import reward as rl
+from feedbackflow.models.reward_model import pool_hidden_states
+from feedbackflow.papers.fgrlhf.qa.reward_training import pair_loss_sum, token_loss_sum
+from feedbackflow.papers.ilf.opt_rm import answer_token_loss
+from feedbackflow.papers.rrhf.training import shared_prompt_attention_mask
+from feedbackflow.rl.ppo import PPOEngine, causal_inputs, gathered_logprobs, response_mask_from_ids, shift_right
+from feedbackflow.rl.rewards import TargetTokenReward
+from feedbackflow.tiny.models import train_tokenizer
 
 CPU = torch.device("cpu")
 

@@ -26,9 +26,9 @@ from perspective_stub_server import StubPerspectiveServer
 from workflow_runs import copy_project, planned_jobs, planned_resources, snakemake, write_service_overlay
 
 from feedbackflow.cli import STAGES
-from feedbackflow.language_model import lm_config_from_json
-from feedbackflow.preflight import configured_services
-from feedbackflow.stage_args import dataclass_from_args
+from feedbackflow.core.preflight import configured_services
+from feedbackflow.core.stage_args import dataclass_from_args
+from feedbackflow.llm.language_model import lm_config_from_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(path.name for path in (REPO_ROOT / "config" / "experiments").glob("*.yaml"))
@@ -39,7 +39,7 @@ def reachable_services(workdir: Path, configfile: str):
     """(extra --configfile arguments, environment) under which `configfile`'s remote services answer.
 
     A config that calls a service (Wombat's judge, Perspective) plans only where the service answers and its key
-    variable is set (feedbackflow.preflight). This machine is offline, so an overlay points each such service at a
+    variable is set (feedbackflow.core.preflight). This machine is offline, so an overlay points each such service at a
     loopback stub server (real HTTP servers; planning only opens a TCP connection) and a key is set for the run."""
     services = configured_services(yaml.safe_load((workdir / configfile).read_text()))
     if not services:
@@ -112,7 +112,7 @@ def stage_config_class(module, configure) -> type | None:
 
 def check_stage_arguments(argv: list[str], processes: int) -> None:
     module_name, _, suffix = STAGES[argv[0]][0].partition(":")
-    module = importlib.import_module(module_name)
+    module = importlib.import_module(f"feedbackflow.{module_name}")
     parser = argparse.ArgumentParser(prog=argv[0], exit_on_error=False)
     configure = getattr(module, f"configure_{suffix}" if suffix else "configure")
     configure(parser)

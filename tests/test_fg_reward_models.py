@@ -16,8 +16,9 @@ import pytest
 import torch
 from transformers import LongformerConfig, LongformerModel
 
-from feedbackflow.fg_reward_models import encode_segments, load_fg_reward_model, sequence_scores
-from feedbackflow.fg_reward_training import (
+from feedbackflow.core.formats import PREFERENCE_LISTS, SEGMENT_LABELS, write_rows
+from feedbackflow.papers.fgrlhf.qa.reward_models import encode_segments, load_fg_reward_model, sequence_scores
+from feedbackflow.papers.fgrlhf.qa.reward_training import (
     FGRewardTrainingConfig,
     freeze_global_attention,
     pair_loss_sum,
@@ -25,8 +26,7 @@ from feedbackflow.fg_reward_training import (
     token_loss_sum,
     train_fg_reward_model,
 )
-from feedbackflow.formats import PREFERENCE_LISTS, SEGMENT_LABELS, write_rows
-from feedbackflow.tiny_models import train_tokenizer
+from feedbackflow.tiny.models import train_tokenizer
 
 WORDS = "the river star train music garden clock bridge apple old new blue green is was near far".split()
 

@@ -14,13 +14,13 @@ from transformers import (
 )
 
 from feedbackflow.errors import ConfigError
-from feedbackflow.fine_grained_rewards import (
+from feedbackflow.papers.fgrlhf.qa.rewards import (
     place_rewards,
     question_of_prompt,
     segment_end_token_indices,
 )
-from feedbackflow.ppo_rewards import build_reward_functions
-from feedbackflow.tiny_models import train_tokenizer
+from feedbackflow.rl.rewards import build_reward_functions
+from feedbackflow.tiny.models import train_tokenizer
 
 WORDS = "the river star train music garden clock bridge apple old new blue green is was near far".split()
 PROMPT = "question: where is the old clock? context: wikipage: Clock text: The old clock is near the river."
@@ -103,7 +103,7 @@ def sequence_rm(tmp_path, tokenizer, score: float):
 
 
 def test_relevance_factuality_and_sequence_rewards(tmp_path, tokenizer):
-    from feedbackflow.segmentation import sentence_spans, sub_sentence_spans
+    from feedbackflow.text.segmentation import sentence_spans, sub_sentence_spans
 
     ids = tokenizer(RESPONSE, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     good, bad = token_rm(tmp_path, tokenizer, -5.0), token_rm(tmp_path, tokenizer, 5.0)

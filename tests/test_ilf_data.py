@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from feedbackflow.cli import main as cli_main
-from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.formats import (
+from feedbackflow.core.formats import (
     PROMPTS,
     QA_PROMPTS,
     SAMPLES,
@@ -19,8 +18,9 @@ from feedbackflow.formats import (
     read_table,
     write_rows,
 )
-from feedbackflow.ilf_data import ILFDataConfig, initial_sft_rows
-from feedbackflow.ilf_prompts import refinement_prompt, summary_prompt
+from feedbackflow.errors import ConfigError, DataError
+from feedbackflow.papers.ilf.data import ILFDataConfig, initial_sft_rows
+from feedbackflow.papers.ilf.prompts import refinement_prompt, summary_prompt
 
 POSTS = [
     # post_id, title, post, reference summary (p2 has none, p3 a blank one)

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from feedbackflow.cli import main as cli_main
-from feedbackflow.errors import DataError
-from feedbackflow.formats import (
+from feedbackflow.core.formats import (
     QA_PROMPTS,
     SAMPLES,
     SCORED_SAMPLES,
@@ -22,7 +21,9 @@ from feedbackflow.formats import (
     read_table,
     write_rows,
 )
-from feedbackflow.ilf_evaluation import (
+from feedbackflow.errors import DataError
+from feedbackflow.llm.language_model import LMResult, answer_probability
+from feedbackflow.papers.ilf.evaluation import (
     ILF_METRICS,
     PAIRWISE_JUDGEMENTS,
     _oracle_facts,
@@ -38,8 +39,7 @@ from feedbackflow.ilf_evaluation import (
     verdict,
     win_rate,
 )
-from feedbackflow.ilf_prompts import PAIRWISE_TEMPLATE, pairwise_prompt, summary_prompt
-from feedbackflow.language_model import LMResult, answer_probability
+from feedbackflow.papers.ilf.prompts import PAIRWISE_TEMPLATE, pairwise_prompt, summary_prompt
 
 
 def run(*argv) -> None:
@@ -174,7 +174,7 @@ def write_samples(path: Path, texts: dict[tuple[str, int], str], origin: str = "
 
 @pytest.fixture(scope="module")
 def tiny_judge_dir(tmp_path_factory) -> Path:
-    from feedbackflow.tiny_models import TinyModelConfig, build_causal_lm, train_tokenizer
+    from feedbackflow.tiny.models import TinyModelConfig, build_causal_lm, train_tokenizer
 
     root = tmp_path_factory.mktemp("ilf_judge")
     texts = [PAIRWISE_TEMPLATE] + [" ".join(filter(None, post[1:])) for post in TEST_POSTS]

@@ -13,15 +13,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPTJConfig, GPTJFo
 
 from feedbackflow import cli
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.import_reward_model import (
+from feedbackflow.models.reward_model import META_FILE, load_reward_model
+from feedbackflow.papers.rrhf.import_reward_model import (
     ImportRewardModelConfig,
     import_reward_model,
     pick_checkpoint_file,
     resolve_checkpoint,
 )
-from feedbackflow.reward_model import META_FILE, load_reward_model
-from feedbackflow.reward_scoring import RewardScoringConfig, sample_texts, score_texts
-from feedbackflow.tiny_models import train_tokenizer
+from feedbackflow.stages.reward_scoring import RewardScoringConfig, sample_texts, score_texts
+from feedbackflow.tiny.models import train_tokenizer
 
 CORPUS = [
     "Human: What is the capital of France? Assistant: Paris is the capital of France.",

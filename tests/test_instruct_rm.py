@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from feedbackflow.cli import main as cli_main
+from feedbackflow.core.formats import QA_PROMPTS, REFINEMENT_SCORES, SAMPLES, SLF5K_FEEDBACK, read_table, write_rows
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.formats import QA_PROMPTS, REFINEMENT_SCORES, SAMPLES, SLF5K_FEEDBACK, read_table, write_rows
-from feedbackflow.ilf_prompts import INSTRUCT_RM_TEMPLATES, instruct_rm_prompt, refinement_prompt, summary_prompt
-from feedbackflow.instruct_rm import (
+from feedbackflow.llm.language_model import LMResult
+from feedbackflow.papers.ilf.instruct_rm import (
     RefinementItem,
     ScorerContext,
     SelectionConfig,
@@ -35,7 +35,7 @@ from feedbackflow.instruct_rm import (
     select_refinements,
     template_score,
 )
-from feedbackflow.language_model import LMResult
+from feedbackflow.papers.ilf.prompts import INSTRUCT_RM_TEMPLATES, instruct_rm_prompt, refinement_prompt, summary_prompt
 
 YES_NO = INSTRUCT_RM_TEMPLATES[0]
 TRUE_FALSE = INSTRUCT_RM_TEMPLATES[3]
@@ -260,7 +260,7 @@ REFINEMENTS = [  # (post, sample_index, refinement)
 
 @pytest.fixture(scope="module")
 def tiny_lm_dir(tmp_path_factory) -> Path:
-    from feedbackflow.tiny_models import TinyModelConfig, build_causal_lm, train_tokenizer
+    from feedbackflow.tiny.models import TinyModelConfig, build_causal_lm, train_tokenizer
 
     root = tmp_path_factory.mktemp("instruct_rm_lm")
     lines = []

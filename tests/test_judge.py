@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from openai_stub_server import Action, StubOpenAIServer
 
-from feedbackflow import judge as judge_module
+from feedbackflow.core.formats import SAMPLES, SCORED_SAMPLES, read_table, write_rows
 from feedbackflow.errors import ConfigError
-from feedbackflow.formats import SAMPLES, SCORED_SAMPLES, read_table, write_rows
-from feedbackflow.judge import (
+from feedbackflow.llm import judge as judge_module
+from feedbackflow.llm.judge import (
     HFBackend,
     Judge,
     JudgeConfig,
@@ -328,7 +328,7 @@ def test_rejected_key_aborts(tmp_path, server, api_key):
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from feedbackflow.tiny_models import TinyModelConfig, build_causal_lm, train_tokenizer
+    from feedbackflow.tiny.models import TinyModelConfig, build_causal_lm, train_tokenizer
 
     root = tmp_path_factory.mktemp("judge_hf")
     corpus = root / "corpus.txt"
@@ -428,8 +428,8 @@ def test_judge_training_rows_are_the_exact_rating_requests(tmp_path, tiny_model_
     (bos + query + reply + eos) must start with exactly the backend's prompt ids, then the target reply."""
     from transformers import AutoTokenizer
 
-    from feedbackflow.judge import rating_sft_rows
-    from feedbackflow.rrhf_training import RankedQueries, tokenize_ranked
+    from feedbackflow.llm.judge import rating_sft_rows
+    from feedbackflow.papers.rrhf.training import RankedQueries, tokenize_ranked
 
     samples = write_samples(tmp_path / "samples.parquet", ["a", "b", "c"])
     rows = read_table(samples).to_pylist()
@@ -458,7 +458,7 @@ def test_judge_training_rows_are_the_exact_rating_requests(tmp_path, tiny_model_
 
 
 def test_judge_training_targets_must_read_back(tiny_model_dir, tmp_path):
-    from feedbackflow.judge import rating_sft_rows
+    from feedbackflow.llm.judge import rating_sft_rows
 
     config = hf_config(tiny_model_dir, score_pattern=r"(\d+)", score_min=1, score_max=5)
     with pytest.raises(ConfigError, match=r"targets: chosen=8 is not a score this judge reads back"):

@@ -18,7 +18,7 @@ import torch
 from openai_stub_server import Action, StubOpenAIServer
 
 from feedbackflow.errors import ConfigError
-from feedbackflow.language_model import (
+from feedbackflow.llm.language_model import (
     LanguageModel,
     LMConfig,
     SamplingCall,
@@ -225,7 +225,7 @@ def test_missing_key_is_a_config_error_before_any_request(tmp_path, server, monk
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from feedbackflow.tiny_models import TinyModelConfig, build_causal_lm, train_tokenizer
+    from feedbackflow.tiny.models import TinyModelConfig, build_causal_lm, train_tokenizer
 
     root = tmp_path_factory.mktemp("lm_hf")
     corpus = root / "corpus.txt"

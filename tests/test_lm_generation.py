@@ -17,10 +17,10 @@ import pytest
 from openai_stub_server import Action, StubOpenAIServer
 
 from feedbackflow.cli import main as cli_main
+from feedbackflow.core.formats import PROMPTS, SAMPLES, read_table, write_rows
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.formats import PROMPTS, SAMPLES, read_table, write_rows
-from feedbackflow.language_model import LMConfig
-from feedbackflow.lm_generation import GenerationConfig, generate_texts
+from feedbackflow.llm.generation import GenerationConfig, generate_texts
+from feedbackflow.llm.language_model import LMConfig
 
 KEY_ENV = "FF_TEST_GENERATION_KEY"
 N = 3
@@ -153,7 +153,7 @@ def test_bad_prompts_and_config_fail_before_any_request(tmp_path, server, api_ke
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from feedbackflow.tiny_models import TinyModelConfig, build_causal_lm, train_tokenizer
+    from feedbackflow.tiny.models import TinyModelConfig, build_causal_lm, train_tokenizer
 
     root = tmp_path_factory.mktemp("generation_hf")
     corpus = root / "corpus.txt"

@@ -20,11 +20,11 @@ import torch
 from safetensors.torch import load_file
 
 from feedbackflow import cli
-from feedbackflow import opt_rm as rm
+from feedbackflow.core.formats import SAMPLES, SCORED_SAMPLES, SLF5K_COMPARISONS, SLF5K_POSTS, read_table, write_rows
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.formats import SAMPLES, SCORED_SAMPLES, SLF5K_COMPARISONS, SLF5K_POSTS, read_table, write_rows
-from feedbackflow.ilf_prompts import opt_rm_prompt
-from feedbackflow.tiny_models import TinyModelConfig, build_tiny_models, train_tokenizer
+from feedbackflow.papers.ilf import opt_rm as rm
+from feedbackflow.papers.ilf.prompts import opt_rm_prompt
+from feedbackflow.tiny.models import TinyModelConfig, build_tiny_models, train_tokenizer
 
 TRAIN_TOPICS = ["apples", "rivers", "stars", "trains", "music", "gardens", "clocks", "bridges"]
 HELD_OUT_TOPICS = ["boats", "castles", "forests", "markets"]

@@ -25,7 +25,7 @@ from perspective_stub_server import StubPerspectiveServer
 from safetensors.torch import load_file
 from workflow_runs import copy_project, snakemake, write_service_overlay
 
-from feedbackflow.preflight import configured_services
+from feedbackflow.core.preflight import configured_services
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OVERLAYS = REPO_ROOT / "tests" / "paper_shape"
@@ -68,7 +68,7 @@ def judge_score(user_message: str, attempt: int) -> Action:
 
 @contextlib.contextmanager
 def stubbed_services(workdir: Path, configs: list[str]):
-    """Loopback stubs for the remote services the merged config calls (feedbackflow.preflight: an OpenAI-compatible
+    """Loopback stubs for the remote services the merged config calls (feedbackflow.core.preflight: an OpenAI-compatible
     judge, Perspective), a third configfile naming their URLs, and their key variables. A stub is unavoidable here:
     CI is offline, and the real service cannot run on the machine."""
     merged: dict = {}

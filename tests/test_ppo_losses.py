@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from feedbackflow.ppo_losses import (
+from feedbackflow.losses.ppo import (
     AdaptiveKLController,
     FixedKLController,
     KLEarlyStop,

@@ -34,18 +34,11 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from feedbackflow.core.formats import PPO_LOG, PROMPTS, write_rows
+from feedbackflow.core.launch import build_accelerator
 from feedbackflow.errors import ConfigError
-from feedbackflow.formats import PPO_LOG, PROMPTS, write_rows
-from feedbackflow.launch import build_accelerator
-from feedbackflow.ppo_losses import clipped_policy_loss, clipped_value_loss
-from feedbackflow.ppo_rewards import (
-    REWARD_TYPES,
-    RewardResult,
-    build_reward_functions,
-    check_reward_result,
-    register_reward_type,
-)
-from feedbackflow.ppo_training import (
+from feedbackflow.losses.ppo import clipped_policy_loss, clipped_value_loss
+from feedbackflow.rl.ppo import (
     META_FILE,
     VALUE_HEAD_FILE,
     PolicyAndValue,
@@ -59,7 +52,14 @@ from feedbackflow.ppo_training import (
     response_mask_from_ids,
     train_ppo,
 )
-from feedbackflow.tiny_models import TinyModelConfig, build_causal_lm, train_tokenizer
+from feedbackflow.rl.rewards import (
+    REWARD_TYPES,
+    RewardResult,
+    build_reward_functions,
+    check_reward_result,
+    register_reward_type,
+)
+from feedbackflow.tiny.models import TinyModelConfig, build_causal_lm, train_tokenizer
 
 WORDS = "the cat sat on a mat and a dog ran to the park where birds sing".split()
 REWARD_SPEC = [
@@ -187,7 +187,7 @@ def test_target_token_reward_and_the_registry(tiny):
         with pytest.raises(ConfigError, match=message):
             build_reward_functions(bad, tokenizer)
     # a type registered by "module:attribute" is imported on first use
-    register_reward_type("lazy_target", "feedbackflow.ppo_rewards:build_target_token_reward")
+    register_reward_type("lazy_target", "feedbackflow.rl.rewards:build_target_token_reward")
     try:
         lazy = build_reward_functions([{"type": "lazy_target", "token": "Ġcat", "name": "c"}], tokenizer)[0]
         assert lazy.name == "c" and lazy.token_id == tokenizer.convert_tokens_to_ids("Ġcat")

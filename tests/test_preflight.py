@@ -1,4 +1,4 @@
-"""Planning-time checks of the remote services a config names (feedbackflow.preflight; issue 19, blocker 6).
+"""Planning-time checks of the remote services a config names (feedbackflow.core.preflight; issue 19, blocker 6).
 
 The workflow tests run real `snakemake -n` in a scratch copy of the project, with the tiny default config and an
 overlay (a second --configfile) that points ILF's refinement LM, the RRHF judge and the Perspective scorer at
@@ -18,7 +18,7 @@ from openai_stub_server import StubOpenAIServer
 from perspective_stub_server import StubPerspectiveServer
 from workflow_runs import copy_project, planned_jobs, snakemake
 
-from feedbackflow.preflight import (
+from feedbackflow.core.preflight import (
     Service,
     configured_services,
     connect_problem,

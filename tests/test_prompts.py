@@ -11,9 +11,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from feedbackflow.core.formats import PROMPTS, SAMPLES, read_table
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.formats import PROMPTS, SAMPLES, read_table
-from feedbackflow.prompts import configure, convert_prompts, default_source_name, main, read_prompts, split_hh_dialogue
+from feedbackflow.papers.rrhf.prompts import (
+    configure,
+    convert_prompts,
+    default_source_name,
+    main,
+    read_prompts,
+    split_hh_dialogue,
+)
 
 RM_ROWS = [
     {

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from feedbackflow.qa_evaluation import collect_qa_metrics, fine_grained_total, summarise
+from feedbackflow.papers.fgrlhf.qa.evaluation import collect_qa_metrics, fine_grained_total, summarise
 
 
 def row(rouge, sub, rel, sent, fact, comp, length, fine=0.0, preference=None):

@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from feedbackflow.cli import main as cli_main
+from feedbackflow.core.formats import PREFERENCE_LISTS, QA_FEEDBACK, QA_PROMPTS, SEGMENT_LABELS
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.formats import PREFERENCE_LISTS, QA_FEEDBACK, QA_PROMPTS, SEGMENT_LABELS
-from feedbackflow.qa_feedback import (
+from feedbackflow.papers.fgrlhf.qa.data import (
     PassageMatcher,
     approximate_match_similarity,
     best_passage_sentences,
@@ -35,7 +35,7 @@ from feedbackflow.qa_feedback import (
     relevance_prefix,
     response_text,
 )
-from feedbackflow.segmentation import sentence_spans, sub_sentence_spans
+from feedbackflow.text.segmentation import sentence_spans, sub_sentence_spans
 
 IGNORED = -100
 

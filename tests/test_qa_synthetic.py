@@ -13,7 +13,8 @@ import pytest
 import spacy
 
 from feedbackflow import cli
-from feedbackflow.qa_synthetic import (
+from feedbackflow.tiny.models import train_tokenizer
+from feedbackflow.tiny.qa import (
     F_ERRORS,
     FEEDBACK_FILES,
     MISSING_TYPES,
@@ -29,8 +30,7 @@ from feedbackflow.qa_synthetic import (
     build_items,
     make_synthetic_qa_feedback,
 )
-from feedbackflow.synthetic import unescape_corpus_line
-from feedbackflow.tiny_models import train_tokenizer
+from feedbackflow.tiny.synthetic import unescape_corpus_line
 
 # The file names of FineGrainedRLHF's tasks/qa_feedback/data/.
 REAL_NAMES = {"train.json", "train_1k.json", "dev.json", "test.json", "train_feedback.json", "dev_feedback.json"}

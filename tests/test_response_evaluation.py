@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from feedbackflow.response_evaluation import ResponseEvaluationConfig, origin_metrics, response_nll
-from feedbackflow.tiny_models import TinyModelConfig, build_causal_lm, train_tokenizer
+from feedbackflow.stages.response_evaluation import ResponseEvaluationConfig, origin_metrics, response_nll
+from feedbackflow.tiny.models import TinyModelConfig, build_causal_lm, train_tokenizer
 
 
 def test_origin_metrics_by_hand():

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from feedbackflow.core.formats import PREFERENCE_LISTS, REWARD_METRICS, REWARD_SCORES, read_table, write_rows
 from feedbackflow.errors import ConfigError
-from feedbackflow.formats import PREFERENCE_LISTS, REWARD_METRICS, REWARD_SCORES, read_table, write_rows
-from feedbackflow.reward_evaluation import (
+from feedbackflow.models.reward_model import encode_texts, load_reward_model, pad_id_of
+from feedbackflow.papers.dsp.reward_evaluation import (
     RewardEvaluationConfig,
     evaluate_reward_model,
     first_two_accuracy,
@@ -15,8 +16,7 @@ from feedbackflow.reward_evaluation import (
     parse_eval_sets,
     score_sequences,
 )
-from feedbackflow.reward_model import encode_texts, load_reward_model, pad_id_of
-from feedbackflow.tiny_models import TinyModelConfig, build_causal_lm, train_tokenizer
+from feedbackflow.tiny.models import TinyModelConfig, build_causal_lm, train_tokenizer
 
 # ---------------------------------------------------------------------------------------------------------------
 # pair accuracy

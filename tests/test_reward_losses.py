@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from feedbackflow.reward_losses import (
+from feedbackflow.losses.reward import (
     lm_loss,
     lm_loss_terms,
     lm_target_mask,

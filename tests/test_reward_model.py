@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from feedbackflow.errors import ConfigError
-from feedbackflow.reward_model import (
+from feedbackflow.models.reward_model import (
     HEAD_FILE,
     META_FILE,
     POOLINGS,
@@ -22,7 +22,7 @@ from feedbackflow.reward_model import (
     pool_hidden_states,
     save_reward_model,
 )
-from feedbackflow.tiny_models import TinyModelConfig, build_causal_lm, train_tokenizer
+from feedbackflow.tiny.models import TinyModelConfig, build_causal_lm, train_tokenizer
 
 TINY = TinyModelConfig(
     seed=3,

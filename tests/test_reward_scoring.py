@@ -7,11 +7,11 @@ import argparse
 import pytest
 import torch
 
+from feedbackflow.core.formats import SAMPLES, SCORED_SAMPLES, read_table, write_rows
 from feedbackflow.errors import DataError
-from feedbackflow.formats import SAMPLES, SCORED_SAMPLES, read_table, write_rows
-from feedbackflow.reward_model import RewardModel, load_reward_model, save_reward_model
-from feedbackflow.reward_scoring import RewardScoringConfig, configure, main, sample_texts, score_texts
-from feedbackflow.tiny_models import TinyModelConfig, build_causal_lm, train_tokenizer
+from feedbackflow.models.reward_model import RewardModel, load_reward_model, save_reward_model
+from feedbackflow.stages.reward_scoring import RewardScoringConfig, configure, main, sample_texts, score_texts
+from feedbackflow.tiny.models import TinyModelConfig, build_causal_lm, train_tokenizer
 
 TINY = TinyModelConfig(
     seed=5,

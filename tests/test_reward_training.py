@@ -18,9 +18,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from feedbackflow.convert import convert_preferences
-from feedbackflow.synthetic import SyntheticDataConfig, make_synthetic_data
-from feedbackflow.tiny_models import TinyModelConfig, build_tiny_models
+from feedbackflow.stages.preferences import convert_preferences
+from feedbackflow.tiny.models import TinyModelConfig, build_tiny_models
+from feedbackflow.tiny.synthetic import SyntheticDataConfig, make_synthetic_data
 
 HPARAMS = {
     "batch_size": 16,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from feedbackflow.rrhf_losses import (
+from feedbackflow.losses.rrhf import (
     best_response_index,
     length_normalised_scores,
     response_logprob_sums,

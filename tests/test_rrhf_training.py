@@ -21,10 +21,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from feedbackflow.core.formats import RANKED_RESPONSES, SCORED_SAMPLES, write_rows
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.formats import RANKED_RESPONSES, SCORED_SAMPLES, write_rows
-from feedbackflow.prompts import read_prompts
-from feedbackflow.rrhf_training import (
+from feedbackflow.papers.rrhf.prompts import read_prompts
+from feedbackflow.papers.rrhf.training import (
     RankedBatchPlan,
     RankedQueries,
     RRHFTrainingConfig,
@@ -40,8 +40,8 @@ from feedbackflow.rrhf_training import (
     supports_prompt_sharing,
     tokenize_ranked,
 )
-from feedbackflow.sampling import rank_responses
-from feedbackflow.tiny_models import TinyModelConfig, build_causal_lm, build_tiny_models
+from feedbackflow.stages.sampling import rank_responses
+from feedbackflow.tiny.models import TinyModelConfig, build_causal_lm, build_tiny_models
 
 HPARAMS = {
     "batch_size": 4,
@@ -99,7 +99,7 @@ def stage_command() -> list[str]:
 
     if "train-rrhf" in STAGES:
         return [sys.executable, "-m", "feedbackflow", "train-rrhf"]
-    return [sys.executable, "-m", "feedbackflow.rrhf_training"]
+    return [sys.executable, "-m", "feedbackflow.papers.rrhf.training"]
 
 
 def train_command(tiny, output: Path, work: Path, train: Path | None = None, **overrides) -> list[str]:

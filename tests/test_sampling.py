@@ -16,9 +16,9 @@ from diverse_beam_reference import reference_diverse_beam_search
 from test_experiment_configs import check_stage_arguments, stage_commands
 from workflow_runs import copy_project, planned_jobs, snakemake
 
+from feedbackflow.core.formats import PROMPTS, RANKED_RESPONSES, SAMPLES, SCORED_SAMPLES, read_table, write_rows
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.formats import PROMPTS, RANKED_RESPONSES, SAMPLES, SCORED_SAMPLES, read_table, write_rows
-from feedbackflow.sampling import (
+from feedbackflow.stages.sampling import (
     BatchCheckpoints,
     SamplingConfig,
     batch_plan,
@@ -40,7 +40,7 @@ from feedbackflow.sampling import (
     sample_responses,
     shard_batches,
 )
-from feedbackflow.tiny_models import TinyModelConfig, build_causal_lm, build_gpt2_lm, train_tokenizer
+from feedbackflow.tiny.models import TinyModelConfig, build_causal_lm, build_gpt2_lm, train_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = TinyModelConfig(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from feedbackflow.segmentation import (
+from feedbackflow.text.segmentation import (
     BLANK_PIPELINE,
     SPACY_MODEL,
     sentence_pipeline,

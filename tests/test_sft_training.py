@@ -29,10 +29,10 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-import feedbackflow.sft_training as sft
+import feedbackflow.stages.sft as sft
+from feedbackflow.core.formats import QA_PROMPTS, write_rows
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.formats import QA_PROMPTS, write_rows
-from feedbackflow.sft_training import (
+from feedbackflow.stages.sft import (
     IGNORE_INDEX,
     QAExamples,
     SFTConfig,
@@ -46,8 +46,8 @@ from feedbackflow.sft_training import (
     target_nll_sum,
     tokenize_sft,
 )
-from feedbackflow.text_metrics import default_sentence_splitter, mean_rouge_lsum
-from feedbackflow.tiny_models import TinyModelConfig, build_causal_lm, train_tokenizer
+from feedbackflow.text.metrics import default_sentence_splitter, mean_rouge_lsum
+from feedbackflow.tiny.models import TinyModelConfig, build_causal_lm, train_tokenizer
 
 ANIMALS = ["cat", "dog", "fox", "owl", "bee", "cow", "pig", "hen"]
 COLOURS = ["red", "blue", "green", "black", "white", "brown"]
@@ -124,7 +124,7 @@ def stage_command() -> list[str]:
 
     if "train-sft" in STAGES:
         return [sys.executable, "-m", "feedbackflow", "train-sft"]
-    return [sys.executable, "-m", "feedbackflow.sft_training"]
+    return [sys.executable, "-m", "feedbackflow.stages.sft"]
 
 
 def train_command(tiny, name: str, model: str = "t5", dev: Path | None = None, **overrides) -> list[str]:

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from feedbackflow import cli
+from feedbackflow.core.formats import SLF5K_COMPARISONS, SLF5K_FEEDBACK, SLF5K_POSTS, read_table
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.formats import SLF5K_COMPARISONS, SLF5K_FEEDBACK, SLF5K_POSTS, read_table
-from feedbackflow.slf5k_data import SPLITS, SLF5KConversionConfig, convert_slf5k, is_hub_id
+from feedbackflow.papers.ilf.slf5k import SPLITS, SLF5KConversionConfig, convert_slf5k, is_hub_id
 
 SCHEMAS = {"posts": SLF5K_POSTS, "feedback": SLF5K_FEEDBACK, "comparisons": SLF5K_COMPARISONS}
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from feedbackflow import cli
+from feedbackflow.core.formats import QA_PROMPTS, SLF5K_FEEDBACK, read_table
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.formats import QA_PROMPTS, SLF5K_FEEDBACK, read_table
-from feedbackflow.ilf_prompts import INSTRUCT_RM_TEMPLATES, pairwise_prompt, refinement_prompt, summary_prompt
-from feedbackflow.slf5k_data import convert_slf5k
-from feedbackflow.slf5k_synthetic import (
+from feedbackflow.papers.ilf.prompts import INSTRUCT_RM_TEMPLATES, pairwise_prompt, refinement_prompt, summary_prompt
+from feedbackflow.papers.ilf.slf5k import convert_slf5k
+from feedbackflow.tiny.slf5k import (
     CORPUS_FILE,
     FACT_VALUES,
     INSTRUCT_RM_FILES,
@@ -35,7 +35,7 @@ from feedbackflow.slf5k_synthetic import (
     make_synthetic_slf5k,
     summary_quality,
 )
-from feedbackflow.synthetic import unescape_corpus_line
+from feedbackflow.tiny.synthetic import unescape_corpus_line
 
 SMALL = SyntheticSLF5KConfig(
     train_posts=120, development_posts=20, validation_posts=20, test_posts=30, lm_train_posts=150, lm_dev_posts=20

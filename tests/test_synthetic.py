@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from feedbackflow import cli
-from feedbackflow.synthetic import (
+from feedbackflow.tiny.synthetic import (
     CORPUS_FILE,
     DOMAINS,
     DSP_FILES,

@@ -3,7 +3,7 @@
 rouge-score tokenises by lower-casing and keeping runs of [a-z0-9]; rougeLsum's LCS is the summary-level union LCS
 over newline-separated sentences: for each reference sentence, the union of its LCS hits with every predicted
 sentence; P = hits / predicted tokens, R = hits / reference tokens, F = 2PR / (P + R). The tests pass an explicit
-splitter so they do not depend on `feedbackflow.segmentation`.
+splitter so they do not depend on `feedbackflow.text.segmentation`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import types
 
 import pytest
 
-from feedbackflow.text_metrics import (
+from feedbackflow.text.metrics import (
     default_sentence_splitter,
     distinct_n,
     exact_match,
@@ -100,13 +100,14 @@ def test_default_splitter_is_the_segmentation_module_when_it_exists(monkeypatch)
         calls.append(text)
         return text.split("|")
 
-    monkeypatch.setitem(sys.modules, "feedbackflow.segmentation", types.SimpleNamespace(split_sentences=fake_split))
+    fake = types.SimpleNamespace(split_sentences=fake_split)
+    monkeypatch.setitem(sys.modules, "feedbackflow.text.segmentation", fake)
     assert default_sentence_splitter() is fake_split
     # With "|" as the boundary the swapped sentences score 100, as in test_sentences_are_split_before_scoring.
     assert rouge_lsum("delta kappa omega|alpha beta gamma", ["alpha beta gamma|delta kappa omega"]) == 100.0
     assert calls == ["delta kappa omega|alpha beta gamma", "alpha beta gamma|delta kappa omega"]
 
-    monkeypatch.setitem(sys.modules, "feedbackflow.segmentation", None)  # the module is absent: the fallback
+    monkeypatch.setitem(sys.modules, "feedbackflow.text.segmentation", None)  # the module is absent: the fallback
     assert default_sentence_splitter() is split_on_terminal_punctuation
     assert split_on_terminal_punctuation(" One. Two? Three!  Four ") == ["One.", "Two?", "Three!", "Four"]
     assert split_on_terminal_punctuation("3.5 apples") == ["3.5 apples"]

@@ -19,8 +19,7 @@ from transformers import (
 )
 
 from feedbackflow import cli
-from feedbackflow.synthetic import CORPUS_FILE, SyntheticDataConfig, make_synthetic_data, unescape_corpus_line
-from feedbackflow.tiny_models import (
+from feedbackflow.tiny.models import (
     TinyModelConfig,
     build_causal_lm,
     build_encoder,
@@ -30,6 +29,7 @@ from feedbackflow.tiny_models import (
     build_token_classifier,
     train_tokenizer,
 )
+from feedbackflow.tiny.synthetic import CORPUS_FILE, SyntheticDataConfig, make_synthetic_data, unescape_corpus_line
 
 CONFIG = TinyModelConfig(seed=5, vocab_size=500, max_position_embeddings=128)
 

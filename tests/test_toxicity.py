@@ -21,10 +21,10 @@ import pyarrow.parquet as pq
 import pytest
 from perspective_stub_server import StubPerspectiveServer, analyze_body
 
-from feedbackflow import toxicity
+from feedbackflow.core.formats import SAMPLES, SCORED_SAMPLES, read_json, read_table, write_rows
 from feedbackflow.errors import ConfigError
-from feedbackflow.formats import SAMPLES, SCORED_SAMPLES, read_json, read_table, write_rows
-from feedbackflow.toxicity import (
+from feedbackflow.papers.fgrlhf.detox import toxicity
+from feedbackflow.papers.fgrlhf.detox.toxicity import (
     EMPTY_REASON,
     MAX_WAIT_S,
     PerspectiveScorer,
@@ -452,7 +452,7 @@ def test_make_toxicity_scorer_picks_the_backend(tmp_path):
 
 SCORE_IN_A_PROCESS = """
 import sys
-from feedbackflow.toxicity import PerspectiveScorer, ToxicityConfig
+from feedbackflow.papers.fgrlhf.detox.toxicity import PerspectiveScorer, ToxicityConfig
 config = ToxicityConfig.from_dict({"backend": "perspective", "perspective_url": sys.argv[1], "api_key_env": sys.argv[2],
                                    "requests_per_second": float(sys.argv[3])})
 with PerspectiveScorer(config, sys.argv[4]) as scorer:

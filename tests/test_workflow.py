@@ -13,7 +13,7 @@ import pandas as pd
 import yaml
 from workflow_runs import copy_project, planned_jobs, snakemake
 
-from feedbackflow.claims import claims_of
+from feedbackflow.tiny.claims import claims_of
 
 
 def assert_claims_hold_with_their_margins(root: Path, experiment: str) -> None:

@@ -71,7 +71,7 @@ def planned_resources(output: str) -> dict[str, list[dict[str, str]]]:
 
 
 def write_service_overlay(path: Path, services, openai_url: str, perspective_url: str) -> dict[str, str]:
-    """Write a --configfile at `path` pointing each remote service (feedbackflow.preflight.Service) at a loopback
+    """Write a --configfile at `path` pointing each remote service (feedbackflow.core.preflight.Service) at a loopback
     stub (Perspective for `detox.toxicity`, else the OpenAI-compatible one); return the key variables to set."""
     import yaml
 

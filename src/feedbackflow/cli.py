@@ -2,7 +2,7 @@
 
 Stage modules are imported only when their stage runs, so `--help` is quick. Each stage module has
 `configure(parser)` (its flags) and `main(args)` (the stage); a module with two stages names the second
-`configure_<x>` / `main_<x>`, registered as "module:<x>".
+`configure_<x>` / `main_<x>`, registered as "module:<x>". Modules are named below the package (`stages.sampling`).
 """
 
 from __future__ import annotations
@@ -14,54 +14,54 @@ import sys
 
 from feedbackflow.errors import ConfigError, DataError
 
-# stage name -> (module, one-line help)
+# stage name -> (module under feedbackflow, one-line help)
 STAGES: dict[str, tuple[str, str]] = {
-    "make-synthetic-data": ("feedbackflow.synthetic", "write the tiny-scale synthetic raw data sets"),
-    "make-synthetic-qa-feedback": ("feedbackflow.qa_synthetic", "write the tiny-scale synthetic qa-feedback files"),
-    "build-tiny-models": ("feedbackflow.tiny_models", "train a tokenizer and build a tiny causal LM"),
-    "convert-preferences": ("feedbackflow.convert", "DSP / HH / text-score files -> preference-lists Parquet"),
-    "train-reward-model": ("feedbackflow.reward_training", "train a reward model (GRFT or CRFT)"),
-    "evaluate-reward-model": ("feedbackflow.reward_evaluation", "accuracy of a reward model on eval sets"),
-    "collect-metrics": ("feedbackflow.report", "gather per-model metrics into one table, Markdown and a plot"),
-    "convert-prompts": ("feedbackflow.prompts", "rm-static / HH files -> prompts Parquet (+ the data set's responses)"),
-    "sample-responses": ("feedbackflow.sampling", "sample N responses per prompt from a policy"),
-    "score-samples": ("feedbackflow.reward_scoring", "score samples with a reward model"),
-    "import-reward-model": ("feedbackflow.import_reward_model", "trlx/Dahoas GPT reward model -> reward-model dir"),
-    "rank-responses": ("feedbackflow.sampling:rank", "scored samples -> RRHF ranked-responses Parquet"),
-    "merge-samples": ("feedbackflow.sampling:merge", "concatenate samples Parquet files (checked for clashes)"),
-    "sft-data": ("feedbackflow.sampling:sft", "samples -> one-response rows for SFT with the RRHF trainer"),
-    "train-rrhf": ("feedbackflow.rrhf_training", "RRHF: rank loss on length-normalised log-probs + SFT on the best"),
-    "train-sft": ("feedbackflow.sft_training", "SFT on reference answers; keeps the best model by dev rougeLsum"),
-    "judge-samples": ("feedbackflow.judge", "rate samples with an LLM judge (openai API or local hf model), cached"),
-    "judge-sft-data": ("feedbackflow.judge:sft_data", "labelled samples -> rating-prompt/score rows (local judge)"),
-    "evaluate-responses": ("feedbackflow.response_evaluation", "mean reward and perplexity of responses per origin"),
-    "train-ppo": ("feedbackflow.ppo_training", "PPO with per-token rewards (Fine-Grained RLHF), seq2seq or causal"),
-    "convert-qa-feedback": ("feedbackflow.qa_feedback", "qa-feedback JSON -> prompts, R1/R2/R3 and preference data"),
-    "train-fg-reward-model": ("feedbackflow.fg_reward_training", "train R1/R2 (token) or R3/preference (sequence) RMs"),
-    "reward-mean-std": ("feedbackflow.fg_reward_training:mean_std", "mean/std of a sequence RM's train-pair scores"),
-    "evaluate-qa": ("feedbackflow.qa_evaluation", "qa-feedback: rougeLsum, relevance, factuality, completeness"),
-    "qa-metrics": ("feedbackflow.qa_evaluation:metrics", "qa-feedback policy summaries -> metrics Parquet/Markdown"),
-    "make-synthetic-rtp": ("feedbackflow.detox_synthetic", "write the tiny-scale synthetic RealToxicityPrompts file"),
-    "convert-rtp": ("feedbackflow.detox_data", "RealToxicityPrompts -> detox prompt splits (+ continuations for SFT)"),
-    "score-toxicity": ("feedbackflow.toxicity", "score samples' toxicity (Perspective API or offline), cached"),
-    "evaluate-detox": ("feedbackflow.detox_evaluation", "detox: max toxicity, toxic probability, perplexity, distinct"),
-    "detox-metrics": ("feedbackflow.detox_evaluation:metrics", "detox policy summaries -> metrics Parquet/Markdown"),
-    "train-opt-rm": ("feedbackflow.opt_rm", "ILF's OPT-RM: a causal LM trained to answer Yes (preferred) / No"),
-    "evaluate-opt-rm": ("feedbackflow.opt_rm:evaluate", "OPT-RM pair accuracy on held-out SLF5K comparisons"),
-    "score-opt-rm": ("feedbackflow.opt_rm:score", "score summaries (samples + posts) with OPT-RM's P(Yes)"),
-    "best-of-n": ("feedbackflow.opt_rm:best_of_n", "scored samples -> the best-scored sample per prompt"),
-    "make-synthetic-slf5k": ("feedbackflow.slf5k_synthetic", "write the tiny synthetic SLF5K (+ oracle, LM tables)"),
-    "convert-slf5k": ("feedbackflow.slf5k_data", "SLF5K JSONL (or hub id) -> posts, feedback and comparison tables"),
-    "select-refinements": ("feedbackflow.instruct_rm", "ILF: score refinements (InstructRM, baselines), pick one"),
-    "generate-texts": ("feedbackflow.lm_generation", "N texts per prompt from a local or API language model, cached"),
-    "ilf-prompts": ("feedbackflow.ilf_data", "ILF: summary prompts of posts, or refinement prompts of feedback"),
-    "ilf-sft-data": ("feedbackflow.ilf_data:sft", "ILF: fine-tuning sets (human, initial summaries, reference)"),
-    "ilf-reference-samples": ("feedbackflow.ilf_data:reference", "ILF: the human reference summaries as samples"),
-    "ilf-judge": ("feedbackflow.ilf_evaluation", "ILF: an LM judge's pairwise verdicts vs the reference, both orders"),
-    "ilf-win-rates": ("feedbackflow.ilf_evaluation:win_rates", "ILF: a policy's win rates vs the reference"),
-    "ilf-refinement-quality": ("feedbackflow.ilf_evaluation:refinements", "ILF: how good the chosen refinements are"),
-    "ilf-metrics": ("feedbackflow.ilf_evaluation:metrics", "ILF: every policy's win rates -> metrics Parquet/Markdown"),
-    "launch": ("feedbackflow.launch", "run a stage here or under `accelerate launch` with N processes"),
+    "make-synthetic-data": ("tiny.synthetic", "write the tiny-scale synthetic raw data sets"),
+    "make-synthetic-qa-feedback": ("tiny.qa", "write the tiny-scale synthetic qa-feedback files"),
+    "build-tiny-models": ("tiny.models", "train a tokenizer and build a tiny causal LM"),
+    "convert-preferences": ("stages.preferences", "DSP / HH / text-score files -> preference-lists Parquet"),
+    "train-reward-model": ("papers.dsp.reward_training", "train a reward model (GRFT or CRFT)"),
+    "evaluate-reward-model": ("papers.dsp.reward_evaluation", "accuracy of a reward model on eval sets"),
+    "collect-metrics": ("core.report", "gather per-model metrics into one table, Markdown and a plot"),
+    "convert-prompts": ("papers.rrhf.prompts", "rm-static / HH files -> prompts Parquet (+ the data set's responses)"),
+    "sample-responses": ("stages.sampling", "sample N responses per prompt from a policy"),
+    "score-samples": ("stages.reward_scoring", "score samples with a reward model"),
+    "import-reward-model": ("papers.rrhf.import_reward_model", "trlx/Dahoas GPT reward model -> reward-model dir"),
+    "rank-responses": ("stages.sampling:rank", "scored samples -> RRHF ranked-responses Parquet"),
+    "merge-samples": ("stages.sampling:merge", "concatenate samples Parquet files (checked for clashes)"),
+    "sft-data": ("stages.sampling:sft", "samples -> one-response rows for SFT with the RRHF trainer"),
+    "train-rrhf": ("papers.rrhf.training", "RRHF: rank loss on length-normalised log-probs + SFT on the best"),
+    "train-sft": ("stages.sft", "SFT on reference answers; keeps the best model by dev rougeLsum"),
+    "judge-samples": ("llm.judge", "rate samples with an LLM judge (openai API or local hf model), cached"),
+    "judge-sft-data": ("llm.judge:sft_data", "labelled samples -> rating-prompt/score rows (local judge)"),
+    "evaluate-responses": ("stages.response_evaluation", "mean reward and perplexity of responses per origin"),
+    "train-ppo": ("rl.ppo", "PPO with per-token rewards (Fine-Grained RLHF), seq2seq or causal"),
+    "convert-qa-feedback": ("papers.fgrlhf.qa.data", "qa-feedback JSON -> prompts, R1/R2/R3 and preference data"),
+    "train-fg-reward-model": ("papers.fgrlhf.qa.reward_training", "train R1/R2 (token) or R3/preference (sequence)"),
+    "reward-mean-std": ("papers.fgrlhf.qa.reward_training:mean_std", "mean/std of a sequence RM's train-pair scores"),
+    "evaluate-qa": ("papers.fgrlhf.qa.evaluation", "qa-feedback: rougeLsum, relevance, factuality, completeness"),
+    "qa-metrics": ("papers.fgrlhf.qa.evaluation:metrics", "qa-feedback policy summaries -> metrics Parquet/Markdown"),
+    "make-synthetic-rtp": ("tiny.detox", "write the tiny-scale synthetic RealToxicityPrompts file"),
+    "convert-rtp": ("papers.fgrlhf.detox.data", "RealToxicityPrompts -> detox prompt splits (+ continuations for SFT)"),
+    "score-toxicity": ("papers.fgrlhf.detox.toxicity", "score samples' toxicity (Perspective API or offline), cached"),
+    "evaluate-detox": ("papers.fgrlhf.detox.evaluation", "detox: max toxicity, toxic prob., perplexity, distinct"),
+    "detox-metrics": ("papers.fgrlhf.detox.evaluation:metrics", "detox policy summaries -> metrics Parquet/Markdown"),
+    "train-opt-rm": ("papers.ilf.opt_rm", "ILF's OPT-RM: a causal LM trained to answer Yes (preferred) / No"),
+    "evaluate-opt-rm": ("papers.ilf.opt_rm:evaluate", "OPT-RM pair accuracy on held-out SLF5K comparisons"),
+    "score-opt-rm": ("papers.ilf.opt_rm:score", "score summaries (samples + posts) with OPT-RM's P(Yes)"),
+    "best-of-n": ("papers.ilf.opt_rm:best_of_n", "scored samples -> the best-scored sample per prompt"),
+    "make-synthetic-slf5k": ("tiny.slf5k", "write the tiny synthetic SLF5K (+ oracle, LM tables)"),
+    "convert-slf5k": ("papers.ilf.slf5k", "SLF5K JSONL (or hub id) -> posts, feedback and comparison tables"),
+    "select-refinements": ("papers.ilf.instruct_rm", "ILF: score refinements (InstructRM, baselines), pick one"),
+    "generate-texts": ("llm.generation", "N texts per prompt from a local or API language model, cached"),
+    "ilf-prompts": ("papers.ilf.data", "ILF: summary prompts of posts, or refinement prompts of feedback"),
+    "ilf-sft-data": ("papers.ilf.data:sft", "ILF: fine-tuning sets (human, initial summaries, reference)"),
+    "ilf-reference-samples": ("papers.ilf.data:reference", "ILF: the human reference summaries as samples"),
+    "ilf-judge": ("papers.ilf.evaluation", "ILF: an LM judge's pairwise verdicts vs the reference, both orders"),
+    "ilf-win-rates": ("papers.ilf.evaluation:win_rates", "ILF: a policy's win rates vs the reference"),
+    "ilf-refinement-quality": ("papers.ilf.evaluation:refinements", "ILF: how good the chosen refinements are"),
+    "ilf-metrics": ("papers.ilf.evaluation:metrics", "ILF: every policy's win rates -> metrics Parquet/Markdown"),
+    "launch": ("core.launch", "run a stage here or under `accelerate launch` with N processes"),
 }
 
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     name, rest = argv[0], argv[1:]
     module_name, help_text = STAGES[name]
     module_name, _, suffix = module_name.partition(":")  # "module:x" -> configure_x / main_x of that module
-    module = importlib.import_module(module_name)
+    module = importlib.import_module(f"feedbackflow.{module_name}")
     configure = getattr(module, f"configure_{suffix}" if suffix else "configure")
     run = getattr(module, f"main_{suffix}" if suffix else "main")
     parser = argparse.ArgumentParser(prog=f"python -m feedbackflow {name}", description=help_text)

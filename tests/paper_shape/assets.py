@@ -25,10 +25,9 @@ import pandas as pd
 import torch
 from transformers import GPTJForCausalLM
 
-from feedbackflow.import_reward_model import ImportRewardModelConfig, import_reward_model
-from feedbackflow.instruct_rm import answer_candidates
-from feedbackflow.synthetic import escape_corpus_line
-from feedbackflow.tiny_models import (
+from feedbackflow.papers.ilf.instruct_rm import answer_candidates
+from feedbackflow.papers.rrhf.import_reward_model import ImportRewardModelConfig, import_reward_model
+from feedbackflow.tiny.models import (
     CAUSAL_FAMILY_BUILDERS,
     TinyModelConfig,
     add_special_token_template,
@@ -36,6 +35,7 @@ from feedbackflow.tiny_models import (
     build_seq2seq_lm,
     train_tokenizer,
 )
+from feedbackflow.tiny.synthetic import escape_corpus_line
 
 VOCAB_SIZE = 1000
 WIDTH = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
@@ -158,7 +158,7 @@ class PaperShapeAssets:
     def _rtp(self, out: Path) -> None:
         """RealToxicityPrompts' prompts.jsonl from the synthetic generator (RTP prompts are one sentence, as
         there); the Perspective stub scores them."""
-        from feedbackflow.detox_synthetic import SyntheticRTPConfig, make_synthetic_rtp
+        from feedbackflow.tiny.detox import SyntheticRTPConfig, make_synthetic_rtp
 
         tmp = out.with_name("rtp_synthetic")
         made = make_synthetic_rtp(tmp, SyntheticRTPConfig(n_prompts=200, challenging_fraction=0.5, seed=0))
@@ -166,7 +166,7 @@ class PaperShapeAssets:
 
     def _slf5k(self, out: Path) -> None:
         """SLF5K's JSONL splits from the synthetic generator (few posts: the conversion keeps a handful)."""
-        from feedbackflow.slf5k_synthetic import SyntheticSLF5KConfig, make_synthetic_slf5k
+        from feedbackflow.tiny.slf5k import SyntheticSLF5KConfig, make_synthetic_slf5k
 
         sizes = {"train_posts": 20, "development_posts": 4, "validation_posts": 4, "test_posts": 4,
                  "lm_train_posts": 8, "lm_dev_posts": 4}  # fmt: skip

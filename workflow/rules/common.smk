@@ -129,7 +129,7 @@ def rrhf_trainer_hparams(section):
 
 def inference_dtype_hparams():
     """{"dtype": `inference_dtype`} when the config sets it, else {}: the dtype on a GPU of the models that the
-    evaluation and scoring stages load (feedbackflow.inference; the CPU computes in float32 whatever it says)."""
+    evaluation and scoring stages load (feedbackflow.core.inference; the CPU computes in float32 whatever it says)."""
     dtype = config.get("inference_dtype")
     return {"dtype": dtype} if dtype else {}
 

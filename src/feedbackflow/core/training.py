@@ -1,0 +1,88 @@
+"""The pieces of an accelerate training loop that every trainer shares (reward models, RRHF, SFT).
+
+A step's loss is normalised by the global batch, so `backward_micro_batch` undoes accelerate's division by the
+accumulation steps and DDP's average over processes; results then do not depend on micro-batch size or process
+count. Checkpoints and SIGTERM handling follow `feedbackflow.core.checkpoints`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import sys
+
+import torch
+from accelerate import Accelerator
+
+from feedbackflow.core.checkpoints import CheckpointStore, StopSignal
+from feedbackflow.core.launch import build_accelerator, world_size_from_env
+from feedbackflow.errors import ConfigError
+
+log = logging.getLogger("feedbackflow.core.training")
+
+
+def prepare_accelerator(
+    batch_size: int, micro_batch_size: int, mixed_precision: str, max_grad_norm: float
+) -> tuple[Accelerator, int]:
+    """(accelerator, accumulation steps) for a global batch split over the launched processes and micro batches."""
+    launched = world_size_from_env()
+    if batch_size % launched:
+        raise ConfigError(f"batch_size {batch_size} is not divisible by {launched} processes")
+    if micro_batch_size < 1:
+        raise ConfigError(f"micro_batch_size must be at least 1, got {micro_batch_size}")
+    accumulation = math.ceil(batch_size // launched / micro_batch_size)
+    accelerator = build_accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=accumulation)
+    if accelerator.state.deepspeed_plugin is not None:
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = micro_batch_size
+        ds_config["train_batch_size"] = micro_batch_size * accumulation * accelerator.num_processes
+        # DeepSpeed clips inside its step (accelerator.clip_grad_norm_ is a no-op there); 0 disables clipping.
+        ds_config["gradient_clipping"] = max_grad_norm
+    return accelerator, accumulation
+
+
+def steps_to_train(steps_per_epoch: int, num_epochs: int, max_steps: int | None) -> int:
+    """Optimiser steps of a run: every epoch's steps, cut at `max_steps` when given."""
+    total = steps_per_epoch * num_epochs
+    return total if max_steps is None else min(total, max_steps)
+
+
+def resume_if_possible(store: CheckpointStore, accelerator: Accelerator, total_steps: int) -> tuple[int, list[dict]]:
+    """(first step, history so far): from the newest complete checkpoint in the store, else (0, [])."""
+    store.open(accelerator)
+    latest = store.latest()
+    if latest is None:
+        return 0, []
+    state = store.load(accelerator, latest)
+    log.info("resuming from %s at step %d of %d", latest, state["step"], total_steps)
+    return state["step"], state["history"]
+
+
+def backward_micro_batch(
+    accelerator: Accelerator, model, optimizer, loss: torch.Tensor, accumulation: int, max_grad_norm: float
+) -> None:
+    """Backward of one micro batch's share of the global-batch loss; the optimiser steps at the batch's end."""
+    accelerator.backward(loss * accelerator.num_processes * accumulation)
+    if accelerator.sync_gradients and max_grad_norm > 0:
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def checkpoint_after_step(
+    store: CheckpointStore,
+    accelerator: Accelerator,
+    stop: StopSignal,
+    done: int,
+    total_steps: int,
+    checkpoint_every: int,
+    history: list[dict],
+) -> None:
+    """After `done` steps: save every `checkpoint_every` steps, and on SIGTERM save and exit 143."""
+    stopping = stop.agreed(accelerator)  # collective: every process takes the same branch
+    if done < total_steps and (stopping or done % checkpoint_every == 0):
+        store.save(accelerator, done, {"step": done, "history": history})
+        if stopping:
+            log.warning("SIGTERM: checkpoint saved at step %d of %d; a rerun resumes there", done, total_steps)
+            sys.exit(128 + signal.SIGTERM)

@@ -1,0 +1,1 @@
+"""Model classes shared by several papers: the causal-LM reward model with a linear head."""

@@ -1,0 +1,263 @@
+"""Reward-model training for DSP's GRFT and CRFT stages (SPEC section 4), on accelerate.
+
+One optimiser step sees `batch_size` preference lists (global, over all processes). Its loss is the ranking loss
+averaged over every ordered pair with different scores in that global batch, plus `lm_loss_coeff` times the mean
+token NLL of the texts whose normalised score exceeds `lm_score_threshold`. Both means are taken over the global
+batch whatever the micro-batch size and process count, so a 2-process run follows the same curve as a 1-process run.
+An incomplete last batch of an epoch is dropped. Checkpoints go to `--work-dir`; a rerun resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from accelerate.utils import set_seed
+from transformers import get_scheduler
+
+from feedbackflow.core.checkpoints import CheckpointStore, StopSignal, fingerprint_of
+from feedbackflow.core.formats import PREFERENCE_LISTS, TRAINING_LOG, atomic_directory, read_table, write_rows
+from feedbackflow.core.launch import world_size_from_env
+from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
+from feedbackflow.core.training import (
+    backward_micro_batch,
+    checkpoint_after_step,
+    prepare_accelerator,
+    resume_if_possible,
+    steps_to_train,
+)
+from feedbackflow.errors import ConfigError
+from feedbackflow.losses.reward import (
+    lm_loss_terms,
+    lm_target_mask,
+    ranking_loss_terms,
+    ranking_pair_mask,
+)
+from feedbackflow.models.reward_model import (
+    POOLINGS,
+    RewardModel,
+    encode_texts,
+    load_reward_model,
+    pad_id_of,
+    pad_right,
+    save_reward_model,
+)
+
+log = logging.getLogger("feedbackflow.papers.dsp.reward_training")
+
+
+@dataclass
+class RewardTrainingConfig:
+    """Hyperparameters of one reward-model training run (GRFT or CRFT)."""
+
+    seed: int = 42
+    pooling: str = field(default="last", metadata={"help": f"one of {POOLINGS}"})
+    max_length: int = field(default=512, metadata={"help": "tokens per text, bos and eos included"})
+    num_epochs: int = 1
+    batch_size: int = field(default=64, metadata={"help": "preference lists per optimiser step, all processes"})
+    micro_batch_size: int = field(default=8, metadata={"help": "lists per forward pass on one process"})
+    learning_rate: float = 1e-6
+    weight_decay: float = 0.0
+    lr_scheduler: str = field(default="linear", metadata={"help": "transformers scheduler name"})
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    lm_loss_coeff: float = 0.0
+    lm_score_threshold: float = 0.85
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many steps (all epochs)"})
+    checkpoint_every: int = 100
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class PreferenceBatchPlan:
+    """Tokenised preference lists and the global batches of every step."""
+
+    token_ids: list[list[list[int]]]  # list -> text -> ids
+    scores: list[list[float]]
+    steps_per_epoch: int
+
+    def batch_indices(self, step: int, batch_size: int, seed: int) -> list[int]:
+        """The lists of optimiser step `step`: a seeded permutation per epoch, cut into whole batches."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        generator = torch.Generator().manual_seed(seed + epoch)
+        order = torch.randperm(len(self.scores), generator=generator).tolist()
+        return order[position * batch_size : (position + 1) * batch_size]
+
+
+def load_preference_lists(paths: list[str]) -> tuple[list[list[str]], list[list[float]]]:
+    texts, scores = [], []
+    for path in paths:
+        table = read_table(path, PREFERENCE_LISTS)
+        texts.extend(table.column("text").to_pylist())
+        scores.extend(table.column("score").to_pylist())
+    return texts, scores
+
+
+def global_counts(plan: PreferenceBatchPlan, indices: list[int], threshold: float) -> tuple[int, int]:
+    """(ordered pairs with different scores, predicted tokens of LM-target texts) in a global batch."""
+    scores, mask = pad_scores([plan.scores[i] for i in indices])
+    pairs = int(ranking_pair_mask(scores, mask).sum())
+    targets = lm_target_mask(scores, mask, threshold)
+    tokens = 0
+    for row, i in enumerate(indices):
+        for col, ids in enumerate(plan.token_ids[i]):
+            if targets[row, col]:
+                tokens += len(ids) - 1
+    return pairs, tokens
+
+
+def pad_scores(score_lists: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in score_lists)
+    scores = torch.zeros((len(score_lists), width), dtype=torch.float64)
+    mask = torch.zeros((len(score_lists), width), dtype=torch.bool)
+    for row, values in enumerate(score_lists):
+        scores[row, : len(values)] = torch.tensor(values, dtype=torch.float64)
+        mask[row, : len(values)] = True
+    return scores, mask
+
+
+def micro_batch_loss(
+    model: RewardModel,
+    plan: PreferenceBatchPlan,
+    indices: list[int],
+    config: RewardTrainingConfig,
+    pad_id: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed ranking-loss and LM-loss terms of one micro batch of lists (to be divided by global counts)."""
+    scores, mask = pad_scores([plan.scores[i] for i in indices])
+    sequences = [ids for i in indices for ids in plan.token_ids[i]]
+    input_ids, attention_mask = pad_right(sequences, pad_id)
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    need_lm = config.lm_loss_coeff > 0
+    output = model(input_ids, attention_mask, return_lm_logits=need_lm)
+    rewards = torch.zeros(mask.shape, dtype=output.rewards.dtype, device=device)
+    rewards = rewards.masked_scatter(mask.to(device), output.rewards)
+    rank_sum, _ = ranking_loss_terms(rewards.float(), scores.to(device), mask.to(device))
+    lm_sum = torch.zeros((), device=device)
+    if need_lm:
+        selected = lm_target_mask(scores, mask, config.lm_score_threshold)[mask].to(device)
+        lm_sum, _ = lm_loss_terms(output.lm_logits, input_ids, attention_mask, selected)
+    return rank_sum, lm_sum
+
+
+def train_reward_model(
+    train_paths: list[str],
+    model_name_or_path: str,
+    output_dir: str,
+    work_dir: str,
+    config: RewardTrainingConfig,
+) -> None:
+    """Train a reward model from a causal LM or a reward-model directory and save it to `output_dir`."""
+    micro_per_process = config.micro_batch_size
+    accelerator, accumulation = prepare_accelerator(
+        config.batch_size, micro_per_process, config.mixed_precision, config.max_grad_norm
+    )
+    world = accelerator.num_processes
+    set_seed(config.seed)
+
+    texts, scores = load_preference_lists(train_paths)
+    model, tokenizer = load_reward_model(model_name_or_path, pooling=config.pooling, seed=config.seed)
+    if config.gradient_checkpointing:
+        model.lm.gradient_checkpointing_enable()
+    if config.lm_loss_coeff == 0:
+        # Without the LM loss an untied LM head gets no gradient: freeze it, or DDP fails on unused parameters.
+        head = model.lm.get_output_embeddings()
+        if head is not None and head.weight is not model.lm.get_input_embeddings().weight:
+            head.requires_grad_(False)
+    token_ids = [encode_texts(tokenizer, group, config.max_length) for group in texts]
+    steps_per_epoch = len(scores) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"batch_size {config.batch_size} exceeds the {len(scores)} training lists")
+    plan = PreferenceBatchPlan(token_ids, scores, steps_per_epoch)
+    total_steps = steps_to_train(steps_per_epoch, config.num_epochs, config.max_steps)
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # The scheduler is built on the prepared optimizer: under ZeRO offload DeepSpeed swaps in its own CPU Adam, and
+    # after a resume its param groups are new objects; a scheduler on the original optimizer would stop moving the lr.
+    scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer,
+        num_warmup_steps=config.warmup_steps,
+        num_training_steps=steps_per_epoch * config.num_epochs,
+    )
+    accelerator.register_for_checkpointing(scheduler)
+
+    store = CheckpointStore(
+        work_dir,
+        fingerprint_of(
+            {"config": dataclasses.asdict(config), "model": model_name_or_path, "world": world},
+            [*train_paths, model_name_or_path],
+        ),
+    )
+    start_step, history = resume_if_possible(store, accelerator, total_steps)
+    if start_step == 0:
+        log.info("training from %s: %d lists, %d steps", model_name_or_path, len(scores), total_steps)
+
+    pad_id = pad_id_of(tokenizer)
+    stop = StopSignal()
+    model.train()
+    for step in range(start_step, total_steps):
+        indices = plan.batch_indices(step, config.batch_size, config.seed)
+        n_pairs, n_tokens = global_counts(plan, indices, config.lm_score_threshold)
+        mine = indices[accelerator.process_index :: world]
+        micro_batches = [mine[i : i + micro_per_process] for i in range(0, len(mine), micro_per_process)]
+        rank_total = torch.zeros((), device=accelerator.device)
+        lm_total = torch.zeros((), device=accelerator.device)
+        for micro in micro_batches:
+            with accelerator.accumulate(model):
+                rank_sum, lm_sum = micro_batch_loss(model, plan, micro, config, pad_id, accelerator.device)
+                rank_part = rank_sum / max(n_pairs, 1)
+                lm_part = lm_sum / max(n_tokens, 1)
+                loss = rank_part + config.lm_loss_coeff * lm_part
+                backward_micro_batch(accelerator, model, optimizer, loss, accumulation, config.max_grad_norm)
+            rank_total += rank_part.detach()
+            lm_total += lm_part.detach()
+        learning_rate = scheduler.get_last_lr()[0]
+        scheduler.step()
+        rank_total = accelerator.reduce(rank_total, reduction="sum").item()
+        lm_total = accelerator.reduce(lm_total, reduction="sum").item()
+        history.append(
+            {
+                "step": step + 1,
+                "epoch": step // steps_per_epoch,
+                "loss": rank_total + config.lm_loss_coeff * lm_total,
+                "ranking_loss": rank_total,
+                "lm_loss": lm_total,
+                "learning_rate": learning_rate,
+            }
+        )
+        if (step + 1) % 10 == 0 or step + 1 == total_steps:
+            log.info("step %d/%d loss %.4f", step + 1, total_steps, history[-1]["loss"])
+        checkpoint_after_step(store, accelerator, stop, step + 1, total_steps, config.checkpoint_every, history)
+
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        with atomic_directory(output_dir) as tmp:
+            meta = {"base_model": model_name_or_path, "training": dataclasses.asdict(config)}
+            save_reward_model(accelerator.unwrap_model(model), tokenizer, tmp, state_dict, meta)
+            write_rows(history, tmp / "training_log.parquet", TRAINING_LOG)
+        log.info("saved %s after %d steps", output_dir, total_steps)
+    store.remove(accelerator)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train", nargs="+", required=True, help="preference-lists Parquet files")
+    parser.add_argument("--model", required=True, help="causal LM or reward-model directory, or hub id")
+    parser.add_argument("--output", required=True, help="reward-model directory to write")
+    parser.add_argument("--work-dir", required=True, help="checkpoint directory (resumed on rerun)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_dataclass_arguments(parser, RewardTrainingConfig)
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.threads:  # the job's CPUs, shared by the processes of a multi-process launch
+        torch.set_num_threads(max(1, args.threads // world_size_from_env()))
+    config = dataclass_from_args(RewardTrainingConfig, args)
+    train_reward_model(args.train, args.model, args.output, args.work_dir, config)

@@ -1,0 +1,1 @@
+"""Fine-Grained RLHF on detoxification: RealToxicityPrompts data, toxicity scorers, rewards and evaluation."""
