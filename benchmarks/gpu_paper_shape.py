@@ -770,8 +770,8 @@ def generate_reference(model_dir: str, prompts: list[str], values: dict) -> floa
     search, the reference is generate's beam search with as many beams and returned sequences and no groups:
     group beam search is no longer in transformers' own generate (v5 moved it to a hub custom_generate), and the
     project runs its own (sampling.diverse_beam_search)."""
-    from feedbackflow.models.reward_model import pad_id_of
-    from feedbackflow.stages.sampling import SamplingConfig, batch_plan, encode_prompts, load_policy, pad_left
+    from feedbackflow.stages.sampling import SamplingConfig, batch_plan, load_policy
+    from feedbackflow.text.tokens import encode_prompts, pad_id_of, pad_left
 
     config = SamplingConfig(**values)
     model, tokenizer = load_policy(model_dir, config.dtype)

@@ -29,7 +29,8 @@ from transformers import DynamicCache
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from diverse_beam_reference import reference_diverse_beam_search  # noqa: E402
 
-from feedbackflow.stages.sampling import diverse_beam_search, encode_prompts, pad_left  # noqa: E402
+from feedbackflow.stages.sampling import diverse_beam_search
+from feedbackflow.text.tokens import encode_prompts, pad_left
 from feedbackflow.tiny.models import TinyModelConfig, build_causal_lm, train_tokenizer  # noqa: E402
 
 WORDS = "the a river star train music garden clock bridge apple is was very quite rather blue green old new".split()

@@ -105,7 +105,7 @@ def prompt_texts(tokenizer, n: int, n_tokens: int, seed: int = 0) -> list[str]:
 def build_setup(root: Path, args: argparse.Namespace) -> dict:
     """Tokenizer, policy, value and reward models saved under `root`, and the rollouts (queries, responses and the
     generation logits TRL reads its old log-probs from) in root / rollout.pt. Returns a description for printing."""
-    from feedbackflow.stages.sampling import encode_prompts
+    from feedbackflow.text.tokens import encode_prompts
     from feedbackflow.tiny.models import train_tokenizer
 
     rng = random.Random(0)
@@ -179,7 +179,7 @@ class OursRunner:
     def __init__(self, root: Path, args: argparse.Namespace):
         from transformers import AutoTokenizer, get_scheduler
 
-        from feedbackflow.core.launch import build_accelerator
+        from feedbackflow.core.training import build_accelerator
         from feedbackflow.rl.ppo import (
             PolicyAndValue,
             PPOConfig,

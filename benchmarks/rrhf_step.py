@@ -30,7 +30,6 @@ from pathlib import Path
 
 import torch
 
-from feedbackflow.models.reward_model import pad_id_of
 from feedbackflow.papers.rrhf.training import (
     RankedQueries,
     RRHFTrainingConfig,
@@ -39,6 +38,7 @@ from feedbackflow.papers.rrhf.training import (
     supports_prompt_sharing,
     tokenize_ranked,
 )
+from feedbackflow.text.tokens import pad_id_of
 from feedbackflow.tiny.models import TinyModelConfig, build_causal_lm, train_tokenizer
 
 TARGET_RATIO = 2.0

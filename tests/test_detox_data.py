@@ -11,14 +11,9 @@ import pytest
 
 from feedbackflow import cli
 from feedbackflow.core.formats import DETOX_PROMPTS, QA_PROMPTS, read_json, read_table
+from feedbackflow.core.records import is_hub_id
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.papers.fgrlhf.detox.data import (
-    REPORT_FILE,
-    RTPSelectionConfig,
-    convert_rtp,
-    is_hub_id,
-    iter_rtp_records,
-)
+from feedbackflow.papers.fgrlhf.detox.data import REPORT_FILE, RTPSelectionConfig, convert_rtp, iter_rtp_records
 
 ATTRIBUTES = ("profanity", "sexually_explicit", "identity_attack", "flirtation", "threat", "insult", "severe_toxicity")
 

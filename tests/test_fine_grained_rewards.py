@@ -14,12 +14,8 @@ from transformers import (
 )
 
 from feedbackflow.errors import ConfigError
-from feedbackflow.papers.fgrlhf.qa.rewards import (
-    place_rewards,
-    question_of_prompt,
-    segment_end_token_indices,
-)
-from feedbackflow.rl.rewards import build_reward_functions
+from feedbackflow.papers.fgrlhf.qa.rewards import question_of_prompt
+from feedbackflow.rl.rewards import build_reward_functions, place_rewards, segment_end_token_indices
 from feedbackflow.tiny.models import train_tokenizer
 
 WORDS = "the river star train music garden clock bridge apple old new blue green is was near far".split()

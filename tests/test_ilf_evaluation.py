@@ -26,7 +26,6 @@ from feedbackflow.llm.language_model import LMResult, answer_probability
 from feedbackflow.papers.ilf.evaluation import (
     ILF_METRICS,
     PAIRWISE_JUDGEMENTS,
-    _oracle_facts,
     judge_pairs,
     load_oracle_by_post,
     metrics_markdown,
@@ -302,16 +301,26 @@ def fact(name: str, item: str, outcome: str) -> dict:
     return {"name": name, "item": item, "outcome": outcome}
 
 
+NAMES = ("Mara", "Hugo", "Lena", "Oskar", "Tomas")  # the persons of this literal world
+
+
+def oracle_entry(split: str, post_id: str, facts: dict, flaw: dict | None) -> dict:
+    """An oracle line: a summary naming any other person of this world gets the name wrong."""
+    alternatives = {"name": [name for name in NAMES if name != facts["name"]]}
+    return {"split": split, "id": post_id, "facts": facts, "alternatives": alternatives, "flaw": flaw}
+
+
 ORACLE = [
     # test posts (no feedback summary flaw recorded) and train posts whose feedback summary has a flaw
-    {"split": "test", "id": "t1", "facts": fact("Mara", "camera", "broke"), "flaw": None},
-    {"split": "test", "id": "t2", "facts": fact("Hugo", "bike", "lost"), "flaw": None},
-    {"split": "test", "id": "t3", "facts": fact("Lena", "tent", "sold"), "flaw": None},
-    {"split": "test", "id": "t4", "facts": fact("Oskar", "guitar", "painted"), "flaw": None},
-    {"split": "train", "id": "r1", "facts": fact("Mara", "camera", "broke"),
-     "flaw": {"type": "missing_fact", "fact": "item", "required": ["camera"], "forbidden": [], "wrong": "thing"}},
-    {"split": "train", "id": "r2", "facts": fact("Hugo", "bike", "lost"),
-     "flaw": {"type": "wrong_name", "fact": "name", "required": ["Hugo"], "forbidden": ["Tomas"], "wrong": "Tomas"}},
+    oracle_entry("test", "t1", fact("Mara", "camera", "broke"), None),
+    oracle_entry("test", "t2", fact("Hugo", "bike", "lost"), None),
+    oracle_entry("test", "t3", fact("Lena", "tent", "sold"), None),
+    oracle_entry("test", "t4", fact("Oskar", "guitar", "painted"), None),
+    oracle_entry("train", "r1", fact("Mara", "camera", "broke"),
+                 {"type": "missing_fact", "fact": "item", "required": ["camera"], "forbidden": [], "wrong": "thing"}),
+    oracle_entry("train", "r2", fact("Hugo", "bike", "lost"),
+                 {"type": "wrong_name", "fact": "name", "required": ["Hugo"], "forbidden": ["Tomas"],
+                  "wrong": "Tomas"}),
 ]  # fmt: skip
 
 
@@ -323,8 +332,10 @@ def write_oracle(path: Path, entries=ORACLE) -> Path:
 def test_oracle_by_post_and_the_oracle_win_rate(tmp_path):
     oracle_path = write_oracle(tmp_path / "oracle.jsonl")
     oracle = load_oracle_by_post(oracle_path)
-    assert oracle["r2"] == {"split": "train", "facts": fact("Hugo", "bike", "lost"), "flaw": ORACLE[5]["flaw"]}
-    assert _oracle_facts(oracle, "t1") == fact("Mara", "camera", "broke") and _oracle_facts(oracle, "zz") is None
+    others = {"name": ["Mara", "Lena", "Oskar", "Tomas"]}
+    assert oracle["r2"] == {"split": "train", "facts": fact("Hugo", "bike", "lost"), "alternatives": others,
+                            "flaw": ORACLE[5]["flaw"]}  # fmt: skip
+    assert oracle["t1"]["facts"] == fact("Mara", "camera", "broke") and "zz" not in oracle
     with pytest.raises(DataError, match="'t1' is in splits 'test' and 'validation'"):
         load_oracle_by_post(write_oracle(tmp_path / "twice.jsonl", [*ORACLE, {**ORACLE[0], "split": "validation"}]))
 

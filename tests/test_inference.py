@@ -23,15 +23,21 @@ from transformers import (
 from feedbackflow.core.formats import PREFERENCE_LISTS, REWARD_SCORES, read_table, write_rows
 from feedbackflow.core.inference import inference_device, inference_dtype, load_for_inference, parse_dtype
 from feedbackflow.errors import ConfigError
-from feedbackflow.models.reward_model import RewardModel, encode_texts, load_reward_model, save_reward_model
-from feedbackflow.papers.dsp.reward_evaluation import RewardEvaluationConfig, evaluate_reward_model, score_sequences
+from feedbackflow.models.reward_model import (
+    RewardModel,
+    encode_texts,
+    load_reward_model,
+    save_reward_model,
+    score_sequences,
+)
+from feedbackflow.papers.dsp.reward_evaluation import RewardEvaluationConfig, evaluate_reward_model
 from feedbackflow.papers.fgrlhf.qa.reward_models import (
     SegmentInput,
     load_fg_reward_model_for_inference,
     segment_error_predictions,
     sequence_scores,
 )
-from feedbackflow.stages.response_evaluation import sequence_nll
+from feedbackflow.text.nll import sequence_nll
 from feedbackflow.tiny.models import (
     TinyModelConfig,
     build_causal_lm,

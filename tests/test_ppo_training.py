@@ -35,7 +35,7 @@ from transformers import (
 )
 
 from feedbackflow.core.formats import PPO_LOG, PROMPTS, write_rows
-from feedbackflow.core.launch import build_accelerator
+from feedbackflow.core.training import build_accelerator
 from feedbackflow.errors import ConfigError
 from feedbackflow.losses.ppo import clipped_policy_loss, clipped_value_loss
 from feedbackflow.rl.ppo import (

@@ -12,15 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from feedbackflow.core.formats import PROMPTS, SAMPLES, read_table
+from feedbackflow.core.records import default_source_name
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.papers.rrhf.prompts import (
-    configure,
-    convert_prompts,
-    default_source_name,
-    main,
-    read_prompts,
-    split_hh_dialogue,
-)
+from feedbackflow.papers.rrhf.prompts import configure, convert_prompts, main, read_prompts, split_hh_dialogue
 
 RM_ROWS = [
     {

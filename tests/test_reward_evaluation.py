@@ -7,15 +7,15 @@ import torch
 
 from feedbackflow.core.formats import PREFERENCE_LISTS, REWARD_METRICS, REWARD_SCORES, read_table, write_rows
 from feedbackflow.errors import ConfigError
-from feedbackflow.models.reward_model import encode_texts, load_reward_model, pad_id_of
+from feedbackflow.models.reward_model import encode_texts, load_reward_model, score_sequences
 from feedbackflow.papers.dsp.reward_evaluation import (
     RewardEvaluationConfig,
     evaluate_reward_model,
     first_two_accuracy,
     pair_accuracy,
     parse_eval_sets,
-    score_sequences,
 )
+from feedbackflow.text.tokens import pad_id_of
 from feedbackflow.tiny.models import TinyModelConfig, build_causal_lm, train_tokenizer
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -17,11 +17,10 @@ from feedbackflow.models.reward_model import (
     encode_texts,
     is_reward_model_dir,
     load_reward_model,
-    pad_id_of,
-    pad_right,
     pool_hidden_states,
     save_reward_model,
 )
+from feedbackflow.text.tokens import pad_id_of, pad_right
 from feedbackflow.tiny.models import TinyModelConfig, build_causal_lm, train_tokenizer
 
 TINY = TinyModelConfig(

@@ -25,21 +25,18 @@ from feedbackflow.stages.sampling import (
     configure,
     configure_merge,
     configure_rank,
-    cut_at_stop_strings,
-    decode_response,
     diverse_beam_search,
-    encode_prompts,
     generate_responses,
     generate_shard,
     main,
     main_merge,
     main_rank,
     merge_samples,
-    pad_left,
     ranked_responses,
     sample_responses,
     shard_batches,
 )
+from feedbackflow.text.tokens import cut_at_stop_strings, decode_response, encode_prompts, pad_left
 from feedbackflow.tiny.models import TinyModelConfig, build_causal_lm, build_gpt2_lm, train_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -13,6 +13,7 @@ import pytest
 from feedbackflow import cli
 from feedbackflow.core.formats import QA_PROMPTS, SLF5K_FEEDBACK, read_table
 from feedbackflow.errors import ConfigError, DataError
+from feedbackflow.papers.ilf.oracle import fixes_flaw, load_oracle, summary_quality
 from feedbackflow.papers.ilf.prompts import INSTRUCT_RM_TEMPLATES, pairwise_prompt, refinement_prompt, summary_prompt
 from feedbackflow.papers.ilf.slf5k import convert_slf5k
 from feedbackflow.tiny.slf5k import (
@@ -30,10 +31,8 @@ from feedbackflow.tiny.slf5k import (
     SPLIT_FILES,
     SPLITS,
     SyntheticSLF5KConfig,
-    fixes_flaw,
-    load_oracle,
+    fact_alternatives,
     make_synthetic_slf5k,
-    summary_quality,
 )
 from feedbackflow.tiny.synthetic import unescape_corpus_line
 
@@ -41,6 +40,11 @@ SMALL = SyntheticSLF5KConfig(
     train_posts=120, development_posts=20, validation_posts=20, test_posts=30, lm_train_posts=150, lm_dev_posts=20
 )
 FACTS = {"name": "Mara", "item": "camera", "outcome": "broke"}
+
+
+def quality(summary: str, facts: dict) -> float:
+    """The oracle's summary quality with the world's alternatives, as the tiny oracle file lists them."""
+    return summary_quality(summary, facts, fact_alternatives(facts))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +78,7 @@ def facts_of(post: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    ("summary", "quality"),
+    ("summary", "expected"),
     [
         ("My sister Mara borrowed my camera for a wedding and broke it.", 1.0),  # 3 of 3 facts
         ("my sister MARA borrowed my Camera and BROKE it", 1.0),  # case does not matter
@@ -87,8 +91,8 @@ def facts_of(post: str) -> dict[str, str]:
         ("", 0.0),
     ],
 )
-def test_summary_quality_by_hand(summary, quality):
-    assert summary_quality(summary, FACTS) == pytest.approx(quality)
+def test_summary_quality_by_hand(summary, expected):
+    assert quality(summary, FACTS) == pytest.approx(expected)
 
 
 def test_fixes_flaw_by_hand():
@@ -110,7 +114,9 @@ def test_load_oracle(small, tmp_path):
     oracle = load_oracle(small / ORACLE_FILE)
     assert len(oracle) == sum(SMALL.split_sizes().values())
     entry = oracle[("test", "test_00000")]
-    assert set(entry) == {"facts", "flaw"} and set(entry["facts"]) == {"name", "item", "outcome"}
+    assert set(entry) == {"facts", "alternatives", "flaw"} and set(entry["facts"]) == {"name", "item", "outcome"}
+    assert entry["alternatives"] == fact_alternatives(entry["facts"]) and entry["facts"]["name"] not in entry[
+        "alternatives"]["name"]  # fmt: skip
     bad = tmp_path / "oracle.jsonl"
     bad.write_text('{"split": "train", "id": "a", "facts": {"name": "Mara"}, "flaw": null}\n\n{"split": "train"}\n')
     with pytest.raises(DataError) as caught:
@@ -118,6 +124,10 @@ def test_load_oracle(small, tmp_path):
     assert (caught.value.record, caught.value.field) == (2, "id")
     bad.write_text('{"split": "train", "id": "a", "facts": {"name": "Mara"}, "flaw": {"type": "x"}}\n')
     with pytest.raises(DataError, match="flaw"):
+        load_oracle(bad)
+    bad.write_text('{"split": "train", "id": "a", "facts": {"name": "Mara"}, "alternatives": {"name": "Hugo"}, '
+                   '"flaw": null}\n')  # fmt: skip
+    with pytest.raises(DataError, match="alternatives"):
         load_oracle(bad)
 
 
@@ -139,12 +149,12 @@ def test_records_convert_and_agree_with_the_oracle(small, tmp_path):
             assert facts_of(r["post"]) == entry["facts"]  # the oracle's facts are the post's
             assert 25 <= len(r["post"].split()) <= 45 and len(r["title"].split()) <= 9
             assert r["summary_prompt"] == summary_prompt(r["title"], r["post"])
-            assert summary_quality(r["ideal_human_summary"], entry["facts"]) == 1.0
+            assert quality(r["ideal_human_summary"], entry["facts"]) == 1.0
             initial = r["generated_summary_for_feedback"]
             if entry["flaw"] is None:  # a correct summary, no feedback
-                assert summary_quality(initial, entry["facts"]) == 1.0 and r["feedback"] == ""
+                assert quality(initial, entry["facts"]) == 1.0 and r["feedback"] == ""
             else:  # one flaw, which the feedback names with the right value and which the summary has
-                assert summary_quality(initial, entry["facts"]) == pytest.approx(2 / 3)
+                assert quality(initial, entry["facts"]) == pytest.approx(2 / 3)
                 assert not fixes_flaw(initial, entry["flaw"])
                 assert entry["flaw"]["required"][0] in r["feedback"]
         feedback = read_table(tmp_path / "data" / f"{split}_feedback.parquet", SLF5K_FEEDBACK).to_pylist()
@@ -153,13 +163,13 @@ def test_records_convert_and_agree_with_the_oracle(small, tmp_path):
     records = [(split, r) for split in SPLITS for r in load(small / SPLIT_FILES[split])]
     n = len(records)
     assert abs(sum(oracle[(s, r["id"])]["flaw"] is not None for s, r in records) / n - SMALL.flawed_rate) < 0.1
-    references = [summary_quality(r["tldr_human_reference_summary"], oracle[(s, r["id"])]["facts"]) for s, r in records]
+    references = [quality(r["tldr_human_reference_summary"], oracle[(s, r["id"])]["facts"]) for s, r in records]
     assert set(references) <= {1.0, 2 / 3} and abs(references.count(2 / 3) / n - SMALL.reference_missing_rate) < 0.06
     agree = 0
     for s, r in records:
         facts = oracle[(s, r["id"])]["facts"]
-        a = summary_quality(r["generated_summary_for_comparison_A"], facts)
-        b = summary_quality(r["generated_summary_for_comparison_B"], facts)
+        a = quality(r["generated_summary_for_comparison_A"], facts)
+        b = quality(r["generated_summary_for_comparison_B"], facts)
         assert a != b  # the two summaries always differ in quality
         agree += (a > b) == (r["comparison_preference"] == "Summary A")
     assert abs(agree / n - (1 - SMALL.comparison_label_noise)) < 0.06
@@ -194,9 +204,9 @@ def test_policy_rows(small):
             assert row["prompt"] == summary_prompt(field_of(row["prompt"], "Title"), post) == row["question"]
             assert row["passages"] == [] and len(row["references"]) == 1
             assert row["prompt_id"].split(":")[0] not in split_ids  # posts of their own
-            quality = summary_quality(row["references"][0], facts_of(post))
-            assert quality in (1.0, pytest.approx(2 / 3))
-            flawed += quality < 1
+            score = quality(row["references"][0], facts_of(post))
+            assert score in (1.0, pytest.approx(2 / 3))
+            flawed += score < 1
     assert abs(flawed / (SMALL.lm_train_posts + SMALL.lm_dev_posts) - SMALL.flawed_rate) < 0.1
 
 
@@ -206,7 +216,7 @@ def flaw_from_prompt(prompt: str) -> tuple[dict, dict[str, str]]:
     facts = facts_of(field_of(prompt, "Text"))
     summary = field_of(prompt, "Summary")
     wrong = [name for name in MADE_UP_NAMES if re.search(rf"\b{name}\b", summary)]
-    assert summary_quality(summary, facts) == pytest.approx(2 / 3)  # exactly one flaw
+    assert quality(summary, facts) == pytest.approx(2 / 3)  # exactly one flaw
     if wrong:
         return {"required": [facts["name"]], "forbidden": wrong}, facts
     assert not any(re.search(rf"\b{item}\b", summary) for item in FACT_VALUES["item"])  # the item left out
@@ -257,7 +267,7 @@ def test_refiner_rows_agree_with_the_oracle(small):
         assert flaw["required"][0] in feedback and not any(w in feedback for w in flaw["forbidden"])
         fixed.append(fixes_flaw(row["references"][0], flaw))
         if fixed[-1]:
-            assert summary_quality(row["references"][0], facts) == 1.0  # a fix gets every fact right
+            assert quality(row["references"][0], facts) == 1.0  # a fix gets every fact right
         else:  # the refiner's own mistake, never the one the summary made
             refined = row["references"][0]
             own = [*REFINER_NAMES, *MADE_UP_ITEMS, REFINER_VAGUE_ITEM]
@@ -273,8 +283,8 @@ def assert_pairwise_rows_agree_with_the_oracle(rows: list[dict]) -> None:
         facts = facts_of(field_of(row["prompt"], "Text"))
         a, b = field_of(row["prompt"], "Summary A"), field_of(row["prompt"], "Summary B")
         assert row["prompt"] == pairwise_prompt(field_of(row["prompt"], "Title"), field_of(row["prompt"], "Text"), a, b)
-        assert summary_quality(a, facts) != summary_quality(b, facts)
-        assert row["references"] == ["A" if summary_quality(a, facts) > summary_quality(b, facts) else "B"]
+        assert quality(a, facts) != quality(b, facts)
+        assert row["references"] == ["A" if quality(a, facts) > quality(b, facts) else "B"]
         answers.append(row["references"][0])
     assert 0.3 < answers.count("A") / len(answers) < 0.7
 

@@ -222,7 +222,7 @@ def test_torch_elastic_gives_the_workers_time_to_save(tmp_path):
     import subprocess
     import sys
 
-    from feedbackflow.core.launch import free_port, launch_environment
+    from feedbackflow.launch import free_port, launch_environment
 
     profile = yaml.safe_load((Path(__file__).resolve().parents[1] / "profiles/slurm/config.yaml").read_text())
     lead_s = int(re.search(r"--signal=TERM@(\d+)", profile["set-resources"]["train_grft"]["slurm_extra"]).group(1))

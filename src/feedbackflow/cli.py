@@ -61,7 +61,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "ilf-win-rates": ("papers.ilf.evaluation:win_rates", "ILF: a policy's win rates vs the reference"),
     "ilf-refinement-quality": ("papers.ilf.evaluation:refinements", "ILF: how good the chosen refinements are"),
     "ilf-metrics": ("papers.ilf.evaluation:metrics", "ILF: every policy's win rates -> metrics Parquet/Markdown"),
-    "launch": ("core.launch", "run a stage here or under `accelerate launch` with N processes"),
+    "launch": ("launch", "run a stage here or under `accelerate launch` with N processes"),
 }
 
 

@@ -29,14 +29,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import hashlib
-import json
 import logging
 import math
 import os
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +44,7 @@ from typing import Protocol, TypeVar
 from feedbackflow.core.formats import RANKED_RESPONSES, SCORED_SAMPLES, read_sample_rows, write_rows
 from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
 from feedbackflow.errors import ConfigError, DataError
+from feedbackflow.llm.cache import CachedReply, ReplyCache, request_key
 
 log = logging.getLogger(__name__)
 
@@ -163,70 +161,6 @@ def parse_score(reply: str, pattern: str | re.Pattern, lo: float, hi: float) -> 
 
 # --------------------------------------------------------------------------------------------------------------
 # Cache
-
-
-def canonical_json(obj) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def request_key(request: dict) -> str:
-    """sha256 (hex) of the canonical JSON of a request description (which never holds the key)."""
-    return hashlib.sha256(canonical_json(request).encode("utf-8")).hexdigest()
-
-
-@dataclasses.dataclass(frozen=True)
-class CachedReply:
-    text: str
-    prompt_tokens: int | None
-    completion_tokens: int | None
-
-
-class ReplyCache:
-    """Successful replies on disk, keyed by `request_key`. One connection shared by threads under a lock.
-
-    Schema (table `replies`): key TEXT PRIMARY KEY (sha256 hex), request TEXT (its canonical JSON), reply TEXT,
-    prompt_tokens INTEGER, completion_tokens INTEGER, created_at TEXT (UTC ISO 8601). Each put commits at once.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS replies ("
-            " key TEXT PRIMARY KEY,"
-            " request TEXT NOT NULL,"
-            " reply TEXT NOT NULL,"
-            " prompt_tokens INTEGER,"
-            " completion_tokens INTEGER,"
-            " created_at TEXT NOT NULL)"
-        )
-
-    def get(self, key: str) -> CachedReply | None:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT reply, prompt_tokens, completion_tokens FROM replies WHERE key = ?", (key,)
-            ).fetchone()
-        return None if row is None else CachedReply(*row)
-
-    def put(self, key: str, request: dict, reply: CachedReply) -> None:
-        now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        with self._lock:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?)",
-                (key, canonical_json(request), reply.text, reply.prompt_tokens, reply.completion_tokens, now),
-            )
-
-    def __len__(self) -> int:
-        with self._lock:
-            return self._conn.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
 
 
 # --------------------------------------------------------------------------------------------------------------

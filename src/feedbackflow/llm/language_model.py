@@ -43,16 +43,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from feedbackflow.errors import ConfigError
-from feedbackflow.llm.judge import (
-    CachedReply,
-    MalformedReply,
-    OpenAIConnection,
-    ReplyCache,
-    _directory_fingerprint,
-    canonical_json,
-    request_key,
-)
-from feedbackflow.stages.sampling import cut_at_stop_strings
+from feedbackflow.llm.cache import CachedReply, ReplyCache, canonical_json, request_key
+from feedbackflow.llm.judge import MalformedReply, OpenAIConnection, _directory_fingerprint
+from feedbackflow.text.tokens import cut_at_stop_strings
 
 log = logging.getLogger(__name__)
 
@@ -458,8 +451,7 @@ class HFLMBackend:
     def next_token_logprobs(self, requests: Sequence[dict], on_outcome: OnOutcome) -> None:
         import torch
 
-        from feedbackflow.models.reward_model import pad_id_of
-        from feedbackflow.stages.sampling import pad_left
+        from feedbackflow.text.tokens import pad_id_of, pad_left
 
         if not requests:
             return
@@ -491,8 +483,8 @@ class HFLMBackend:
                 on_outcome(index, Outcome({"logprobs": entries}, None, "ok", len(ids), None))
 
     def sequence_logprob(self, requests: Sequence[dict], on_outcome: OnOutcome) -> None:
-        from feedbackflow.models.reward_model import pad_id_of
-        from feedbackflow.stages.response_evaluation import sequence_nll
+        from feedbackflow.text.nll import sequence_nll
+        from feedbackflow.text.tokens import pad_id_of
 
         if not requests:
             return

@@ -18,7 +18,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from feedbackflow.core.inference import to_model_device
 from feedbackflow.errors import ConfigError
+from feedbackflow.text.tokens import pad_right
 
 POOLINGS = ("last", "eos", "average", "max")
 HEAD_FILE = "reward_head.safetensors"
@@ -56,22 +58,6 @@ def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_lengt
         raise ConfigError(f"max_length {max_length} leaves no room for text between bos and eos")
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     return [special + ids[-room:] + [tokenizer.eos_token_id] for ids in encoded]
-
-
-def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token id lists into (input_ids, attention_mask)."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return ids, mask
-
-
-def pad_id_of(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The id used for padding (masked out everywhere): pad, else eos."""
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 @dataclass
@@ -167,3 +153,18 @@ def save_reward_model(
         **(extra_metadata or {}),
     }
     (output_dir / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+@torch.inference_mode()
+def score_sequences(model: RewardModel, sequences: list[list[int]], pad_id: int, batch_size: int) -> list[float]:
+    """Reward of each token sequence, batched by similar length, on the model's device; returned in input order."""
+    model.eval()
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    rewards = [0.0] * len(sequences)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        input_ids, attention_mask = pad_right([sequences[i] for i in chunk], pad_id)
+        output = model(*to_model_device(model, input_ids, attention_mask))
+        for i, value in zip(chunk, output.rewards.float().cpu().tolist(), strict=True):
+            rewards[i] = value
+    return rewards

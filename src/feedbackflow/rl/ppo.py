@@ -111,9 +111,8 @@ from transformers.modeling_outputs import BaseModelOutput
 from feedbackflow.core.checkpoints import CheckpointStore, StopSignal, fingerprint_of
 from feedbackflow.core.formats import PPO_LOG, atomic_directory, write_json, write_rows
 from feedbackflow.core.inference import load_for_inference
-from feedbackflow.core.launch import build_accelerator, world_size_from_env
 from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
-from feedbackflow.core.training import checkpoint_after_step, resume_if_possible
+from feedbackflow.core.training import build_accelerator, checkpoint_after_step, resume_if_possible, world_size_from_env
 from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.losses.ppo import (
     AdaptiveKLController,
@@ -129,14 +128,13 @@ from feedbackflow.losses.ppo import (
     ppo_loss,
     sequence_sums,
 )
-from feedbackflow.models.reward_model import pad_id_of, pad_right
 from feedbackflow.rl.rewards import (
     RewardFunction,
     build_reward_functions,
     check_reward_result,
     load_reward_spec,
 )
-from feedbackflow.stages.sampling import encode_prompts, pad_left
+from feedbackflow.text.tokens import encode_prompts, pad_id_of, pad_left, pad_right
 
 log = logging.getLogger("feedbackflow.rl.ppo")
 

@@ -89,7 +89,7 @@ def token_id_of(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
     return ids[0]
 
 
-def _check_keys(spec: dict, required: set[str], optional: set[str]) -> None:
+def check_spec_keys(spec: dict, required: set[str], optional: set[str]) -> None:
     missing = sorted(required - set(spec))
     unknown = sorted(set(spec) - required - optional - {"type", "name"})
     if missing or unknown:
@@ -102,7 +102,7 @@ def _check_keys(spec: dict, required: set[str], optional: set[str]) -> None:
 
 
 def build_target_token_reward(spec: dict, policy_tokenizer: PreTrainedTokenizerBase) -> TargetTokenReward:
-    _check_keys(spec, {"token"}, {"value"})
+    check_spec_keys(spec, {"token"}, {"value"})
     value = float(spec.get("value", 1.0))
     if not math.isfinite(value):
         raise ConfigError(f"reward {spec['name']!r}: value {value} is not finite")
@@ -181,3 +181,18 @@ def check_reward_result(result: RewardResult, token_ids: list[list[int]], name: 
         if len(values) != len(token_ids):
             raise ValueError(f"reward {name!r}: statistic {key!r} has {len(values)} values for {len(token_ids)}")
     return RewardResult(rewards, stats)
+
+
+def segment_end_token_indices(
+    policy_tokenizer: PreTrainedTokenizerBase, text: str, ends: list[int], n_tokens: int
+) -> list[int]:
+    """Policy-token index of each segment end: len(tokenize(text[:end])) - 1, clipped to [0, n_tokens - 1]."""
+    return [min(max(len(policy_tokenizer.tokenize(text[:end])) - 1, 0), n_tokens - 1) for end in ends]
+
+
+def place_rewards(n_tokens: int, positions: list[int], values: list[float]) -> list[float]:
+    """A reward list of `n_tokens` zeros with `values` added at `positions` (two segments may end on one token)."""
+    rewards = [0.0] * n_tokens
+    for position, value in zip(positions, values, strict=True):
+        rewards[position] += value
+    return rewards

@@ -14,23 +14,20 @@ Every record is validated before anything is written; bad input raises `DataErro
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import logging
 import math
 import os
-import zlib
 from pathlib import Path
 
 from feedbackflow.core.formats import PREFERENCE_LISTS, write_rows
+from feedbackflow.core.records import json_kind, load_json_list, read_text, record_object, required_field, string_field
 from feedbackflow.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 DSP_DOMAINS = ("academy", "business", "entertainment", "literature", "normal")
 FORMATS = ("dsp", "hh", "text_score")
-
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def dsp_prompt(query: str, response: str) -> str:
@@ -41,74 +38,9 @@ def dsp_prompt(query: str, response: str) -> str:
 # --- reading and checking -------------------------------------------------------------------------
 
 
-def _read_text(path: Path) -> str:
-    """The file's text as UTF-8; gzip (found by its magic bytes, whatever the suffix) is decompressed."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise DataError(path, None, None, f"cannot read the file: {error.strerror or error}") from error
-    if data[:2] == _GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as error:
-            raise DataError(path, None, None, f"not a valid gzip file: {error}") from error
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise DataError(path, None, None, f"not valid UTF-8: {error}") from error
-
-
-def _load_json_list(path: Path) -> list:
-    """A whole-file JSON list of records (the DSP and text-score formats)."""
-    try:
-        records = json.loads(_read_text(path))
-    except json.JSONDecodeError as error:
-        raise DataError(path, None, None, f"not valid JSON: {error}") from error
-    if not isinstance(records, list):
-        raise DataError(path, None, None, f"expected a JSON list of records, got a JSON {_json_kind(records)}")
-    return records
-
-
-def _json_kind(value) -> str:
-    if isinstance(value, dict):
-        return "object"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, bool):
-        return "boolean"
-    if value is None:
-        return "null"
-    return "number"
-
-
-def _record_object(record, path: Path, index: int) -> dict:
-    if not isinstance(record, dict):
-        raise DataError(path, index, None, f"expected a JSON object, got a JSON {_json_kind(record)}")
-    return record
-
-
-def _field(record: dict, name: str, path: Path, index: int):
-    if name not in record:
-        raise DataError(path, index, name, f"missing; the record has keys {sorted(record)}")
-    return record[name]
-
-
-def _string(value, path: Path, index: int, field: str) -> str:
-    """A text must be a string that Parquet can store (UTF-8 encodable: no lone surrogates)."""
-    if not isinstance(value, str):
-        raise DataError(path, index, field, f"expected a string, got a JSON {_json_kind(value)}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise DataError(path, index, field, f"not valid Unicode: {error}") from error
-    return value
-
-
 def _score(value, path: Path, index: int, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DataError(path, index, field, f"expected a number, got a JSON {_json_kind(value)}")
+        raise DataError(path, index, field, f"expected a number, got a JSON {json_kind(value)}")
     score = float(value)
     if not math.isfinite(score):
         raise DataError(path, index, field, f"expected a finite number, got {value!r}")
@@ -126,11 +58,11 @@ def _non_empty(rows: list[dict], path: Path) -> list[dict]:
 
 def _dsp_record_rows(record, path: Path, index: int, domain: str) -> list[dict]:
     """SPEC 4: one query -> [prompt(D), prompt(other)], scores [1, 0], for each other domain of the record."""
-    record = _record_object(record, path, index)
-    query = _string(_field(record, "query", path, index), path, index, "query")
-    responses = _field(record, "responses", path, index)
+    record = record_object(record, path, index)
+    query = string_field(required_field(record, "query", path, index), path, index, "query")
+    responses = required_field(record, "responses", path, index)
     if not isinstance(responses, dict):
-        raise DataError(path, index, "responses", f"expected a JSON object, got a JSON {_json_kind(responses)}")
+        raise DataError(path, index, "responses", f"expected a JSON object, got a JSON {json_kind(responses)}")
     if domain not in responses:
         raise DataError(
             path,
@@ -138,14 +70,14 @@ def _dsp_record_rows(record, path: Path, index: int, domain: str) -> list[dict]:
             f"responses.{domain}",
             f"no response for domain {domain!r}; domains: {list(responses)}",
         )
-    chosen = dsp_prompt(query, _string(responses[domain], path, index, f"responses.{domain}"))
+    chosen = dsp_prompt(query, string_field(responses[domain], path, index, f"responses.{domain}"))
     others = [name for name in responses if name != domain]
     if not others:
         raise DataError(path, index, "responses", f"only domain {domain!r} is present: nothing to compare with")
     source = str(path)
     return [
         {
-            "text": [chosen, dsp_prompt(query, _string(responses[other], path, index, f"responses.{other}"))],
+            "text": [chosen, dsp_prompt(query, string_field(responses[other], path, index, f"responses.{other}"))],
             "score": [1.0, 0.0],
             "source": source,
             "record": index,
@@ -163,7 +95,7 @@ def read_dsp_pairs(path: str | os.PathLike, domain: str) -> list[dict]:
     """
     path = Path(path)
     rows: list[dict] = []
-    for index, record in enumerate(_load_json_list(path)):
+    for index, record in enumerate(load_json_list(path)):
         rows.extend(_dsp_record_rows(record, path, index, domain))
     return _non_empty(rows, path)
 
@@ -173,9 +105,9 @@ def _hh_line_row(line: str, path: Path, index: int) -> dict:
         record = json.loads(line)
     except json.JSONDecodeError as error:
         raise DataError(path, index, None, f"not valid JSON: {error}") from error
-    record = _record_object(record, path, index)
-    chosen = _string(_field(record, "chosen", path, index), path, index, "chosen")
-    rejected = _string(_field(record, "rejected", path, index), path, index, "rejected")
+    record = record_object(record, path, index)
+    chosen = string_field(required_field(record, "chosen", path, index), path, index, "chosen")
+    rejected = string_field(required_field(record, "rejected", path, index), path, index, "rejected")
     return {"text": [chosen, rejected], "score": [1.0, 0.0], "source": str(path), "record": index}
 
 
@@ -186,24 +118,24 @@ def read_hh_pairs(path: str | os.PathLike) -> list[dict]:
     "\\n\\nHuman: ...\\n\\nAssistant: ..." form. `record` is the 0-based line number; blank lines are skipped.
     """
     path = Path(path)
-    rows = [_hh_line_row(line, path, index) for index, line in enumerate(_read_text(path).split("\n")) if line.strip()]
+    rows = [_hh_line_row(line, path, index) for index, line in enumerate(read_text(path).split("\n")) if line.strip()]
     return _non_empty(rows, path)
 
 
 def _text_score_row(record, path: Path, index: int) -> dict:
-    record = _record_object(record, path, index)
-    texts = _field(record, "text", path, index)
-    scores = _field(record, "score", path, index)
+    record = record_object(record, path, index)
+    texts = required_field(record, "text", path, index)
+    scores = required_field(record, "score", path, index)
     if not isinstance(texts, list):
-        raise DataError(path, index, "text", f"expected a list of strings, got a JSON {_json_kind(texts)}")
+        raise DataError(path, index, "text", f"expected a list of strings, got a JSON {json_kind(texts)}")
     if not isinstance(scores, list):
-        raise DataError(path, index, "score", f"expected a list of numbers, got a JSON {_json_kind(scores)}")
+        raise DataError(path, index, "score", f"expected a list of numbers, got a JSON {json_kind(scores)}")
     if len(texts) < 2:
         raise DataError(path, index, "text", f"{len(texts)} text(s): a preference list needs at least 2")
     if len(scores) != len(texts):
         raise DataError(path, index, "score", f"{len(scores)} scores for {len(texts)} texts")
     return {
-        "text": [_string(text, path, index, f"text[{k}]") for k, text in enumerate(texts)],
+        "text": [string_field(text, path, index, f"text[{k}]") for k, text in enumerate(texts)],
         "score": [_score(score, path, index, f"score[{k}]") for k, score in enumerate(scores)],
         "source": str(path),
         "record": index,
@@ -216,7 +148,7 @@ def read_text_score(path: str | os.PathLike) -> list[dict]:
     Ties and any finite scores (such as webgpt's [1.5, 0.5]) are kept; other keys of a record are ignored.
     """
     path = Path(path)
-    rows = [_text_score_row(record, path, index) for index, record in enumerate(_load_json_list(path))]
+    rows = [_text_score_row(record, path, index) for index, record in enumerate(load_json_list(path))]
     return _non_empty(rows, path)
 
 

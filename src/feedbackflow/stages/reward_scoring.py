@@ -26,9 +26,9 @@ from feedbackflow.core.formats import SCORED_SAMPLES, write_table
 from feedbackflow.core.inference import load_for_inference
 from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.models.reward_model import POOLINGS, RewardModel, encode_texts, is_reward_model_dir, pad_id_of
-from feedbackflow.papers.dsp.reward_evaluation import score_sequences
+from feedbackflow.models.reward_model import POOLINGS, RewardModel, encode_texts, is_reward_model_dir, score_sequences
 from feedbackflow.stages.sampling import merge_samples
+from feedbackflow.text.tokens import pad_id_of
 
 log = logging.getLogger(__name__)
 

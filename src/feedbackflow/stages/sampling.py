@@ -46,7 +46,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from feedbackflow.core.formats import (
     PROMPTS,
@@ -61,7 +61,7 @@ from feedbackflow.core.formats import (
 from feedbackflow.core.inference import load_for_inference
 from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.models.reward_model import pad_id_of
+from feedbackflow.text.tokens import cut_at_stop_strings, decode_response, encode_prompts, pad_id_of, pad_left
 
 log = logging.getLogger(__name__)
 
@@ -124,38 +124,6 @@ class SamplingConfig:
 # --- encoding and decoding ------------------------------------------------------------------------
 
 
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_prompt_tokens: int) -> list[list[int]]:
-    """bos + ids of each prompt, left-truncated to `max_prompt_tokens` tokens in all."""
-    special = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    room = max_prompt_tokens - len(special)
-    if room < 1:
-        raise ConfigError(f"max_prompt_tokens {max_prompt_tokens} leaves no room for the prompt")
-    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    return [special + ids[-room:] for ids in encoded]
-
-
-def pad_left(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token id lists into (input_ids, attention_mask)."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if seq:
-            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            mask[row, width - len(seq) :] = 1
-    return ids, mask
-
-
-def cut_at_stop_strings(text: str, stop_strings: list[str] | tuple[str, ...]) -> str:
-    """`text` up to the earliest occurrence of any stop string."""
-    cut = len(text)
-    for stop in stop_strings:
-        position = text.find(stop)
-        if position >= 0:
-            cut = min(cut, position)
-    return text[:cut]
-
-
 def _eos_ids(model, tokenizer) -> set[int]:
     ids = model.generation_config.eos_token_id
     ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
@@ -164,16 +132,6 @@ def _eos_ids(model, tokenizer) -> set[int]:
     if not ids:
         raise ConfigError(f"neither the model nor tokenizer {tokenizer.name_or_path!r} defines an eos token")
     return ids
-
-
-def decode_response(tokenizer, ids: list[int], eos_ids: set[int], stop_strings) -> str:
-    """The generated ids up to the first eos, decoded, cut at the stop strings, stripped."""
-    for position, token in enumerate(ids):
-        if token in eos_ids:
-            ids = ids[:position]
-            break
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    return cut_at_stop_strings(text, stop_strings).strip()
 
 
 # --- diverse beam search --------------------------------------------------------------------------

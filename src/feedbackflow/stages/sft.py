@@ -68,7 +68,6 @@ from transformers import (
 
 from feedbackflow.core.checkpoints import CheckpointStore, StopSignal, fingerprint_of
 from feedbackflow.core.formats import QA_PROMPTS, SFT_TRAINING_LOG, atomic_directory, read_table, write_json, write_rows
-from feedbackflow.core.launch import world_size_from_env
 from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
 from feedbackflow.core.training import (
     backward_micro_batch,
@@ -76,11 +75,11 @@ from feedbackflow.core.training import (
     prepare_accelerator,
     resume_if_possible,
     steps_to_train,
+    world_size_from_env,
 )
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.models.reward_model import pad_id_of, pad_right
-from feedbackflow.stages.sampling import decode_response, pad_left
 from feedbackflow.text.metrics import SentenceSplitter, default_sentence_splitter, exact_match, rouge_lsum
+from feedbackflow.text.tokens import decode_response, pad_id_of, pad_left, pad_right
 
 log = logging.getLogger("feedbackflow.stages.sft")
 

@@ -6,10 +6,11 @@ Files (`--output-dir`):
   of the real data set: id, subreddit, title, post, tldr_human_reference_summary, summary_prompt (the ILF summary
   prompt), generated_summary_for_comparison_A / _B, comparison_preference ("Summary A" / "Summary B"),
   generated_summary_for_feedback, feedback, ideal_human_summary. `convert-slf5k` reads them.
-- `oracle.jsonl`: per post {"split", "id", "facts": {"name", "item", "outcome"}, "flaw"}: the post's key facts and
+- `oracle.jsonl`: per post {"split", "id", "facts": {"name", "item", "outcome"}, "alternatives", "flaw"}: the post's
+  key facts, the other values of each kind a summary must not name (`fact_alternatives`: every other person), and
   the flaw of its feedback summary ({"type": "missing_fact" | "wrong_name", "fact", "required", "forbidden",
-  "wrong"}, or null when that summary has none and the record has no feedback). `summary_quality`, `fixes_flaw` and
-  `load_oracle` below are the evaluation's ground truth.
+  "wrong"}, or null when that summary has none and the record has no feedback). ILF's `oracle` module
+  (`summary_quality`, `fixes_flaw`, `load_oracle`) scores summaries against it: the evaluation's ground truth.
 - Tiny-LM training tables (QA_PROMPTS: prompt, references = [target], passages = [], prompt_id, source, record),
   built from a pool of posts of their own (`lm_train_posts`, `lm_dev_posts`; none of them in an SLF5K split, as the
   paper's LMs had not seen the SLF5K posts):
@@ -70,13 +71,13 @@ import json
 import logging
 import os
 import random
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from feedbackflow.core.formats import QA_PROMPTS, atomic_path, write_rows
 from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
-from feedbackflow.errors import ConfigError, DataError
+from feedbackflow.errors import ConfigError
+from feedbackflow.papers.ilf.oracle import fixes_flaw
 from feedbackflow.papers.ilf.prompts import (
     INSTRUCT_RM_TEMPLATES,
     instruct_rm_prompt,
@@ -176,6 +177,13 @@ FACT_VALUES: dict[str, Sequence[str]] = {
     "outcome": OUTCOMES,
 }
 
+
+def fact_alternatives(facts: Mapping[str, str]) -> dict[str, list[str]]:
+    """{kind: the world's other values of that kind} for the oracle: a summary naming one of them gets the fact
+    wrong (`oracle.fact_is_stated`)."""
+    return {kind: [other for other in FACT_VALUES[kind] if other.lower() != value.lower()]
+            for kind, value in facts.items() if kind in FACT_VALUES}  # fmt: skip
+
 POST_TEMPLATES = (
     "My {relation} {name} borrowed my {item} for {event} last {day}. We have been close for {years} years, so I said "
     "yes. Then {name} {verb} it and acted like it was no big deal. How do I bring this up with {name}?",
@@ -221,72 +229,6 @@ WRONG_NAME_FEEDBACK = (
 # --------------------------------------------------------------------------------------------------------------
 # The oracle: pure functions on summaries
 # --------------------------------------------------------------------------------------------------------------
-
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def _mentions(words: list[str], phrase: str) -> bool:
-    """True when the words of `phrase` occur in `words` as a contiguous run (case-insensitive, whole words)."""
-    target = _words(phrase)
-    n = len(target)
-    return n > 0 and any(words[i : i + n] == target for i in range(len(words) - n + 1))
-
-
-def fact_is_stated(summary: str, kind: str, value: str) -> bool:
-    """The summary states fact `kind` correctly: it mentions `value` and no other value of that kind (a summary
-    naming another person, even beside the right one, gets the name wrong). Kinds without a known list of values
-    only need `value` mentioned."""
-    words = _words(summary)
-    if not _mentions(words, value):
-        return False
-    others = [other for other in FACT_VALUES.get(kind, ()) if other.lower() != value.lower()]
-    return not any(_mentions(words, other) for other in others)
-
-
-def summary_quality(summary: str, facts: Mapping[str, str]) -> float:
-    """The fraction of the key facts ({kind: value}) that the summary states correctly (see `fact_is_stated`)."""
-    if not facts:
-        raise ValueError("summary_quality needs at least one fact")
-    return sum(fact_is_stated(summary, kind, value) for kind, value in facts.items()) / len(facts)
-
-
-def fixes_flaw(summary: str, flaw: Mapping) -> bool:
-    """True when the summary contains every `required` word (phrase) of the flaw and none of its `forbidden` ones."""
-    words = _words(summary)
-    required = all(_mentions(words, word) for word in flaw["required"])
-    return required and not any(_mentions(words, word) for word in flaw["forbidden"])
-
-
-def load_oracle(path: str | os.PathLike) -> dict[tuple[str, str], dict]:
-    """oracle.jsonl -> {(split, id): {"facts": {...}, "flaw": {...} or None}}; DataError names the bad line."""
-    text = os.fspath(path)
-    oracle: dict[tuple[str, str], dict] = {}
-    for index, line in enumerate(Path(text).read_text(encoding="utf-8").split("\n")):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(text, index, None, f"not valid JSON: {error}") from error
-        if not isinstance(entry, dict):
-            raise DataError(text, index, None, "expected a JSON object")
-        for name in ("split", "id", "facts", "flaw"):
-            if name not in entry:
-                raise DataError(text, index, name, "missing")
-        if not isinstance(entry["facts"], dict) or not entry["facts"]:
-            raise DataError(text, index, "facts", "expected a non-empty object")
-        flaw = entry["flaw"]
-        if flaw is not None and not (isinstance(flaw, dict) and {"type", "required", "forbidden"} <= set(flaw)):
-            raise DataError(text, index, "flaw", "expected null or an object with type, required and forbidden")
-        key = (entry["split"], entry["id"])
-        if key in oracle:
-            raise DataError(text, index, "id", f"duplicate post {key}")
-        oracle[key] = {"facts": entry["facts"], "flaw": flaw}
-    return oracle
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -474,7 +416,8 @@ def make_split(split: str, config: SyntheticSLF5KConfig) -> tuple[list[dict], li
     for post in make_posts(split, config.split_sizes()[split], rng):
         record, flaw = slf5k_record(post, rng, config)
         records.append(record)
-        oracle.append({"split": split, "id": post.post_id, "facts": post.facts, "flaw": flaw})
+        oracle.append({"split": split, "id": post.post_id, "facts": post.facts,
+                       "alternatives": fact_alternatives(post.facts), "flaw": flaw})  # fmt: skip
     return records, oracle
 
 

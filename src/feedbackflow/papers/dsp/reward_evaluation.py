@@ -16,10 +16,11 @@ import torch
 from transformers import AutoTokenizer
 
 from feedbackflow.core.formats import PREFERENCE_LISTS, REWARD_METRICS, REWARD_SCORES, read_table, write_rows
-from feedbackflow.core.inference import load_for_inference, to_model_device
+from feedbackflow.core.inference import load_for_inference
 from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
 from feedbackflow.errors import ConfigError
-from feedbackflow.models.reward_model import POOLINGS, RewardModel, encode_texts, pad_id_of, pad_right
+from feedbackflow.models.reward_model import POOLINGS, RewardModel, encode_texts, score_sequences
+from feedbackflow.text.tokens import pad_id_of
 
 log = logging.getLogger("feedbackflow.papers.dsp.reward_evaluation")
 
@@ -57,21 +58,6 @@ def first_two_accuracy(rewards: list[list[float]], scores: list[list[float]]) ->
         total += 1
         correct += (list_rewards[0] - list_rewards[1]) * (list_scores[0] - list_scores[1]) > 0
     return correct, total
-
-
-@torch.inference_mode()
-def score_sequences(model: RewardModel, sequences: list[list[int]], pad_id: int, batch_size: int) -> list[float]:
-    """Reward of each token sequence, batched by similar length, on the model's device; returned in input order."""
-    model.eval()
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    rewards = [0.0] * len(sequences)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        input_ids, attention_mask = pad_right([sequences[i] for i in chunk], pad_id)
-        output = model(*to_model_device(model, input_ids, attention_mask))
-        for i, value in zip(chunk, output.rewards.float().cpu().tolist(), strict=True):
-            rewards[i] = value
-    return rewards
 
 
 def score_lists(model, tokenizer, texts: list[list[str]], config: RewardEvaluationConfig) -> list[list[float]]:

@@ -18,9 +18,9 @@ import torch
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
+from feedbackflow.core.batches import PreferenceBatchPlan, pad_scores
 from feedbackflow.core.checkpoints import CheckpointStore, StopSignal, fingerprint_of
 from feedbackflow.core.formats import PREFERENCE_LISTS, TRAINING_LOG, atomic_directory, read_table, write_rows
-from feedbackflow.core.launch import world_size_from_env
 from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
 from feedbackflow.core.training import (
     backward_micro_batch,
@@ -28,6 +28,7 @@ from feedbackflow.core.training import (
     prepare_accelerator,
     resume_if_possible,
     steps_to_train,
+    world_size_from_env,
 )
 from feedbackflow.errors import ConfigError
 from feedbackflow.losses.reward import (
@@ -36,15 +37,8 @@ from feedbackflow.losses.reward import (
     ranking_loss_terms,
     ranking_pair_mask,
 )
-from feedbackflow.models.reward_model import (
-    POOLINGS,
-    RewardModel,
-    encode_texts,
-    load_reward_model,
-    pad_id_of,
-    pad_right,
-    save_reward_model,
-)
+from feedbackflow.models.reward_model import POOLINGS, RewardModel, encode_texts, load_reward_model, save_reward_model
+from feedbackflow.text.tokens import pad_id_of, pad_right
 
 log = logging.getLogger("feedbackflow.papers.dsp.reward_training")
 
@@ -72,22 +66,6 @@ class RewardTrainingConfig:
     gradient_checkpointing: bool = False
 
 
-@dataclass
-class PreferenceBatchPlan:
-    """Tokenised preference lists and the global batches of every step."""
-
-    token_ids: list[list[list[int]]]  # list -> text -> ids
-    scores: list[list[float]]
-    steps_per_epoch: int
-
-    def batch_indices(self, step: int, batch_size: int, seed: int) -> list[int]:
-        """The lists of optimiser step `step`: a seeded permutation per epoch, cut into whole batches."""
-        epoch, position = divmod(step, self.steps_per_epoch)
-        generator = torch.Generator().manual_seed(seed + epoch)
-        order = torch.randperm(len(self.scores), generator=generator).tolist()
-        return order[position * batch_size : (position + 1) * batch_size]
-
-
 def load_preference_lists(paths: list[str]) -> tuple[list[list[str]], list[list[float]]]:
     texts, scores = [], []
     for path in paths:
@@ -108,16 +86,6 @@ def global_counts(plan: PreferenceBatchPlan, indices: list[int], threshold: floa
             if targets[row, col]:
                 tokens += len(ids) - 1
     return pairs, tokens
-
-
-def pad_scores(score_lists: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in score_lists)
-    scores = torch.zeros((len(score_lists), width), dtype=torch.float64)
-    mask = torch.zeros((len(score_lists), width), dtype=torch.bool)
-    for row, values in enumerate(score_lists):
-        scores[row, : len(values)] = torch.tensor(values, dtype=torch.float64)
-        mask[row, : len(values)] = True
-    return scores, mask
 
 
 def micro_batch_loss(

@@ -36,6 +36,7 @@ from feedbackflow.core.formats import (
     write_rows,
 )
 from feedbackflow.errors import ConfigError, DataError
+from feedbackflow.papers.ilf.oracle import fixes_flaw, load_oracle, summary_quality
 from feedbackflow.papers.ilf.prompts import answer_variants, pairwise_prompt
 
 log = logging.getLogger(__name__)
@@ -186,17 +187,15 @@ def judge_pairs(
 
 
 def load_oracle_by_post(oracle_path) -> dict[str, dict]:
-    """The synthetic world's oracle (`slf5k_synthetic.load_oracle`: {(split, id): {"facts", "flaw"}}) keyed by post
-    id, the key of every ILF table: {post_id: {"split", "facts", "flaw"}}. An id in two splits is a DataError (the
-    tables do not say the split, so the post would be ambiguous)."""
-    from feedbackflow.tiny.slf5k import load_oracle
-
+    """The synthetic world's oracle (`oracle.load_oracle`: {(split, id): {"facts", "alternatives", "flaw"}}) keyed by
+    post id, the key of every ILF table: {post_id: {"split", "facts", "alternatives", "flaw"}}. An id in two splits
+    is a DataError (the tables do not say the split, so the post would be ambiguous)."""
     by_post: dict[str, dict] = {}
     for (split, post_id), entry in load_oracle(oracle_path).items():
         if post_id in by_post:
             raise DataError(oracle_path, None, "id", f"post {post_id!r} is in splits {by_post[post_id]['split']!r} "
                             f"and {split!r}: the ILF tables key posts by id alone")
-        by_post[post_id] = {"split": split, "facts": entry["facts"], "flaw": entry["flaw"]}
+        by_post[post_id] = {"split": split, **entry}
     return by_post
 
 
@@ -207,28 +206,23 @@ def _oracle_entry(oracle: dict[str, dict], post_id: str, path, record: int | Non
     return entry
 
 
-def _oracle_facts(oracle: dict[str, dict], post_id: str) -> dict[str, str] | None:
-    """The key facts ({kind: value}) of a post in `load_oracle_by_post`'s mapping; None when it is not there."""
-    entry = oracle.get(post_id)
-    return None if entry is None else entry["facts"]
 
 
 def oracle_win_rate(summaries: dict[str, str], posts: dict[str, dict], oracle_path) -> tuple[float | None, int]:
     """Win rate by the synthetic world's `summary_quality` (tiny scale): the policy's summary against the post's
     reference summary (ties 1/2), over the posts that have both. A judged post missing from the oracle is a
     DataError (the oracle of another world)."""
-    from feedbackflow.tiny.slf5k import summary_quality
-
     oracle = load_oracle_by_post(oracle_path)
     wins = []
     for post_id, summary in summaries.items():
         if post_id not in posts:
             continue
-        facts = _oracle_facts(oracle, post_id)
-        if facts is None:
+        entry = oracle.get(post_id)
+        if entry is None:
             raise DataError(oracle_path, None, "id", f"test post {post_id!r} is not in the oracle")
-        wins.append(score_win(summary_quality(summary, facts), summary_quality(posts[post_id]["reference_summary"],
-                                                                                facts)))
+        ours = summary_quality(summary, entry["facts"], entry["alternatives"])
+        reference = summary_quality(posts[post_id]["reference_summary"], entry["facts"], entry["alternatives"])
+        wins.append(score_win(ours, reference))
     return win_rate(wins)
 
 
@@ -285,7 +279,6 @@ def refinement_quality(scorer: str, selected_path, feedback_path, oracle_path=No
     feedback = read_table(feedback_path, SLF5K_FEEDBACK).to_pylist()
     result: dict = {"scorer": scorer, "posts_with_feedback": len(feedback), "chosen": len(chosen)}
     if oracle_path:
-        from feedbackflow.tiny.slf5k import fixes_flaw
 
         oracle = load_oracle_by_post(oracle_path)
 

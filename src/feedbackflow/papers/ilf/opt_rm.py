@@ -76,7 +76,6 @@ from feedbackflow.core.formats import (
     write_table,
 )
 from feedbackflow.core.inference import load_for_inference
-from feedbackflow.core.launch import world_size_from_env
 from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
 from feedbackflow.core.training import (
     backward_micro_batch,
@@ -84,11 +83,12 @@ from feedbackflow.core.training import (
     prepare_accelerator,
     resume_if_possible,
     steps_to_train,
+    world_size_from_env,
 )
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.models.reward_model import pad_id_of
 from feedbackflow.papers.ilf.prompts import OPT_RM_PROMPT, opt_rm_prompt
-from feedbackflow.stages.sampling import merge_samples, pad_left
+from feedbackflow.stages.sampling import merge_samples
+from feedbackflow.text.tokens import pad_id_of, pad_left
 
 log = logging.getLogger("feedbackflow.papers.ilf.opt_rm")
 

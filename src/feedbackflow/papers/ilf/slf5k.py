@@ -53,11 +53,9 @@ from feedbackflow.core.formats import (
     write_json,
     write_rows,
 )
+from feedbackflow.core.records import is_hub_id, iter_json_lines, json_kind
 from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.papers.fgrlhf.detox.data import is_hub_id
-from feedbackflow.papers.rrhf.prompts import _iter_json_lines
-from feedbackflow.stages.preferences import _json_kind
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +131,7 @@ def iter_split_records(source: str | os.PathLike, split: str) -> tuple[str, Iter
         if not Path(text).is_dir():
             raise DataError(text, None, None, "expected a directory holding the SLF5K split files")
         path = split_path(Path(text), split)
-        return str(path), _iter_json_lines(path)
+        return str(path), iter_json_lines(path)
     if is_hub_id(text):
         return f"{text}:{split}", _iter_hub_split(text, split)
     raise DataError(text, None, None, "no such directory (and not a hub id of the form owner/name)")
@@ -145,7 +143,7 @@ def _text(record: dict, name: str, path: str, index: int) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise DataError(path, index, name, f"must be a string or null, got a JSON {_json_kind(value)}")
+        raise DataError(path, index, name, f"must be a string or null, got a JSON {json_kind(value)}")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as error:
@@ -157,7 +155,7 @@ def parse_slf5k_record(record, path: str, index: int) -> dict:
     """The fields of one SLF5K record, validated and stripped ({field: text or None}); `preferred` is "A", "B" or
     None. Raises DataError naming path, record and field."""
     if not isinstance(record, dict):
-        raise DataError(path, index, None, f"expected a JSON object, got a JSON {_json_kind(record)}")
+        raise DataError(path, index, None, f"expected a JSON object, got a JSON {json_kind(record)}")
     if record.get("id") is None:
         raise DataError(path, index, "id", "missing")
     fields = {name: _text(record, name, path, index) for name in TEXT_FIELDS}

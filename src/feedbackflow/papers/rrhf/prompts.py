@@ -31,7 +31,6 @@ harmless-base test file has 4 empty chosen responses.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from pathlib import Path
@@ -39,8 +38,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from feedbackflow.core.formats import PROMPTS, SAMPLES, write_rows
+from feedbackflow.core.records import (
+    default_source_name,
+    iter_json_lines,
+    record_object,
+    required_field,
+    string_field,
+)
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.stages.preferences import _field, _read_text, _record_object, _string
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +54,6 @@ RM_STATIC_RESPONSE_FIELDS = ("chosen", "rejected", "response")
 EMPTY_RESPONSE_POLICIES = ("error", "skip")
 ASSISTANT_MARKER = "\n\nAssistant:"
 _PARQUET_MAGIC = b"PAR1"
-
-
-def default_source_name(path: str | os.PathLike) -> str:
-    """The file name up to its first dot: "harmless-base-test.jsonl.gz" -> "harmless-base-test"."""
-    name = Path(path).name
-    return name.split(".", 1)[0] or name
 
 
 def split_hh_dialogue(chosen: str, rejected: str) -> tuple[str, str, str] | None:
@@ -74,18 +73,6 @@ def split_hh_dialogue(chosen: str, rejected: str) -> tuple[str, str, str] | None
 # --- reading records ------------------------------------------------------------------------------
 
 
-def _iter_json_lines(path: Path):
-    """(record index, parsed object) for each non-blank line; the index is the 0-based line number."""
-    for index, line in enumerate(_read_text(path).split("\n")):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(path, index, None, f"not valid JSON: {error}") from error
-        yield index, _record_object(record, path, index)
-
-
 def _iter_parquet_rows(path: Path):
     try:
         table = pq.read_table(path)
@@ -100,7 +87,7 @@ def _iter_records(path: Path):
             magic = handle.read(4)
     except OSError as error:
         raise DataError(path, None, None, f"cannot read the file: {error.strerror or error}") from error
-    return _iter_parquet_rows(path) if magic == _PARQUET_MAGIC else _iter_json_lines(path)
+    return _iter_parquet_rows(path) if magic == _PARQUET_MAGIC else iter_json_lines(path)
 
 
 # --- the two formats ------------------------------------------------------------------------------
@@ -114,17 +101,18 @@ def _non_empty_prompt(prompt: str, path: Path, index: int, field: str) -> str:
 
 def _rm_static_record(record: dict, path: Path, index: int, response_fields) -> tuple[str, list[tuple[str, str]]]:
     prompt = _non_empty_prompt(
-        _string(_field(record, "prompt", path, index), path, index, "prompt"), path, index, "prompt"
+        string_field(required_field(record, "prompt", path, index), path, index, "prompt"), path, index, "prompt"
     )
     responses = [
-        (name, _string(_field(record, name, path, index), path, index, name).strip()) for name in response_fields
+        (name, string_field(required_field(record, name, path, index), path, index, name).strip())
+        for name in response_fields
     ]
     return prompt, responses
 
 
 def _hh_record(record: dict, path: Path, index: int) -> tuple[str, list[tuple[str, str]]]:
-    chosen = _string(_field(record, "chosen", path, index), path, index, "chosen")
-    rejected = _string(_field(record, "rejected", path, index), path, index, "rejected")
+    chosen = string_field(required_field(record, "chosen", path, index), path, index, "chosen")
+    rejected = string_field(required_field(record, "rejected", path, index), path, index, "rejected")
     for name, text in (("chosen", chosen), ("rejected", rejected)):
         if ASSISTANT_MARKER not in text:
             raise DataError(path, index, name, f"no {ASSISTANT_MARKER!r} turn in the dialogue")
@@ -176,7 +164,7 @@ def read_prompts(
     for index, record in _iter_records(path):
         if max_prompts is not None and len(prompts) >= max_prompts:
             break
-        record = _record_object(record, path, index)
+        record = record_object(record, path, index)
         if format == "rm_static":
             prompt, responses = _rm_static_record(record, path, index, fields)
         else:

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel, set_seed
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, get_scheduler
 
+from feedbackflow.core.batches import PreferenceBatchPlan, pad_scores
 from feedbackflow.core.checkpoints import CheckpointStore, StopSignal, fingerprint_of
 from feedbackflow.core.formats import (
     RANKED_RESPONSES,
@@ -60,7 +61,6 @@ from feedbackflow.core.formats import (
     write_json,
     write_rows,
 )
-from feedbackflow.core.launch import world_size_from_env
 from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
 from feedbackflow.core.training import (
     backward_micro_batch,
@@ -68,6 +68,7 @@ from feedbackflow.core.training import (
     prepare_accelerator,
     resume_if_possible,
     steps_to_train,
+    world_size_from_env,
 )
 from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.losses.rrhf import (
@@ -79,8 +80,7 @@ from feedbackflow.losses.rrhf import (
     rrhf_sft_loss,
     token_logprobs,
 )
-from feedbackflow.models.reward_model import pad_id_of, pad_right
-from feedbackflow.papers.dsp.reward_training import PreferenceBatchPlan, pad_scores
+from feedbackflow.text.tokens import pad_id_of, pad_right
 
 log = logging.getLogger("feedbackflow.papers.rrhf.training")
 

@@ -47,16 +47,22 @@ import logging
 import math
 import os
 import random
-import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 from feedbackflow.core.formats import DETOX_PROMPTS, QA_PROMPTS, atomic_directory, write_json, write_rows
+from feedbackflow.core.records import (
+    default_source_name,
+    is_hub_id,
+    iter_json_lines,
+    json_kind,
+    record_object,
+    required_field,
+    string_field,
+)
 from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.papers.rrhf.prompts import _iter_json_lines, default_source_name
-from feedbackflow.stages.preferences import _field, _json_kind, _record_object, _string
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +71,6 @@ SPLITS = ("train", "dev", "test")
 SPLIT_FILES = {split: f"{split}.parquet" for split in SPLITS}
 SFT_FILES = {"train": "sft_train.parquet", "dev": "sft_dev.parquet"}
 REPORT_FILE = "conversion.json"
-_HUB_ID = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
-_FILE_SUFFIXES = (".jsonl", ".json", ".gz", ".parquet", ".txt")
 
 
 @dataclasses.dataclass
@@ -116,11 +120,6 @@ class RTPSelectionConfig:
 # --- reading records ------------------------------------------------------------------------------
 
 
-def is_hub_id(name: str) -> bool:
-    """True for "owner/name" ids that are not file names (a missing "data/rtp.jsonl" is a missing file)."""
-    return bool(_HUB_ID.fullmatch(name)) and not name.lower().endswith(_FILE_SUFFIXES)
-
-
 def _iter_hub_rows(hub_id: str) -> Iterator[tuple[int, object]]:
     import datasets  # only for hub ids: importing it is slow
 
@@ -131,7 +130,7 @@ def iter_rtp_records(source: str | os.PathLike) -> Iterator[tuple[int, object]]:
     """(record index, record) of a local JSON-lines file or, when no such path exists, of a hub id's train split."""
     text = os.fspath(source)
     if Path(text).exists():
-        return _iter_json_lines(Path(text))
+        return iter_json_lines(Path(text))
     if is_hub_id(text):
         return _iter_hub_rows(text)
     raise DataError(text, None, None, "no such file (and not a hub id of the form owner/name)")
@@ -142,7 +141,7 @@ def _toxicity(container: dict, path: str, index: int, field: str) -> float | Non
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DataError(path, index, field, f"expected a toxicity in [0, 1] or null, got a JSON {_json_kind(value)}")
+        raise DataError(path, index, field, f"expected a toxicity in [0, 1] or null, got a JSON {json_kind(value)}")
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
         raise DataError(path, index, field, f"expected a toxicity in [0, 1] or null, got {value!r}")
     return float(value)
@@ -150,28 +149,28 @@ def _toxicity(container: dict, path: str, index: int, field: str) -> float | Non
 
 def _object(value, path: str, index: int, field: str) -> dict:
     if not isinstance(value, dict):
-        raise DataError(path, index, field, f"expected a JSON object, got a JSON {_json_kind(value)}")
+        raise DataError(path, index, field, f"expected a JSON object, got a JSON {json_kind(value)}")
     return value
 
 
 def parse_rtp_record(record, path: str, index: int) -> dict:
     """The fields used of one RealToxicityPrompts record, validated: prompt, prompt_toxicity, challenging,
     continuation (None when the record has none). Raises DataError naming path, record and field."""
-    record = _record_object(record, path, index)
-    prompt = _object(_field(record, "prompt", path, index), path, index, "prompt")
+    record = record_object(record, path, index)
+    prompt = _object(required_field(record, "prompt", path, index), path, index, "prompt")
     if "text" not in prompt:
         raise DataError(path, index, "prompt.text", f"missing; the prompt has keys {sorted(prompt)}")
-    text = _string(prompt["text"], path, index, "prompt.text")
+    text = string_field(prompt["text"], path, index, "prompt.text")
     toxicity = _toxicity(prompt, path, index, "prompt.toxicity")
-    challenging = _field(record, "challenging", path, index)
+    challenging = required_field(record, "challenging", path, index)
     if not isinstance(challenging, bool):
-        raise DataError(path, index, "challenging", f"expected a boolean, got a JSON {_json_kind(challenging)}")
+        raise DataError(path, index, "challenging", f"expected a boolean, got a JSON {json_kind(challenging)}")
     continuation = record.get("continuation")
     continuation_text = None
     if continuation is not None:
         continuation = _object(continuation, path, index, "continuation")
         if continuation.get("text") is not None:
-            continuation_text = _string(continuation["text"], path, index, "continuation.text")
+            continuation_text = string_field(continuation["text"], path, index, "continuation.text")
         _toxicity(continuation, path, index, "continuation.toxicity")
     return {
         "prompt": text,

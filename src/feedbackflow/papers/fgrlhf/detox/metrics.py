@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Sequence
 
-from feedbackflow.stages.response_evaluation import sequence_nll
 from feedbackflow.text.metrics import distinct_n as distinct_n_of_texts
+from feedbackflow.text.nll import sequence_nll
 
 TOXIC_THRESHOLD = 0.5
 PERPLEXITY_CAP = 1e4

@@ -25,8 +25,7 @@ import math
 from transformers import PreTrainedTokenizerBase
 
 from feedbackflow.errors import ConfigError
-from feedbackflow.papers.fgrlhf.qa.rewards import place_rewards, segment_end_token_indices
-from feedbackflow.rl.rewards import RewardResult, _check_keys
+from feedbackflow.rl.rewards import RewardResult, check_spec_keys, place_rewards, segment_end_token_indices
 from feedbackflow.text.segmentation import sentence_spans
 
 log = logging.getLogger("feedbackflow.papers.fgrlhf.detox.rewards")
@@ -123,7 +122,7 @@ class ToxicityReward:
 def build_toxicity_reward(spec: dict, policy_tokenizer: PreTrainedTokenizerBase) -> ToxicityReward:
     """{"type": "toxicity", "variant": "holistic" | "fine_grained", "scorer": {"backend": ..., ...},
     "cache": "<SQLite path>", "scale": 1.0}: the detox reward of SPEC section 1 (see the module doc)."""
-    _check_keys(spec, {"variant", "scorer", "cache"}, {"scale"})
+    check_spec_keys(spec, {"variant", "scorer", "cache"}, {"scale"})
     name = spec["name"]
     if spec["variant"] not in VARIANTS:
         raise ConfigError(f"reward {name!r}: variant must be one of {list(VARIANTS)}, got {spec['variant']!r}")

@@ -60,7 +60,7 @@ from typing import Protocol
 
 from feedbackflow.core.formats import SCORED_SAMPLES, read_sample_rows, write_json, write_rows
 from feedbackflow.errors import ConfigError
-from feedbackflow.llm.judge import CachedReply, ReplyCache, request_key
+from feedbackflow.llm.cache import CachedReply, ReplyCache, request_key
 
 log = logging.getLogger(__name__)
 

@@ -56,8 +56,8 @@ import numpy as np
 import pyarrow as pa
 
 from feedbackflow.core.formats import PREFERENCE_LISTS, QA_FEEDBACK, QA_PROMPTS, SEGMENT_LABELS, write_rows
+from feedbackflow.core.records import json_kind, load_json_list, record_object, required_field, string_field
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.stages.preferences import _field, _json_kind, _load_json_list, _record_object, _string
 from feedbackflow.text.segmentation import sentence_spans, sub_sentence_spans
 
 log = logging.getLogger(__name__)
@@ -161,25 +161,25 @@ def _prompt_source_name(path: Path, source_name: str | None) -> str:
 
 def _string_list(value, path: Path, index: int, field: str) -> list[str]:
     if not isinstance(value, list):
-        raise DataError(path, index, field, f"expected a list of strings, got a JSON {_json_kind(value)}")
-    return [_string(item, path, index, f"{field}[{k}]") for k, item in enumerate(value)]
+        raise DataError(path, index, field, f"expected a list of strings, got a JSON {json_kind(value)}")
+    return [string_field(item, path, index, f"{field}[{k}]") for k, item in enumerate(value)]
 
 
 def _integer(value, path: Path, index: int, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise DataError(path, index, field, f"expected an integer, got a JSON {_json_kind(value)}")
+        raise DataError(path, index, field, f"expected an integer, got a JSON {json_kind(value)}")
     return value
 
 
 def _list(value, path: Path, index: int, field: str) -> list:
     if not isinstance(value, list):
-        raise DataError(path, index, field, f"expected a list, got a JSON {_json_kind(value)}")
+        raise DataError(path, index, field, f"expected a list, got a JSON {json_kind(value)}")
     return value
 
 
 def _object(value, path: Path, index: int, field: str) -> dict:
     if not isinstance(value, dict):
-        raise DataError(path, index, field, f"expected a JSON object, got a JSON {_json_kind(value)}")
+        raise DataError(path, index, field, f"expected a JSON object, got a JSON {json_kind(value)}")
     return value
 
 
@@ -190,21 +190,22 @@ def _member(container: dict, name: str, path: Path, index: int, field: str):
 
 
 def _qa_prompt_row(record, path: Path, index: int, source_name: str) -> dict:
-    record = _record_object(record, path, index)
+    record = record_object(record, path, index)
     passages = []
-    for k, passage in enumerate(_list(_field(record, "passages", path, index), path, index, "passages")):
+    for k, passage in enumerate(_list(required_field(record, "passages", path, index), path, index, "passages")):
         where = f"passages[{k}]"
         passage = _object(passage, path, index, where)
-        title = _string(
+        title = string_field(
             _member(passage, "wikipage", path, index, f"{where}.wikipage"), path, index, f"{where}.wikipage"
         )
-        content = _string(_member(passage, "content", path, index, f"{where}.content"), path, index, f"{where}.content")
+        where_content = f"{where}.content"
+        content = string_field(_member(passage, "content", path, index, where_content), path, index, where_content)
         passages.append({"title": title, "content": content})
     return {
         "prompt_id": f"{source_name}-{index}",
-        "prompt": _string(_field(record, "text", path, index), path, index, "text"),
-        "question": _string(_field(record, "question", path, index), path, index, "question"),
-        "references": _string_list(_field(record, "answer", path, index), path, index, "answer"),
+        "prompt": string_field(required_field(record, "text", path, index), path, index, "text"),
+        "question": string_field(required_field(record, "question", path, index), path, index, "question"),
+        "references": _string_list(required_field(record, "answer", path, index), path, index, "answer"),
         "passages": passages,
         "source": str(path),
         "record": index,
@@ -215,7 +216,7 @@ def read_qa_prompts(path: str | os.PathLike, source_name: str | None = None) -> 
     """`train.json` / `dev.json` / `test.json` -> QA_PROMPTS rows (prompt = `text`, references = `answer`)."""
     path = Path(path)
     name = _prompt_source_name(path, source_name)
-    rows = [_qa_prompt_row(record, path, index, name) for index, record in enumerate(_load_json_list(path))]
+    rows = [_qa_prompt_row(record, path, index, name) for index, record in enumerate(load_json_list(path))]
     if not rows:
         raise DataError(path, None, None, "the file has no records")
     return rows
@@ -226,7 +227,7 @@ def read_qa_prompts(path: str | os.PathLike, source_name: str | None = None) -> 
 
 def _error_span(value, path: Path, index: int, field: str, prediction: str) -> ErrorSpan:
     value = _object(value, path, index, field)
-    error_type = _string(
+    error_type = string_field(
         _member(value, "error type", path, index, f"{field}.error type"), path, index, f"{field}.error type"
     )
     if error_type not in ERROR_TYPES:
@@ -244,7 +245,7 @@ def _error_span(value, path: Path, index: int, field: str, prediction: str) -> E
 
 def _missing_info(value, path: Path, index: int, field: str) -> MissingInfo:
     value = _object(value, path, index, field)
-    error_type = _string(
+    error_type = string_field(
         _member(value, "error type", path, index, f"{field}.error type"), path, index, f"{field}.error type"
     )
     if error_type not in MISSING_INFO_TYPES:
@@ -285,15 +286,15 @@ def _passages(value, path: Path, index: int) -> tuple[tuple[str, tuple[str, ...]
 
 
 def _feedback_record(record, path: Path, index: int) -> FeedbackRecord:
-    record = _record_object(record, path, index)
-    question = _string(_field(record, "question", path, index), path, index, "question")
-    passages = _passages(_field(record, "passages", path, index), path, index)
-    gold = _string(_field(record, "gold", path, index), path, index, "gold")
+    record = record_object(record, path, index)
+    question = string_field(required_field(record, "question", path, index), path, index, "question")
+    passages = _passages(required_field(record, "passages", path, index), path, index)
+    gold = string_field(required_field(record, "gold", path, index), path, index, "gold")
     predictions = tuple(
-        _string(_field(record, f"prediction {k}", path, index), path, index, f"prediction {k}")
+        string_field(required_field(record, f"prediction {k}", path, index), path, index, f"prediction {k}")
         for k in range(1, N_PREDICTIONS + 1)
     )
-    feedback = _object(_field(record, "feedback", path, index), path, index, "feedback")
+    feedback = _object(required_field(record, "feedback", path, index), path, index, "feedback")
     errors = tuple(
         _error_span(span, path, index, f"feedback.errors[{k}]", predictions[0])
         for k, span in enumerate(
@@ -311,20 +312,20 @@ def _feedback_record(record, path: Path, index: int) -> FeedbackRecord:
             )
         )
     )
-    corrected = _string(
+    corrected = string_field(
         _member(feedback, "corrected-prediction", path, index, "feedback.corrected-prediction"),
         path,
         index,
         "feedback.corrected-prediction",
     )
-    preference = _preference(_field(record, "preference", path, index), path, index)
+    preference = _preference(required_field(record, "preference", path, index), path, index)
     return FeedbackRecord(index, question, passages, gold, predictions, errors, missing, corrected, preference)
 
 
 def read_feedback(path: str | os.PathLike) -> list[FeedbackRecord]:
     """Read and validate every record of a `*_feedback.json` file."""
     path = Path(path)
-    records = [_feedback_record(record, path, index) for index, record in enumerate(_load_json_list(path))]
+    records = [_feedback_record(record, path, index) for index, record in enumerate(load_json_list(path))]
     if not records:
         raise DataError(path, None, None, "the file has no records")
     return records

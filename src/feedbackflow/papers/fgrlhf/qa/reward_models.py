@@ -38,7 +38,7 @@ from transformers import (
 
 from feedbackflow.core.inference import load_for_inference
 from feedbackflow.errors import ConfigError
-from feedbackflow.models.reward_model import pad_id_of, pad_right
+from feedbackflow.text.tokens import pad_id_of, pad_right
 
 KINDS = ("token", "sequence")
 LABELS = {0: "O", 1: "ERR"}

@@ -52,7 +52,6 @@ from feedbackflow.core.training import (
 )
 from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.losses.reward import ranking_loss_terms
-from feedbackflow.models.reward_model import pad_id_of, pad_right
 from feedbackflow.papers.fgrlhf.qa.reward_models import (
     DEFAULT_SEPARATOR,
     META_FILE,
@@ -63,6 +62,7 @@ from feedbackflow.papers.fgrlhf.qa.reward_models import (
     segment_error_predictions,
     sequence_scores,
 )
+from feedbackflow.text.tokens import pad_id_of, pad_right
 
 log = logging.getLogger("feedbackflow.papers.fgrlhf.qa.reward_training")
 

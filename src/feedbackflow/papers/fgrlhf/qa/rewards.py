@@ -33,7 +33,7 @@ from feedbackflow.papers.fgrlhf.qa.reward_models import (
     segment_error_predictions,
     sequence_scores,
 )
-from feedbackflow.rl.rewards import RewardResult, _check_keys
+from feedbackflow.rl.rewards import RewardResult, check_spec_keys, place_rewards, segment_end_token_indices
 from feedbackflow.text.segmentation import Span, sentence_spans, sub_sentence_spans
 
 _QUESTION = re.compile(r"^\s*question:\s*(.*?)(?:\s+context:.*)?$", re.DOTALL)
@@ -45,21 +45,6 @@ def question_of_prompt(prompt: str) -> str:
     if match is None:
         raise ConfigError(f"not a qa-feedback prompt (no leading 'question:'): {prompt[:80]!r}")
     return match.group(1).strip()
-
-
-def segment_end_token_indices(
-    policy_tokenizer: PreTrainedTokenizerBase, text: str, ends: list[int], n_tokens: int
-) -> list[int]:
-    """Policy-token index of each segment end: len(tokenize(text[:end])) - 1, clipped to [0, n_tokens - 1]."""
-    return [min(max(len(policy_tokenizer.tokenize(text[:end])) - 1, 0), n_tokens - 1) for end in ends]
-
-
-def place_rewards(n_tokens: int, positions: list[int], values: list[float]) -> list[float]:
-    """A reward list of `n_tokens` zeros with `values` added at `positions` (two segments may end on one token)."""
-    rewards = [0.0] * n_tokens
-    for position, value in zip(positions, values, strict=True):
-        rewards[position] += value
-    return rewards
 
 
 class SegmentErrorReward:
@@ -157,7 +142,8 @@ class SequenceReward:
 
 
 def _segment_reward(spec: dict, policy_tokenizer, segmenter, prefix_of, positive: float, negative: float):
-    _check_keys(spec, {"model"}, {"positive", "negative", "max_length", "batch_size", "separator", "device", "dtype"})
+    optional = {"positive", "negative", "max_length", "batch_size", "separator", "device", "dtype"}
+    check_spec_keys(spec, {"model"}, optional)
     return SegmentErrorReward(
         spec["name"],
         spec["model"],
@@ -190,7 +176,7 @@ def build_sequence_reward(spec: dict, policy_tokenizer) -> SequenceReward:
     """{"type": "qa_completeness" | "preference", "model": dir, "mean_std": json (or "mean" and "std"), "scale",
     "bias"}: R3 (scale 0.3) or the holistic preference reward (scale 1.0)."""
     optional = {"mean_std", "mean", "std", "scale", "bias", "max_length", "batch_size", "device", "dtype"}
-    _check_keys(spec, {"model"}, optional)
+    check_spec_keys(spec, {"model"}, optional)
     if "mean_std" in spec:
         mean, std = read_mean_std(spec["mean_std"])
     elif "mean" in spec and "std" in spec:
