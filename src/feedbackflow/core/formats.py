@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from feedbackflow.errors import DataError
 
-# A list of texts with one score each (the common "text-score" format of SPEC section 4). A DSP pair, an HH
+# A list of texts with one score each (the common "text-score" format of Cheng et al. 2023). A DSP pair, an HH
 # chosen/rejected pair and a webgpt comparison are all rows of this table. `source` and `record` say where the
 # row came from (the raw file and the 0-based index of the record in it), so any later error can name them.
 PREFERENCE_LISTS = pa.schema(
@@ -92,7 +92,7 @@ SCORED_SAMPLES = pa.schema(
     ]
 )
 
-# RRHF training data (SPEC section 2): one row per query with its responses and their scores.
+# RRHF training data (Yuan et al. 2023): one row per query with its responses and their scores.
 RANKED_RESPONSES = pa.schema(
     [
         pa.field("prompt_id", pa.string(), nullable=False),
@@ -102,7 +102,7 @@ RANKED_RESPONSES = pa.schema(
     ]
 )
 
-# qa-feedback prompts (SPEC section 1): the policy's input `prompt` ("question: ... context: wikipage: ..."), the
+# qa-feedback prompts (Wu et al. 2023): the policy's input `prompt` ("question: ... context: wikipage: ..."), the
 # bare question, the reference answers, and the passages (title, content) the answer should be grounded in.
 QA_PROMPTS = pa.schema(
     [
@@ -120,7 +120,7 @@ QA_PROMPTS = pa.schema(
     ]
 )
 
-# Detoxification prompts (SPEC section 1, RealToxicityPrompts): the prompt given to the policy, its toxicity as the
+# Detoxification prompts (Wu et al. 2023, RealToxicityPrompts): the prompt given to the policy, its toxicity as the
 # data set states it (null when the data set has none), the data set's "challenging" flag, the data set's own
 # continuation (null when it has none), and where the row came from (the raw file or hub id, 0-based record index).
 DETOX_PROMPTS = pa.schema(
@@ -135,8 +135,8 @@ DETOX_PROMPTS = pa.schema(
     ]
 )
 
-# ILF (SPEC section 3, SLF5K). Posts of a split: the id, subreddit, title and text, and the human reference summary
-# (`tldr_human_reference_summary`; null when the record has none).
+# ILF (Scheurer et al. 2023, SLF5K). Posts of a split: the id, subreddit, title and text, and the human reference
+# summary (`tldr_human_reference_summary`; null when the record has none).
 SLF5K_POSTS = pa.schema(
     [
         pa.field("post_id", pa.string(), nullable=False),
@@ -191,7 +191,7 @@ REFINEMENT_SCORES = pa.schema(
         pa.field("template_scores", pa.list_(pa.float64()), nullable=False),
     ]
 )
-# Token-classification reward-model data (SPEC section 1, R1 and R2): the model input is `prefix` followed by each
+# Token-classification reward-model data (Wu et al. 2023, R1 and R2): the model input is `prefix` followed by each
 # segment with a separator token before it; `labels[i]` is the label of segment i, carried by the separator before it
 # (1 = error, 0 = no error "O", -100 = ignored).
 SEGMENT_LABELS = pa.schema(
@@ -204,7 +204,7 @@ SEGMENT_LABELS = pa.schema(
     ]
 )
 
-# qa-feedback annotations, one row per record of a `*_feedback.json` file (SPEC section 1), for evaluation: the prompt
+# qa-feedback annotations, one row per record of a `*_feedback.json` file (Wu et al. 2023), for evaluation: the prompt
 # built like train.json's `text`, the gold answer as `references`, the four predictions, the error spans
 # (character offsets into predictions[0]), the corrected prediction, the 6 pairwise preferences (1v2, 1v3, 1v4, 2v3,
 # 2v4, 3v4; 0 tie, 1 first, 2 second) and R3's completeness score of each prediction (null: no info ids).
@@ -249,7 +249,7 @@ TRAINING_LOG = pa.schema(
     ]
 )
 
-# Supervised fine-tuning curves (qa-feedback SFT, SPEC section 1): one row per optimiser step; the dev evaluation
+# Supervised fine-tuning curves (qa-feedback SFT, Wu et al. 2023): one row per optimiser step; the dev evaluation
 # columns are set on the steps after which the dev set was evaluated (greedy generation), null elsewhere.
 SFT_TRAINING_LOG = pa.schema(
     [
@@ -264,7 +264,7 @@ SFT_TRAINING_LOG = pa.schema(
 )
 
 
-# PPO training curve (SPEC section 1): one row per PPO step, means over the step's samples on every process.
+# PPO training curve (Wu et al. 2023): one row per PPO step, means over the step's samples on every process.
 # `reward` is the mean per-response sum of the raw rewards of all reward functions, `rewards` the same per function
 # (by the name in the reward spec), `statistics` the means of the functions' per-sample statistics ("name/key");
 # `kl` the mean per-response sum of log pi - log pi_ref (what the KL early stop and adaptive controller see);

@@ -1,4 +1,4 @@
-"""The rules of PPO as Fine-Grained RLHF's code applies them (SPEC section 1, "PPO (as in the paper's code)").
+"""The rules of PPO as Fine-Grained RLHF's code applies them (Wu et al. 2023, "PPO (as in the paper's code)").
 
 Small pure functions on tensors; `feedbackflow.rl.ppo` wires them into the trainer. The paper's code is
 allenai/FineGrainedRLHF (fgrlhf/ppo.py `compute_advantages` and `loss`, fgrlhf/reward.py `kl_penalize_reward`,
@@ -70,11 +70,11 @@ def masked_whiten(
 ) -> torch.Tensor:
     """Whiten over the masked values: (x - mu) / sqrt(var + eps), plus mu again when `shift_mean` is False.
 
-    SPEC section 1: rewards are whitened WITHOUT shifting the mean ((r - mu) / sigma + mu), advantages with it;
+    Wu et al. 2023: rewards are whitened WITHOUT shifting the mean ((r - mu) / sigma + mu), advantages with it;
     mu and var come from every process (the paper gathers the rollout of all GPUs). Masked positions are 0 in the
     result: past its end a response has no reward and no advantage.
 
-    Differences from the paper's fgrlhf/utils.py `whiten`, both deliberate and both following SPEC's formula:
+    Differences from the paper's fgrlhf/utils.py `whiten`, both deliberate and both following the paper's formula:
     (1) there, the variable named `var` holds the standard deviation (`reduce_std`), so it divides by
     sqrt(sigma + 1e-8) instead of sigma; (2) it whitens padded positions too, so with `shift_mean=False` every
     position past a response's end gets the reward mu - mu / sigma, which its GAE loop then adds to the advantages of
@@ -192,8 +192,8 @@ def minibatch_length_weight(minibatch_mask: torch.Tensor, global_mean_length: fl
     """The weight of a minibatch's loss: its mean response length / the mean response length of the whole rollout.
 
     The paper's `loss`: weight = mask.sum(dim=1).float().mean() / all_mask_weight, where all_mask_weight is the mean
-    length over the rollout gathered from every GPU (SPEC: "each minibatch weighted by its mean length / global mean
-    length"). A minibatch of long responses counts for more than its token-mean loss alone would give it.
+    length over the rollout gathered from every GPU (the paper's code: "each minibatch weighted by its mean length /
+    global mean length"). A minibatch of long responses counts for more than its token-mean loss alone would give it.
     """
     return minibatch_mask.sum(dim=1, dtype=torch.float64).mean().item() / global_mean_length
 
@@ -205,7 +205,7 @@ def ppo_loss(
     pg_coef: float = 1.0,
     vf_coef: float = 1.0,
 ) -> torch.Tensor:
-    """Total minibatch loss: weight * (pg_coef * policy loss + vf_coef * value loss) (SPEC: 1.0 and 1.0).
+    """Total minibatch loss: weight * (pg_coef * policy loss + vf_coef * value loss) (the paper's code: 1.0 and 1.0).
 
     The paper multiplies both losses by the length weight, then sums them with pg_coef and vf_coef.
     """

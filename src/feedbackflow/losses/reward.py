@@ -1,4 +1,4 @@
-"""Reward-model losses of DSP ("Everyone Deserves A Reward", SPEC section 4), as small pure functions.
+"""Reward-model losses of DSP ("Everyone Deserves A Reward", Cheng et al. 2023), as small pure functions.
 
 All functions take padded batches: `rewards` and `scores` are (lists, max_list_len) with `mask` True where an entry
 is a real text; token tensors are right-padded with an attention mask. Each loss can return its sum and its count,

@@ -1,10 +1,10 @@
-"""RRHF losses (SPEC section 2, Yuan et al. 2023, "Rank Responses to align Human Feedback"), as small pure functions.
+"""RRHF losses (Yuan et al. 2023, "Rank Responses to align Human Feedback"), as small pure functions.
 
 A batch holds several queries, each with several responses. Token tensors are one row per response (all responses
 of all queries, flattened, right-padded); per-response values are then laid out as (queries, max_responses) with a
 boolean `mask` that is True where a slot holds a real response, like `reward_losses`.
 
-SPEC section 2:
+Yuan et al. 2023:
 
 - p_i = (sum over the response tokens of log pi(y_i,t | x, y_i,<t)) / |y_i| ** length_penalty, with |y_i| the TRUE
   number of response tokens (the original code divided by the padded length, a known bug);
@@ -12,7 +12,7 @@ SPEC section 2:
 - L_sft = token NLL of the highest-scored response (the mean over its tokens; for tied best scores, the first);
 - L = rrhf_weight * L_rank + L_sft.
 
-Reduction: SPEC's L is a per-query loss. Every loss here returns the per-query values (shape (queries,)) and their
+Reduction: The paper's L is a per-query loss. Every loss here returns the per-query values (shape (queries,)) and their
 batch sum; a trainer divides the sum over its global batch by the number of queries in that batch, i.e. the loss of
 a batch is the MEAN over its queries of the per-query L (what the original code's gradient accumulation over
 one-query micro batches computed). Because the per-query values do not depend on which other queries share the
@@ -51,10 +51,10 @@ def response_logprob_sums(token_logp: torch.Tensor, response_mask: torch.Tensor)
 def response_logprobs(
     logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sequence, sum over response tokens of log pi(y_t | prefix), and the TRUE response length (SPEC 2).
+    """Per sequence, sum over response tokens of log pi(y_t | prefix), and the TRUE response length (Yuan et al. 2023).
 
     The length is the count of response tokens (True entries of `response_mask`), not the padded width: the
-    original RRHF code divided by the padded length, a known bug that SPEC section 2 says not to reproduce.
+    original RRHF code divided by the padded length, a known bug that Yuan et al. 2023 says not to reproduce.
     """
     return response_logprob_sums(token_logprobs(logits, input_ids), response_mask)
 
@@ -62,7 +62,7 @@ def response_logprobs(
 def length_normalised_scores(
     sum_logp: torch.Tensor, lengths: torch.Tensor, length_penalty: float = 1.0
 ) -> torch.Tensor:
-    """p = sum_logp / lengths ** length_penalty (SPEC 2: the length-normalised log-probability of a response)."""
+    """p = sum_logp / lengths ** length_penalty (Yuan et al. 2023: a response's length-normalised log-prob)."""
     return sum_logp / lengths.to(sum_logp.dtype) ** length_penalty
 
 
@@ -73,7 +73,7 @@ def rrhf_pair_mask(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def rrhf_rank_loss(p: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """SPEC 2's ranking loss: per query, the sum over pairs with r_i < r_j of max(0, p_i - p_j).
+    """RRHF's (Yuan et al. 2023) ranking loss: per query, the sum over pairs with r_i < r_j of max(0, p_i - p_j).
 
     `p`, `rewards` and `mask` are (queries, max_responses); padded slots (mask False) may hold anything, even
     inf or nan, and change nothing. Returns (per-query losses, their sum over the batch).
@@ -97,7 +97,7 @@ def best_response_index(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tens
 
 
 def rrhf_sft_loss(token_nll: torch.Tensor, response_mask_of_best: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """SPEC 2's SFT loss: per query, the mean token NLL of its highest-scored response.
+    """RRHF's (Yuan et al. 2023) SFT loss: per query, the mean token NLL of its highest-scored response.
 
     `token_nll` (queries, len) holds the NLL of each token of the best response of each query (pick the rows with
     `best_response_index`), aligned with `response_mask_of_best` (queries, len), True at its response tokens; only
@@ -110,5 +110,5 @@ def rrhf_sft_loss(token_nll: torch.Tensor, response_mask_of_best: torch.Tensor) 
 
 
 def rrhf_loss(rank_loss: torch.Tensor, sft_loss: torch.Tensor, rrhf_weight: float = 1.0) -> torch.Tensor:
-    """SPEC 2's total loss L = rrhf_weight * L_rank + L_sft (per query, or of sums/means taken alike)."""
+    """RRHF's total loss L = rrhf_weight * L_rank + L_sft (per query, or of sums or means alike; Yuan et al. 2023)."""
     return rrhf_weight * rank_loss + sft_loss

@@ -1,4 +1,4 @@
-"""The DSP reward model: a causal-LM body plus a new bias-free linear reward head (SPEC section 4).
+"""The DSP reward model: a causal-LM body plus a new bias-free linear reward head (Cheng et al. 2023).
 
 A reward-model directory is a Hugging Face causal-LM directory (`save_pretrained`, safetensors, tokenizer) plus
 `reward_head.safetensors` and `reward_model.json` (head kind, pooling, hidden size, and the reward mean/std when a

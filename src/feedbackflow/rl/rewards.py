@@ -1,4 +1,4 @@
-"""Reward functions for PPO (SPEC section 1, "Reward assignment during PPO"): the interface and the registry.
+"""Reward functions for PPO (Wu et al. 2023, "Reward assignment during PPO"): the interface and the registry.
 
 A reward function is called once per rollout with every sample of this process:
 

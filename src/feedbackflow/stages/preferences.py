@@ -1,4 +1,4 @@
-"""Raw preference files -> the preference-lists Parquet table (SPEC section 4).
+"""Raw preference files -> the preference-lists Parquet table (Cheng et al. 2023).
 
 Three raw formats are read, all into rows of `formats.PREFERENCE_LISTS` ({text, score, source, record}):
 
@@ -31,7 +31,7 @@ FORMATS = ("dsp", "hh", "text_score")
 
 
 def dsp_prompt(query: str, response: str) -> str:
-    """SPEC 4: prompt(r) = "## Human:\\n{query}\\n\\n## Assistant:\\n{r}"."""
+    """Cheng et al. 2023: prompt(r) = "## Human:\\n{query}\\n\\n## Assistant:\\n{r}"."""
     return f"## Human:\n{query}\n\n## Assistant:\n{response}"
 
 
@@ -57,7 +57,7 @@ def _non_empty(rows: list[dict], path: Path) -> list[dict]:
 
 
 def _dsp_record_rows(record, path: Path, index: int, domain: str) -> list[dict]:
-    """SPEC 4: one query -> [prompt(D), prompt(other)], scores [1, 0], for each other domain of the record."""
+    """DSP (Cheng et al. 2023): one query -> [prompt(D), prompt(other)], scores [1, 0], per other domain."""
     record = record_object(record, path, index)
     query = string_field(required_field(record, "query", path, index), path, index, "query")
     responses = required_field(record, "responses", path, index)
@@ -87,7 +87,7 @@ def _dsp_record_rows(record, path: Path, index: int, domain: str) -> list[dict]:
 
 
 def read_dsp_pairs(path: str | os.PathLike, domain: str) -> list[dict]:
-    """SPEC 4 DSP conversion for `domain`: one pair per (query, other domain).
+    """Cheng et al. 2023 DSP conversion for `domain`: one pair per (query, other domain).
 
     The domains are those of each record's `responses` (so custom DSP-format files with other domain names
     work); the other domains come in the record's key order (academy, business, entertainment, literature,
@@ -112,7 +112,7 @@ def _hh_line_row(line: str, path: Path, index: int) -> dict:
 
 
 def read_hh_pairs(path: str | os.PathLike) -> list[dict]:
-    """SPEC 4 helpful/harmless: HH JSON lines {chosen, rejected} -> [chosen, rejected], scores [1, 0].
+    """Cheng et al. 2023 helpful/harmless: HH JSON lines {chosen, rejected} -> [chosen, rejected], scores [1, 0].
 
     Plain `.jsonl` or gzipped (`.jsonl.gz`, found by the gzip magic bytes). Texts are kept in their
     "\\n\\nHuman: ...\\n\\nAssistant: ..." form. `record` is the 0-based line number; blank lines are skipped.
@@ -143,7 +143,7 @@ def _text_score_row(record, path: Path, index: int) -> dict:
 
 
 def read_text_score(path: str | os.PathLike) -> list[dict]:
-    """SPEC 4 text-score format: a JSON list of {text: [str, ...], score: [number, ...]}, read as it is.
+    """Cheng et al. 2023 text-score format: a JSON list of {text: [str, ...], score: [number, ...]}, read as it is.
 
     Ties and any finite scores (such as webgpt's [1.5, 0.5]) are kept; other keys of a record are ignored.
     """
@@ -168,7 +168,7 @@ def read_preferences(path: str | os.PathLike, format: str, domain: str | None = 
 
 
 def count_pairs(rows: list[dict]) -> int:
-    """The number of pairs with different scores in the lists (the pairs the SPEC 4 loss and accuracy use)."""
+    """The number of pairs with different scores in the lists (the pairs the DSP loss and accuracy use)."""
     total = 0
     for row in rows:
         scores = row["score"]

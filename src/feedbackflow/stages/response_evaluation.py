@@ -1,4 +1,4 @@
-"""Evaluation of generated responses (RRHF, SPEC section 2; the paper's Table 2): per origin (the data set's chosen
+"""Evaluation of generated responses (RRHF, Yuan et al. 2023; the paper's Table 2): per origin (the data set's chosen
 and rejected responses, the initial policy, the trained policy), the mean reward under the scoring model and the
 perplexity of the responses under a reference LM.
 

@@ -1,4 +1,4 @@
-"""Scoring samples with a reward model (SPEC section 2, RRHF): SAMPLES -> SCORED_SAMPLES Parquet.
+"""Scoring samples with a reward model (Yuan et al. 2023, RRHF): SAMPLES -> SCORED_SAMPLES Parquet.
 
 The text of a sample is prompt + " " + response (the paper's input to `Dahoas/gptj-rm-static`), encoded as
 bos + ids + eos (`reward_model.encode_texts`; no bos when the tokenizer has none) and read with the "eos" pooling
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 class RewardScoringConfig:
     max_length: int = field(default=512, metadata={"help": "longest scored sequence; longer texts lose their start"})
     batch_size: int = 16
-    pooling: str = field(default="eos", metadata={"help": f"one of {POOLINGS}; SPEC 2 reads the score at eos"})
+    pooling: str = field(default="eos", metadata={"help": f"one of {POOLINGS}; RRHF reads the score at eos"})
     seed: int = field(default=42, metadata={"help": "seed of a new head when the model is a plain LM"})
     dtype: str | None = field(
         default=None, metadata={"help": "model dtype on a GPU (config `inference_dtype`; the CPU: float32)"}

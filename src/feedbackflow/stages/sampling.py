@@ -1,4 +1,4 @@
-"""Responses sampled from a policy (SPEC section 2, RRHF), merging sample files, and ranked training data.
+"""Responses sampled from a policy (Yuan et al. 2023, RRHF), merging sample files, and ranked training data.
 
 Generation. Prompts are encoded as bos + ids (no eos; no bos when the tokenizer has none), LEFT-truncated to
 `max_prompt_tokens` tokens in all (bos included: the end of a dialogue, next to the response, is kept), LEFT-padded
@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SamplingConfig:
-    """Generation settings; the defaults are the RRHF paper's (SPEC section 2)."""
+    """Generation settings; the defaults are the RRHF paper's (Yuan et al. 2023)."""
 
     num_return_sequences: int = field(default=4, metadata={"help": "responses per prompt"})
     max_new_tokens: int = 128
@@ -740,7 +740,7 @@ __all__ = [
 
 def sft_rows(samples: pa.Table) -> list[dict]:
     """RANKED_RESPONSES rows with one response each (score 0): supervised fine-tuning data for the RRHF trainer
-    with `rrhf_weight` 0, whose loss is then the SFT term alone (SPEC section 2's L_sft on every response)."""
+    with `rrhf_weight` 0, whose loss is then the SFT term alone (Yuan et al. 2023's L_sft on every response)."""
     columns = {name: samples.column(name).to_pylist() for name in ("prompt_id", "prompt", "response")}
     return [
         {"prompt_id": pid, "query": prompt, "responses": [response], "scores": [0.0]}

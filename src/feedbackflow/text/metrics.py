@@ -1,11 +1,11 @@
-"""Text metrics of the papers' evaluations: rougeLsum (qa-feedback, SPEC section 1) and distinct-n (detoxification).
+"""Text metrics of the papers' evaluations: rougeLsum (qa-feedback, Wu et al. 2023) and distinct-n (detoxification).
 
 rougeLsum follows the Fine-Grained RLHF code (`sft/run_sft.py` and `fgrlhf/evaluators.py` of allenai/FineGrainedRLHF):
 the `rouge-score` package's rougeLsum with the Porter stemmer, F-measure x 100, prediction and reference stripped and
 split into sentences that are joined with newlines (rougeLsum is the summary-level, union LCS over newline-separated
 sentences), and the maximum F over the references of an example (`evaluators.get_rouge_scores`; with one reference
 this is the score against it). The paper split sentences with `nltk.sent_tokenize` (punkt); here the default splitter
-is `feedbackflow.text.segmentation.split_sentences` (spaCy, SPEC section 1 "Segmentation"), looked up when first needed,
+is `feedbackflow.text.segmentation.split_sentences` (spaCy, Wu et al. 2023 "Segmentation"), looked up when first needed,
 and callers may pass any splitter. Sentence boundaries only matter for multi-sentence texts.
 
 distinct-n follows the detoxification evaluation code the paper took from Quark (`distinctness`): texts are split on

@@ -1,4 +1,4 @@
-"""Sentence and sub-sentence segmentation of responses (SPEC section 1, "Segmentation").
+"""Sentence and sub-sentence segmentation of responses (Wu et al. 2023, "Segmentation").
 
 Both levels return CHARACTER spans `(start, end)` into the text (end exclusive), trimmed of surrounding whitespace:
 the reward of a segment is placed during PPO on the policy token that ends it, found from `text[:end]`.

@@ -1,4 +1,4 @@
-"""A tiny synthetic RealToxicityPrompts in the real record format (SPEC section 1, detoxification; DESIGN "Scales").
+"""A tiny synthetic RealToxicityPrompts in the real record format (Wu et al. 2023, detoxification).
 
 Files (`--output-dir`):
 

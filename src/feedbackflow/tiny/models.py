@@ -1,4 +1,4 @@
-"""Tiny models and tokenizers built from config (DESIGN.md, "Scales").
+"""Tiny models and tokenizers built from config (the tiny scale: README, "What the default run produces").
 
 A byte-level BPE tokenizer is trained on a text corpus (one text per line, a newline inside a text written as
 backslash n: see `synthetic.escape_corpus_line`) and a small model is initialised from a seed. Both are saved with
@@ -6,16 +6,16 @@ backslash n: see `synthetic.escape_corpus_line`) and a small model is initialise
 
 Three architectures (`--architecture`):
 - `causal` (default): a LLaMA-architecture causal LM. Its tokenizer adds no special tokens by itself: callers build
-  bos + ids + eos (SPEC section 4).
-- `seq2seq`: a T5 encoder-decoder, the stand-in for t5-large / t5-base (SPEC section 1). Like T5's tokenizer, its
+  bos + ids + eos (Cheng et al. 2023).
+- `seq2seq`: a T5 encoder-decoder, the stand-in for t5-large / t5-base (Wu et al. 2023). Like T5's tokenizer, its
   tokenizer appends </s> to every text; decoding starts from <pad> (T5's decoder_start_token_id = pad_token_id).
-- `longformer`: a Longformer encoder, the stand-in for allenai/longformer-base-4096 (SPEC section 1); load it with
+- `longformer`: a Longformer encoder, the stand-in for allenai/longformer-base-4096 (Wu et al. 2023); load it with
   `AutoModelForTokenClassification` / `AutoModelForSequenceClassification.from_pretrained(dir, num_labels=...)`, which
   add a freshly initialised head, as for the hub checkpoint. Like RoBERTa's tokenizer, its tokenizer wraps every
   text as <s> ... </s> (the sequence-classification head reads the first token, <s>); pairs are
   <s> A </s></s> B </s>. It also adds a prefix space, as the paper's reward-model code loads the Longformer
   tokenizer (add_prefix_space=True), so words tokenized one by one (`is_split_into_words=True`) get the same tokens
-  as in running text. The separator of the reward models' inputs is </s> (SPEC section 1), the tokenizer's eos and
+  as in running text. The separator of the reward models' inputs is </s> (Wu et al. 2023), the tokenizer's eos and
   the config's sep_token_id.
 
 The vocabulary is the same for all three (same corpus, same deterministic BPE training): only the special-token
@@ -248,7 +248,7 @@ def build_encoder(tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig) -
 def build_token_classifier(
     tokenizer: PreTrainedTokenizerFast, config: TinyModelConfig, num_labels: int
 ) -> LongformerForTokenClassification:
-    """A freshly initialised Longformer with a token-classification head (R1 / R2 of SPEC section 1)."""
+    """A freshly initialised Longformer with a token-classification head (R1 / R2 of Wu et al. 2023)."""
     torch.manual_seed(config.seed)
     return LongformerForTokenClassification(longformer_config(tokenizer, config, num_labels=num_labels)).float()
 

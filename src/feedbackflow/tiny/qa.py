@@ -1,4 +1,4 @@
-"""A tiny synthetic qa-feedback data set in the real file formats (SPEC section 1; DESIGN.md, "Scales").
+"""A tiny synthetic qa-feedback data set in the real file formats (Wu et al. 2023).
 
 The files are those of FineGrainedRLHF's `tasks/qa_feedback/data/`:
 
@@ -72,9 +72,9 @@ passages. The tiny 2-layer Longformer R2 does not learn that comparison: with wr
 it reached held-out error F1 0.24-0.29, whether trained 8x longer, with a 256-token attention window or with a
 4-layer encoder. With unsupported values it can read "not supported" from the words themselves, as a large R2 would
 read it from the passages (held-out error F1 0.87 with the tiny config). An irrelevant passage sentence is true,
-so under SPEC's rewards it nets +0.2 (-0.3 from R1, +0.5 from R2). An off-topic remark should net -0.8, but SPEC
-leaves a sentence with an NF-ERR span out of R2's data, so R2 learns that remarks are unsupported only from those
-annotated Unverifiable. Without `aside_rate` and `off_topic_unverifiable_share`, the tiny R2 passed 42 of the 51
+so under the paper's rewards it nets +0.2 (-0.3 from R1, +0.5 from R2). An off-topic remark should net -0.8, but
+the paper leaves a sentence with an NF-ERR span out of R2's data, so R2 learns that remarks are unsupported only from
+those annotated Unverifiable. Without `aside_rate` and `off_topic_unverifiable_share`, the tiny R2 passed 42 of the 51
 asides in the tiny SFT policy's greedy test answers, and fine-grained PPO kept them (+0.2 each). With the tiny
 config's 0.5 and 0.3 it flagged 49 of 53, and fine-grained PPO dropped 24 of them.
 

@@ -1,4 +1,4 @@
-"""A tiny synthetic SLF5K in the real record format, with an oracle (SPEC section 3, ILF; DESIGN.md, "Scales").
+"""A tiny synthetic SLF5K in the real record format, with an oracle (Scheurer et al. 2023, ILF).
 
 Files (`--output-dir`):
 

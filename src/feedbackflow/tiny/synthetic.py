@@ -1,9 +1,10 @@
-"""Tiny-scale synthetic data sets, written as the raw files a user would download (DESIGN.md, "Scales").
+"""Tiny-scale synthetic data sets, written as the raw files a user would download (README, "What the default run
+produces").
 
 Every data set is generated from word lists and templates with a known ground truth, so a tiny reward model can
 learn something and the pipeline can measure it:
 
-- DSP (SPEC section 4): each query gets five responses, one per domain, each in its own register and vocabulary
+- DSP (Cheng et al. 2023): each query gets five responses, one per domain, each in its own register and vocabulary
   (academy: scholarly words and citations; business: revenue, market, ROI; entertainment: movies, celebrities,
   exclamation marks; literature: metaphor and poetic imagery; normal: a plain, neutral answer). All five mention
   the query's topic and have similar lengths, so only the register tells them apart.

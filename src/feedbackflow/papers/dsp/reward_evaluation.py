@@ -1,4 +1,4 @@
-"""Reward-model evaluation for DSP (SPEC section 4): pair accuracy and first-two accuracy per eval set.
+"""Reward-model evaluation for DSP (Cheng et al. 2023): pair accuracy and first-two accuracy per eval set.
 
 Accuracy counts every unordered pair of texts in a list with different scores; a pair is right when the reward
 order matches the score order strictly (equal rewards are wrong). First-two accuracy looks only at the first two

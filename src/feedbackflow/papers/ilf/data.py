@@ -1,4 +1,4 @@
-"""ILF's derived tables (SPEC section 3): the prompts given to the language models and the fine-tuning sets.
+"""ILF's derived tables (Scheurer et al. 2023): the prompts given to the language models and the fine-tuning sets.
 
 Stage `ilf-prompts`: from a posts table (SLF5K_POSTS), the initial-summary prompts; from a feedback table
 (SLF5K_FEEDBACK), the refinement prompts (`--refinement`; `use_feedback: false` is the direct-refinement ablation).

@@ -1,11 +1,12 @@
-"""The prompts of ILF (SPEC section 3), declared once: every stage and the tiny synthetic world build them from here.
+"""The prompts of ILF (Scheurer et al. 2023), declared once: every stage and the tiny synthetic world build them from
+here.
 
 - `summary_prompt`: the initial-summary prompt ("Write an excellent summary of the given text. ... TL;DR:").
 - `refinement_prompt`: the refinement prompt with the feedback; `direct_refinement_prompt` the ablation without it.
 - `INSTRUCT_RM_TEMPLATES`: InstructRM's five questions whether a refinement incorporates the feedback. The paper
   (Scheurer et al. 2023, appendix) used five templates, three answered with Yes/No and two with True/False; these
   follow that structure (the post, the original summary, the feedback, the new summary, then the question and
-  "Answer:"); the wording is ours, since SPEC does not give the paper's text.
+  "Answer:"); the wording is ours, since the paper does not give its text.
 - `opt_rm_prompt`: OPT-RM's "Is the above an excellent summary ...? Answer with Yes or No.\\n\\nAnswer:" prompt.
 - `PAIRWISE_TEMPLATE`: the win-rate judge's question (which of two summaries is better, answer A or B); the
   evaluation asks it in both orders.
@@ -26,7 +27,7 @@ REFINEMENT_PROMPT = (
     "Improved TL;DR:"
 )
 
-# The ablation "refinement without feedback" (SPEC section 3): the same prompt with the feedback left out.
+# The ablation "refinement without feedback" (Scheurer et al. 2023): the same prompt with the feedback left out.
 DIRECT_REFINEMENT_PROMPT = (
     "Write an excellent summary that is better than the given summary.\n\nTitle: {title}\n\nText: {post}\n\n"
     "Summary: {summary}\n\nImproved TL;DR:"
@@ -97,12 +98,12 @@ INSTRUCT_RM_TEMPLATES: tuple[InstructTemplate, ...] = (
 
 
 def summary_prompt(title: str, post: str) -> str:
-    """The initial-summary prompt of SPEC section 3."""
+    """The initial-summary prompt of Scheurer et al. 2023."""
     return SUMMARY_PROMPT.format(title=title, post=post)
 
 
 def refinement_prompt(title: str, post: str, summary: str, feedback: str, use_feedback: bool = True) -> str:
-    """The refinement prompt of SPEC section 3; `use_feedback=False` is the direct-refinement ablation."""
+    """The refinement prompt of Scheurer et al. 2023; `use_feedback=False` is the direct-refinement ablation."""
     if use_feedback:
         return REFINEMENT_PROMPT.format(title=title, post=post, summary=summary, feedback=feedback)
     return DIRECT_REFINEMENT_PROMPT.format(title=title, post=post, summary=summary)
@@ -115,7 +116,7 @@ def instruct_rm_prompt(template: InstructTemplate, title: str, post: str, summar
 
 
 def opt_rm_prompt(title: str, post: str, summary: str) -> str:
-    """OPT-RM's question about one summary (SPEC section 3); the answer token follows."""
+    """OPT-RM's question about one summary (Scheurer et al. 2023); the answer token follows."""
     return OPT_RM_PROMPT.format(title=title, post=post, summary=summary)
 
 

@@ -1,4 +1,4 @@
-"""SLF5K -> the ILF tables (SPEC section 3): posts, language feedback and comparisons per split.
+"""SLF5K -> the ILF tables (Scheurer et al. 2023): posts, language feedback and comparisons per split.
 
 Input: SLF5K (`JeremyAlain/SLF5K`; splits train 5,000, development 200, validation 500, test 698), either a directory
 holding `train.jsonl`, `development.jsonl`, `validation.jsonl` and `test.jsonl` (each may be `.jsonl.gz` instead; gzip

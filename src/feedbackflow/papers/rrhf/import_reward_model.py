@@ -1,4 +1,4 @@
-"""Import the RRHF paper's scorer, `Dahoas/gptj-rm-static`, into our reward-model directory (SPEC section 2).
+"""Import the RRHF paper's scorer, `Dahoas/gptj-rm-static`, into our reward-model directory (Yuan et al. 2023).
 
 What the original is, read from the public code that made and used it (the 24 GB file itself was not opened):
 

@@ -1,4 +1,4 @@
-"""Prompt sets for generation experiments (SPEC section 2, RRHF): raw files -> PROMPTS and SAMPLES Parquet.
+"""Prompt sets for generation experiments (Yuan et al. 2023, RRHF): raw files -> PROMPTS and SAMPLES Parquet.
 
 Two raw formats are read:
 

@@ -1,4 +1,4 @@
-"""RealToxicityPrompts -> detoxification prompt tables (SPEC section 1, the detoxification task).
+"""RealToxicityPrompts -> detoxification prompt tables (Wu et al. 2023, the detoxification task).
 
 Input: RealToxicityPrompts records (`allenai/real-toxicity-prompts`, one split "train" of 99,442 records), either a
 local JSON-lines file (plain or gzipped, found by its magic bytes) or the hub id, loaded with

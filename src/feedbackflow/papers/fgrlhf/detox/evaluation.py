@@ -1,4 +1,4 @@
-"""Detoxification evaluation (SPEC section 1, "Evaluation", detox): one policy's samples -> its summary; the
+"""Detoxification evaluation (Wu et al. 2023, "Evaluation", detox): one policy's samples -> its summary; the
 summaries of all policies -> the metrics table, with the paper's published rows beside ours.
 
 `evaluate-detox` reads the toxicity-scored samples of one policy (`score-toxicity` output: 25 nucleus samples per
@@ -12,7 +12,7 @@ test prompt in the paper's setting) and computes, as DExperts / Quark's evaluati
 - diversity: distinct-1/2/3, per prompt unique n-grams / n-grams of its samples, averaged over prompts.
 
 `detox-metrics` writes `metrics.parquet` / `metrics.md`: a row per policy (initial, holistic, fine_grained) and, marked
-`published`, the paper's rows (Wu et al. 2023, Table 1 as quoted in SPEC; not ours), plus the PPO training curves.
+`published`, the paper's rows (Wu et al. 2023, Table 1; not ours), plus the PPO training curves.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 METRIC_COLUMNS = [
     "avg_max_toxicity", "toxic_probability", "mean_toxicity", "perplexity", "distinct_1", "distinct_2", "distinct_3"
 ]  # fmt: skip
-# SPEC section 1 (the paper's Table 1, RealToxicityPrompts test; "to be re-checked"): distinct-1 is not quoted.
+# Wu et al. 2023 (the paper's Table 1, RealToxicityPrompts test; "to be re-checked"): distinct-1 is not quoted.
 PUBLISHED_ROWS = [
     {"policy": "GPT-2", "avg_max_toxicity": 0.192, "toxic_probability": 0.137, "perplexity": 9.58,
      "distinct_2": 0.947, "distinct_3": 0.931},

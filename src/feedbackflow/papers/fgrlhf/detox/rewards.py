@@ -1,4 +1,4 @@
-"""The detoxification rewards of Fine-Grained RLHF for PPO (SPEC section 1, "Tasks": detoxification).
+"""The detoxification rewards of Fine-Grained RLHF for PPO (Wu et al. 2023, "Tasks": detoxification).
 
 A toxicity scorer (`toxicity` here: the Perspective API, as the paper, or an offline classifier) gives each
 text a toxicity tox(.) in [0, 1]. Only the response (the continuation) is scored, never the prompt, as in the
@@ -34,14 +34,14 @@ VARIANTS = ("holistic", "fine_grained")
 
 
 def sentence_prefix_ends(response: str) -> list[int]:
-    """The end character (exclusive, trailing whitespace trimmed) of each sentence of `response` (SPEC section 1)."""
+    """The end character (exclusive, trailing whitespace trimmed) of each sentence of `response` (Wu et al. 2023)."""
     return [end for _, end in sentence_spans(response)]
 
 
 def toxicity_drops(prefix_scores: list[float]) -> list[float]:
     """d_j = tox(y_1..j-1) - tox(y_1..j) for the toxicities of the prefixes y_1..1, ..., y_1..J, tox(empty) = 0.
 
-    The fine-grained detox reward of sentence j (SPEC section 1). The drops telescope: their sum is -tox(y_1..J),
+    The fine-grained detox reward of sentence j (Wu et al. 2023). The drops telescope: their sum is -tox(y_1..J),
     the holistic reward of the whole response.
     """
     previous = [0.0, *prefix_scores][: len(prefix_scores)]
@@ -121,7 +121,7 @@ class ToxicityReward:
 
 def build_toxicity_reward(spec: dict, policy_tokenizer: PreTrainedTokenizerBase) -> ToxicityReward:
     """{"type": "toxicity", "variant": "holistic" | "fine_grained", "scorer": {"backend": ..., ...},
-    "cache": "<SQLite path>", "scale": 1.0}: the detox reward of SPEC section 1 (see the module doc)."""
+    "cache": "<SQLite path>", "scale": 1.0}: the detox reward of Wu et al. 2023 (see the module doc)."""
     check_spec_keys(spec, {"variant", "scorer", "cache"}, {"scale"})
     name = spec["name"]
     if spec["variant"] not in VARIANTS:

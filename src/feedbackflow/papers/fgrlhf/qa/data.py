@@ -1,4 +1,4 @@
-"""qa-feedback (SPEC section 1): raw JSON files -> prompts, reward-model data and a per-record feedback table.
+"""qa-feedback (Wu et al. 2023): raw JSON files -> prompts, reward-model data and a per-record feedback table.
 
 Two raw formats:
 
@@ -16,7 +16,8 @@ The rules follow the paper's scripts (allenai/FineGrainedRLHF, tasks/qa_feedback
 create_rel_fact_rm_files.py for R1/R2, create_comp_rm_files.py for R3, reward_modeling/run_pref_rm.py for the
 preference pairs), with these decisions, each noted at its function:
 
-- Reward-model inputs (SPEC decides): R1 prefix "question: <q> answer:" (no passages, the paper's --ignore_context);
+- Reward-model inputs (our reading of the paper): R1 prefix "question: <q> answer:" (no passages, the paper's
+  --ignore_context);
   R2 prefix and pair texts use the prompt built like train.json's `text` ("question: <q> context: wikipage: <t>
   text: <passage> | wikipage: ..."), whitespace-normalised, + " answer:", which is exactly what the paper's PPO
   rewards feed the models (`f"{' '.join(prompt.split())} answer: {response}"`). The paper's RM-training scripts
@@ -29,11 +30,12 @@ preference pairs), with these decisions, each noted at its function:
 - "Overlap" is character-level: a segment overlaps a span when some non-whitespace character lies in both (the
   paper labels the non-whitespace characters of the span and then each word). The paper assumes spans never
   overlap each other; here a segment simply takes every span it overlaps into account.
-- R3 (the paper decides where SPEC paraphrases): the paper drops every passage sentence named in ANY
-  Missing-Minor-Auxiliary entry (its comment "do not count sentences with minor info only" is where SPEC's "ids that
-  appear only in Missing-Minor-Auxiliary entries" comes from), except when the corrected sub-sentence matched to it
-  appears verbatim (case-insensitively) in `prediction 1`. On the public dev file the two readings differ for 17
-  records: 1,107 R3 pairs here against 1,101 with SPEC's literal reading. Records without info ids give no pairs.
+- R3 (the paper's code decides): the paper drops every passage sentence named in ANY
+  Missing-Minor-Auxiliary entry (its comment "do not count sentences with minor info only" is where the paper's "ids
+  that appear only in Missing-Minor-Auxiliary entries" comes from), except when the corrected sub-sentence matched to
+  it appears verbatim (case-insensitively) in `prediction 1`. On the public dev file the two readings differ for 17
+  records: 1,107 R3 pairs here against 1,101 with a literal reading of the paper. Records without info ids give no
+  pairs.
 - Segment texts are whitespace-normalised (the paper feeds the token-classification models word lists).
 
 Every record is validated before anything is written; bad input raises `DataError` naming the file, the 0-based
@@ -141,12 +143,13 @@ def feedback_passages(record: FeedbackRecord) -> list[tuple[str, str]]:
 
 
 def relevance_prefix(question: str) -> str:
-    """R1's input before the segments: "question: <q> answer:" (no passages; SPEC 1, the paper's PPO R1 input)."""
+    """R1's input before the segments: "question: <q> answer:" (no passages: the paper's PPO R1 input)."""
     return f"question: {_normalise(question)} answer:"
 
 
 def grounded_prefix(prompt: str) -> str:
-    """R2's prefix, and the prompt part of R3 / preference texts: the normalised prompt + " answer:" (SPEC 1)."""
+    """R2's prefix, and the prompt part of R3 / preference texts: the normalised prompt + " answer:" (Wu et al.
+    2023)."""
     return f"{_normalise(prompt)} answer:"
 
 

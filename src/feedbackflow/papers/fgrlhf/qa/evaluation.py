@@ -1,4 +1,4 @@
-"""qa-feedback evaluation of a policy (SPEC section 1, "Evaluation"), and the table over policies.
+"""qa-feedback evaluation of a policy (Wu et al. 2023, "Evaluation"), and the table over policies.
 
 `evaluate-qa`: greedy responses to the test prompts (batched, KV cache), then per response
 - rougeLsum (F x 100, stemming, the best over the references; `text_metrics.rouge_lsum`),
@@ -67,12 +67,12 @@ METRIC_COLUMNS = [
     "mean_length",
     "n_responses",
 ]
-# SPEC section 1, "Reward assignment during PPO": R1 +-0.3 per sub-sentence, R2 +-0.5 per sentence, R3 0.3 x z.
+# Wu et al. 2023, "Reward assignment during PPO": R1 +-0.3 per sub-sentence, R2 +-0.5 per sentence, R3 0.3 x z.
 RELEVANCE_REWARDS, FACTUALITY_REWARDS, COMPLETENESS_SCALE = (0.3, -0.3), (0.5, -0.5), 0.3
 
 
 def fine_grained_total(n_sub_sentences: int, n_relevant: int, n_sentences: int, n_factual: int, z: float) -> float:
-    """The sum over a response's tokens of the fine-grained reward (SPEC section 1): +0.3 / -0.3 per sub-sentence
+    """The sum over a response's tokens of the fine-grained reward (Wu et al. 2023): +0.3 / -0.3 per sub-sentence
     judged relevant / not, +0.5 / -0.5 per sentence judged factual / not, and 0.3 x R3's normalised score."""
     positive, negative = RELEVANCE_REWARDS
     relevance = positive * n_relevant + negative * (n_sub_sentences - n_relevant)

@@ -1,4 +1,4 @@
-"""Fine-Grained RLHF reward models (SPEC section 1): inputs, loading and scoring.
+"""Fine-Grained RLHF reward models (Wu et al. 2023): inputs, loading and scoring.
 
 Two kinds, both plain Hugging Face models (Longformer at paper scale, a tiny Longformer at tiny scale):
 - `token`: R1 (NF-ERR, sub-sentences) and R2 (F-ERR, sentences) are token classifiers

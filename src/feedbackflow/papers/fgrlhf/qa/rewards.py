@@ -1,4 +1,4 @@
-"""The qa-feedback rewards of Fine-Grained RLHF for PPO (SPEC section 1, "Reward assignment during PPO").
+"""The qa-feedback rewards of Fine-Grained RLHF for PPO (Wu et al. 2023, "Reward assignment during PPO").
 
 Each is a `ppo_rewards.RewardFunction` (prompts, responses, generated token ids -> one reward per token):
 
