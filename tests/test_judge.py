@@ -23,11 +23,11 @@ from openai_stub_server import Action, StubOpenAIServer
 from feedbackflow.core.formats import SAMPLES, SCORED_SAMPLES, read_table, write_rows
 from feedbackflow.errors import ConfigError
 from feedbackflow.llm import judge as judge_module
+from feedbackflow.llm.hf_backend import directory_fingerprint
 from feedbackflow.llm.judge import (
     HFBackend,
     Judge,
     JudgeConfig,
-    _directory_fingerprint,
     judge_samples,
     parse_score,
     parse_score_with_reason,
@@ -418,9 +418,9 @@ def test_hf_chat_template_and_model_fingerprint(tmp_path, tiny_model_dir):
     copy.mkdir()
     for file in tiny_model_dir.iterdir():
         (copy / file.name).write_bytes(file.read_bytes())
-    assert _directory_fingerprint(copy) == _directory_fingerprint(tiny_model_dir)
+    assert directory_fingerprint(copy) == directory_fingerprint(tiny_model_dir)
     (copy / "config.json").write_text((copy / "config.json").read_text().replace("\n", "\n\n", 1))
-    assert _directory_fingerprint(copy) != _directory_fingerprint(tiny_model_dir)
+    assert directory_fingerprint(copy) != directory_fingerprint(tiny_model_dir)
 
 
 def test_judge_training_rows_are_the_exact_rating_requests(tmp_path, tiny_model_dir):

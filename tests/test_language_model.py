@@ -7,6 +7,7 @@ log-probabilities are `stub_tokens` / `stub_logprob` (-0.1 per character), so ec
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -18,6 +19,8 @@ import torch
 from openai_stub_server import Action, StubOpenAIServer
 
 from feedbackflow.errors import ConfigError
+from feedbackflow.llm.config import ClientConfig
+from feedbackflow.llm.judge import JudgeConfig
 from feedbackflow.llm.language_model import (
     LanguageModel,
     LMConfig,
@@ -113,6 +116,32 @@ def test_config_errors():
         LMConfig(model="m", batch_size=0)
     with pytest.raises(ConfigError, match="max_prompt_tokens"):
         LMConfig(model="m", max_prompt_tokens=1)
+
+
+SHARED_KEYS = {
+    "backend": "openai", "model": None, "base_url": None, "api_key_env": "OPENAI_API_KEY", "max_concurrency": 4,
+    "max_retries": 4, "timeout_s": 60.0, "backoff_s": 1.0, "max_backoff_s": 60.0, "batch_size": 8, "device": None,
+    "dtype": None,
+}  # fmt: skip
+
+
+def test_config_keys_and_defaults_are_the_documented_ones():
+    """The judge and the LM take the shared client keys from one definition; their YAML keys and defaults are those of
+    config/README.md (`rrhf.judge.*`, LMConfig), as before the two shared it."""
+
+    def defaults(cls) -> dict:
+        return {field.name: field.default for field in dataclasses.fields(cls)}
+
+    assert defaults(ClientConfig) == SHARED_KEYS
+    assert defaults(LMConfig) == {
+        **SHARED_KEYS, "api": "completions", "top_logprobs": 5, "max_sequences_per_generate": 256,
+        "max_prompt_tokens": None,
+    }  # fmt: skip
+    judge_own = {"system_prompt", "prompt_template", "score_pattern", "score_min", "score_max", "temperature",
+                 "max_tokens"}  # fmt: skip
+    assert set(defaults(JudgeConfig)) == set(SHARED_KEYS) | judge_own
+    assert {name: defaults(JudgeConfig)[name] for name in SHARED_KEYS} == SHARED_KEYS
+    assert (JudgeConfig(model="m").score_min, JudgeConfig(model="m").max_tokens) == (1.0, 16)
 
 
 def test_openai_completions_sample_logprobs_echo_and_rerun(tmp_path, server, api_key, caplog):

@@ -1,4 +1,4 @@
-"""The reply cache of every remote or local language-model call, and the OpenAI connection with its retries.
+"""The reply cache of every remote or local language-model call (and of the Perspective toxicity scores).
 
 A reply is cached under the sha256 of its request's canonical JSON, so a rerun never pays for a request twice.
 """

@@ -1,5 +1,6 @@
 """Stage `generate-texts`: N texts per prompt from a language model, cached (ILF's initial summaries, refinements,
-test summaries and best-of-n candidates; SPEC section 3).
+test summaries and best-of-n candidates; Scheurer et al. 2023, "Training Language Models with Language Feedback at
+Scale").
 
 The model is any `language_model.LMConfig`: a local Hugging Face causal LM (`hf`, such as the policy being
 evaluated) or an OpenAI-compatible endpoint (`openai`), given as the JSON object `--lm`. Decoding is
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GenerationConfig:
-    """Decoding of one generation stage (defaults: SPEC section 3's initial-summary decoding)."""
+    """Decoding of one generation stage (defaults: the ILF paper's initial-summary decoding)."""
 
     n: int = field(default=1, metadata={"help": "texts per prompt"})
     temperature: float = field(default=1.0, metadata={"help": "0 = greedy"})

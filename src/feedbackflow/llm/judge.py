@@ -1,56 +1,44 @@
-"""A language-model judge: one interface, two backends (DESIGN.md, "Scoring with language models").
+"""A language-model judge: one interface, two backends, every reply cached.
 
-Used to rate responses (the Wombat variant of RRHF, SPEC section 2: an LLM gives each response a score), and by
-later stages for refinements (ILF) and win rates through `Judge.complete`.
+Used to rate responses: the Wombat variant of RRHF (Yuan et al. 2023, "RRHF: Rank Responses to Align Language Models
+with Human Feedback without tears") scores each sampled response with an LLM instead of a reward model. `Judge.complete`
+answers any conversation through the same cache.
 
-- Backends: `openai` (the official client; `base_url`, model and the *name* of the key's environment variable come
-  from the config, so OpenAI, Azure or any OpenAI-compatible server such as vLLM works) and `hf` (a local
-  transformers causal LM, greedy decoding, batched with left padding).
-- Every request is cached on disk (SQLite, WAL mode) under the sha256 of a canonical JSON of everything that
-  determines the reply: backend, model (for a local `hf` model directory also a hash of its files), base_url,
-  messages, temperature and max_tokens. Never the key. A reply is stored the moment it arrives, so an interrupted run
-  loses no paid result; a rerun sends only what is not in the cache. Scores are parsed again from the stored reply
-  on every run, so changing `score_pattern` / `score_min` / `score_max` needs no new request.
-- `openai` requests are retried with exponential backoff (doubling from `backoff_s`, capped at `max_backoff_s`; a
-  Retry-After header is honoured, with the same cap) on HTTP 429, HTTP 5xx, timeouts, connection errors and
-  malformed replies (a body that is not JSON, or that has no choices / no message content: with a fixed request a
-  well-behaved server answers properly, so this is treated as a transient server fault). Other 4xx fail at once.
-  HTTP 401 / 403 abort the whole run with ConfigError (every request would fail the same way). An item still
-  without a reply is recorded with status "failed" and the reason; failures are not cached, so a rerun retries them.
-- A reply with no score, or a score outside [score_min, score_max], is "unparsed" with the reason: never guessed.
-- The API key is read from the environment only when a request has to be sent (a fully cached run needs none) and
-  is never written to the cache, the output or the log; a reason taken from a server's error message has the key
-  masked.
-- The client, retries, backoff, key handling and bounded concurrency are `OpenAIConnection`, shared with
-  `feedbackflow.llm.language_model` (ILF's sampling and log-probabilities).
+- Backends: `openai` (chat completions through `openai_backend`: `base_url`, model and the *name* of the key's
+  environment variable come from the config, so OpenAI, Azure or any OpenAI-compatible server such as vLLM works;
+  retries, backoff, 401/403 abort and key handling are that module's) and `hf` (a local transformers causal LM
+  through `hf_backend`, greedy decoding, batched with left padding).
+- Every request is cached (`client.CachedClient`) under the sha256 of a canonical JSON of everything that determines
+  the reply: backend, model (for a local `hf` model directory also a hash of its files), base_url, messages,
+  temperature and max_tokens. Never the key. Scores are parsed again from the stored reply on every run, so changing
+  `score_pattern` / `score_min` / `score_max` needs no new request.
+- An item still without a reply is recorded with status "failed" and the reason; failures are not cached, so a rerun
+  retries them. A reply with no score, or a score outside [score_min, score_max], is "unparsed" with the reason:
+  never guessed.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import logging
 import math
 import os
 import re
-import threading
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from feedbackflow.core.formats import RANKED_RESPONSES, SCORED_SAMPLES, read_sample_rows, write_rows
 from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
 from feedbackflow.errors import ConfigError, DataError
-from feedbackflow.llm.cache import CachedReply, ReplyCache, request_key
+from feedbackflow.llm.cache import CachedReply
+from feedbackflow.llm.client import CachedClient, ClientStats
+from feedbackflow.llm.config import ClientConfig
+from feedbackflow.llm.hf_backend import HFBackendBase
+from feedbackflow.llm.openai_backend import MalformedReply, OpenAIBackendBase, reply_choices, reply_usage
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-BACKENDS = ("openai", "hf")
 CACHE_KEY_VERSION = 1
 
 DEFAULT_SYSTEM_PROMPT = "You are a strict and impartial judge of the quality of AI assistant responses."
@@ -64,18 +52,11 @@ DEFAULT_PROMPT_TEMPLATE = (
 DEFAULT_SCORE_PATTERN = r"(-?\d+(?:\.\d+)?)"
 
 
-@dataclasses.dataclass
-class JudgeConfig:
-    backend: str = dataclasses.field(default="openai", metadata={"help": "openai or hf"})
-    model: str | None = dataclasses.field(
-        default=None, metadata={"help": "model name (openai) or local path / hub id (hf); required"}
-    )
-    base_url: str | None = dataclasses.field(
-        default=None, metadata={"help": "OpenAI-compatible endpoint, e.g. http://host:8000/v1 (openai; none = default)"}
-    )
-    api_key_env: str = dataclasses.field(
-        default="OPENAI_API_KEY", metadata={"help": "name of the environment variable that holds the API key"}
-    )
+@dataclasses.dataclass(kw_only=True)
+class JudgeConfig(ClientConfig):
+    """The shared client keys (`config.ClientConfig`) and the judge's own: its prompts, how a score is read, and
+    the decoding."""
+
     system_prompt: str = dataclasses.field(
         default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "system message; empty = none"}
     )
@@ -89,22 +70,9 @@ class JudgeConfig:
     score_max: float = dataclasses.field(default=10.0, metadata={"help": "highest valid score"})
     temperature: float = dataclasses.field(default=0.0, metadata={"help": "sampling temperature (hf: must be 0)"})
     max_tokens: int = dataclasses.field(default=16, metadata={"help": "most tokens in a reply"})
-    max_concurrency: int = dataclasses.field(default=4, metadata={"help": "requests in flight at once (openai)"})
-    max_retries: int = dataclasses.field(default=4, metadata={"help": "retries after the first attempt (openai)"})
-    timeout_s: float = dataclasses.field(default=60.0, metadata={"help": "per-request timeout in seconds (openai)"})
-    backoff_s: float = dataclasses.field(default=1.0, metadata={"help": "first retry wait; doubles each retry"})
-    max_backoff_s: float = dataclasses.field(default=60.0, metadata={"help": "cap on a wait, Retry-After included"})
-    batch_size: int = dataclasses.field(default=8, metadata={"help": "prompts per generate() call (hf)"})
-    device: str | None = dataclasses.field(default=None, metadata={"help": "torch device (hf; none = cuda if any)"})
-    dtype: str | None = dataclasses.field(default=None, metadata={"help": "dtype on a GPU (hf; none = bf16); CPU fp32"})
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend: {self.backend!r} is not one of {list(BACKENDS)}")
-        if not self.model:
-            raise ConfigError("model: required (a model name for openai, a local path or hub id for hf)")
-        if not self.api_key_env:
-            raise ConfigError("api_key_env: must name an environment variable")
+        super().__post_init__()
         try:
             self.prompt_template.format(prompt="p", response="r")
         except (KeyError, IndexError, ValueError) as error:
@@ -120,12 +88,8 @@ class JudgeConfig:
             raise ConfigError(f"score_pattern: needs exactly one group (the score), has {groups}")
         if not self.score_min <= self.score_max:
             raise ConfigError(f"score_min ({self.score_min}) must not exceed score_max ({self.score_max})")
-        for name in ("max_tokens", "max_concurrency", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        for name in ("max_retries", "timeout_s", "backoff_s", "max_backoff_s", "temperature"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}: must not be negative, got {getattr(self, name)}")
+        self.check_at_least_one("max_tokens")
+        self.check_not_negative("temperature")
         if self.backend == "hf" and self.temperature != 0:
             raise ConfigError("temperature: the hf backend decodes greedily; set temperature to 0")
 
@@ -160,10 +124,6 @@ def parse_score(reply: str, pattern: str | re.Pattern, lo: float, hi: float) -> 
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Cache
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Backends
 
 
@@ -188,144 +148,10 @@ class Backend(Protocol):
         """Answer every conversation; call `on_reply(index, reply)` as each one is done."""
 
 
-class MalformedReply(Exception):
-    """A reply that cannot be read (no choices, no content): retried like a server error."""
+class OpenAIBackend(OpenAIBackendBase):
+    """Chat completions through the official `openai` client, with `openai_backend`'s retries and concurrency."""
 
-
-_MalformedReply = MalformedReply  # the earlier private name
-
-
-def _retry_after(error: Exception) -> float | None:
-    response = getattr(error, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    for header, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(header)
-        if value is None:
-            continue
-        try:
-            seconds = float(value) / divisor
-        except ValueError:
-            continue
-        if math.isfinite(seconds) and seconds >= 0:
-            return seconds
-    return None
-
-
-class OpenAIConnection:
-    """The official `openai` client with this module's retry rules and bounded concurrency (module docstring).
-
-    Shared by `OpenAIBackend` and `feedbackflow.llm.language_model`. `config` needs the attributes base_url,
-    api_key_env, timeout_s, max_retries, backoff_s, max_backoff_s and max_concurrency. The client is made, and the
-    key read from the environment, on the first request only; `mask` hides the key in any text.
-    """
-
-    def __init__(self, config, sleep: Callable[[float], None] = time.sleep, thread_name_prefix: str = "openai"):
-        self.config = config
-        self._sleep = sleep
-        self._thread_name_prefix = thread_name_prefix
-        self._client = None
-        self._secret: str | None = None
-        self._count_lock = threading.Lock()
-        self.attempts = 0
-
-    def client(self):
-        """The client; a missing key is a ConfigError naming its environment variable."""
-        if self._client is None:
-            import openai
-
-            name = self.config.api_key_env
-            secret = os.environ.get(name)
-            if not secret:
-                raise ConfigError(f"api_key_env: the environment variable {name} is not set (it must hold the API key)")
-            self._secret = secret
-            kwargs = {"api_key": secret, "timeout": self.config.timeout_s, "max_retries": 0}
-            if self.config.base_url is not None:
-                kwargs["base_url"] = self.config.base_url
-            self._client = openai.OpenAI(**kwargs)
-        return self._client
-
-    def mask(self, text: str) -> str:
-        if self._secret:
-            text = text.replace(self._secret, "***")
-        return text
-
-    def call(self, attempt: Callable[[object], T]) -> tuple[T | None, str | None]:
-        """(attempt(client), None), retried on 429 / 5xx / timeouts / connection errors / MalformedReply with
-        backoff; (None, reason) when it still fails or fails at once (other 4xx). HTTP 401 / 403 raise ConfigError.
-        """
-        import openai
-
-        cfg = self.config
-        delay = cfg.backoff_s
-        reason = "no attempt made"
-        for number in range(cfg.max_retries + 1):
-            wait = delay
-            try:
-                client = self.client()
-                with self._count_lock:
-                    self.attempts += 1
-                return attempt(client), None
-            except ConfigError:
-                raise
-            except openai.RateLimitError as error:
-                reason = f"HTTP 429 rate limited: {self.mask(str(error.message))}"
-                hint = _retry_after(error)
-                wait = delay if hint is None else hint
-            except openai.InternalServerError as error:
-                reason = f"HTTP {error.status_code} server error: {self.mask(str(error.message))}"
-                hint = _retry_after(error)
-                wait = delay if hint is None else hint
-            except openai.APITimeoutError:
-                reason = f"timed out after {cfg.timeout_s:g} s"
-            except openai.APIConnectionError as error:
-                cause = error.__cause__ or error
-                reason = f"connection error: {self.mask(f'{type(cause).__name__}: {cause}')}"
-            except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
-                raise ConfigError(
-                    f"api_key_env: the server refused the key in ${cfg.api_key_env} "
-                    f"(HTTP {error.status_code}); check the key and base_url"
-                ) from None
-            except openai.APIStatusError as error:
-                return None, f"HTTP {error.status_code}: {self.mask(str(error.message))}"
-            except (MalformedReply, openai.APIResponseValidationError, ValueError) as error:
-                # json.JSONDecodeError is a ValueError: a body that is not JSON.
-                detail = str(error) if isinstance(error, MalformedReply) else f"{type(error).__name__}: {error}"
-                reason = f"malformed reply: {self.mask(detail)}"
-            if number < cfg.max_retries:
-                self._sleep(min(max(wait, 0.0), cfg.max_backoff_s))
-                delay *= 2
-        tries = cfg.max_retries + 1
-        return None, f"{reason} (gave up after {tries} attempt{'s' if tries > 1 else ''})"
-
-    def map(self, count: int, work: Callable[[int], None]) -> None:
-        """work(0) ... work(count - 1), at most `max_concurrency` at once; the key is checked before any."""
-        if count == 0:
-            return
-        self.client()  # a missing key fails here, before any request
-        pool = ThreadPoolExecutor(max_workers=self.config.max_concurrency, thread_name_prefix=self._thread_name_prefix)
-        try:
-            futures = [pool.submit(work, i) for i in range(count)]
-            for future in futures:
-                future.result()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-class OpenAIBackend:
-    """Chat completions through the official `openai` client, with our own retries and bounded concurrency."""
-
-    def __init__(self, config: JudgeConfig, sleep: Callable[[float], None] = time.sleep):
-        self.config = config
-        self.connection = OpenAIConnection(config, sleep, thread_name_prefix="judge")
-
-    @property
-    def attempts(self) -> int:
-        return self.connection.attempts
-
-    def identity(self) -> dict:
-        return {"backend": "openai", "model": self.config.model, "base_url": self.config.base_url}
+    thread_name_prefix = "judge"
 
     def _attempt(self, client, messages: Messages) -> Reply:
         response = client.chat.completions.create(
@@ -334,21 +160,11 @@ class OpenAIBackend:
             temperature=self.config.temperature,
             max_tokens=self.config.max_tokens,
         )
-        choices = getattr(response, "choices", None)
-        if isinstance(response, str | bytes) or not choices:
-            raise MalformedReply("no choices in the reply")
-        message = getattr(choices[0], "message", None)
-        content = getattr(message, "content", None)
+        content = getattr(getattr(reply_choices(response)[0], "message", None), "content", None)
         if not isinstance(content, str):
             raise MalformedReply("no message content in the reply")
-        usage = getattr(response, "usage", None)
-        prompt_tokens = getattr(usage, "prompt_tokens", None)
-        completion_tokens = getattr(usage, "completion_tokens", None)
-        return Reply(
-            text=content,
-            prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
-            completion_tokens=completion_tokens if isinstance(completion_tokens, int) else None,
-        )
+        prompt_tokens, completion_tokens = reply_usage(response)
+        return Reply(text=content, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
     def request(self, messages: Messages) -> Reply:
         """One conversation, with retries; never raises for a per-request failure (ConfigError for 401/403)."""
@@ -359,61 +175,20 @@ class OpenAIBackend:
         self.connection.map(len(conversations), lambda index: on_reply(index, self.request(conversations[index])))
 
 
-def _directory_fingerprint(path: Path) -> str:
-    """sha256 over the relative names and contents of every (non-hidden) file under a model directory."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        relative = file.relative_to(path).as_posix()
-        if any(part.startswith(".") for part in relative.split("/")):
-            continue
-        digest.update(relative.encode("utf-8") + b"\0")
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
 def plain_prompt_text(messages: Messages) -> str:
     """What the `hf` backend feeds a model without a chat template: the non-empty contents joined by a blank line."""
     return "\n\n".join(m["content"] for m in messages if m["content"])
 
 
-class HFBackend:
+class HFBackend(HFBackendBase):
     """A local transformers causal LM: chat template when the tokenizer has one, greedy decoding, left padding."""
 
-    def __init__(self, config: JudgeConfig):
-        self.config = config
-        self._model = None
-        self._tokenizer = None
-        self._fingerprint: str | None = None
-        self.attempts = 0
-
     def identity(self) -> dict:
-        if self._fingerprint is None:
-            path = Path(self.config.model)
-            self._fingerprint = _directory_fingerprint(path) if path.is_dir() else ""
-        identity = {"backend": "hf", "model": self.config.model, "base_url": None}
-        if self._fingerprint:
-            identity["model_files_sha256"] = self._fingerprint
-        return identity
-
-    def _load(self) -> None:
-        if self._model is not None:
-            return
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from feedbackflow.core.inference import load_for_inference, model_device
-
-        cfg = self.config
-        self._tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-        self._model = load_for_inference(AutoModelForCausalLM, cfg.model, device=cfg.device, dtype=cfg.dtype)
-        self._device = model_device(self._model)
+        return self.hf_identity(base_url=None)
 
     def prompt_ids(self, messages: Messages) -> list[int]:
         """Token ids of a conversation: the chat template if there is one, else `plain_prompt_text` after bos."""
-        self._load()
-        tokenizer = self._tokenizer
+        _, tokenizer = self.load()
         if getattr(tokenizer, "chat_template", None):
             text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             return list(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -428,30 +203,23 @@ class HFBackend:
             return
         import torch
 
-        self._load()
+        from feedbackflow.text.tokens import pad_id_of, pad_left
+
+        model, tokenizer = self.load()
         cfg = self.config
-        tokenizer, model = self._tokenizer, self._model
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        eos = tokenizer.eos_token_id
-        limit = getattr(model.config, "max_position_embeddings", None)
+        pad, eos = pad_id_of(tokenizer), tokenizer.eos_token_id
         pending: list[tuple[int, list[int]]] = []
         for index, messages in enumerate(conversations):
             ids = self.prompt_ids(messages)
-            if limit is not None and len(ids) + cfg.max_tokens > limit:
-                on_reply(
-                    index,
-                    Reply(
-                        text=None,
-                        error=f"prompt too long: {len(ids)} tokens + max_tokens {cfg.max_tokens} > {limit} positions",
-                    ),
-                )
+            error = self.too_long(len(ids), cfg.max_tokens, "max_tokens")
+            if error:
+                on_reply(index, Reply(text=None, error=error))
             else:
                 pending.append((index, ids))
         for start in range(0, len(pending), cfg.batch_size):
             batch = pending[start : start + cfg.batch_size]
-            width = max(len(ids) for _, ids in batch)
-            input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for _, ids in batch], dtype=torch.long)
-            mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in batch], dtype=torch.long)
+            input_ids, mask = pad_left([ids for _, ids in batch], pad)
+            width = input_ids.shape[1]
             self.attempts += len(batch)
             with torch.inference_mode():
                 out = model.generate(
@@ -500,24 +268,6 @@ class Rating:
     cached: bool
 
 
-@dataclasses.dataclass
-class JudgeStats:
-    items: int = 0
-    unique_requests: int = 0
-    cache_hits: int = 0
-    requests_sent: int = 0  # unique requests not in the cache, sent to the backend
-    attempts: int = 0  # backend calls, retries included
-    replies: int = 0  # of requests_sent, how many got a reply (now in the cache)
-    ok: int = 0
-    unparsed: int = 0
-    failed: int = 0
-    prompt_tokens: int = 0  # of the replies received in this run (not the cached ones)
-    completion_tokens: int = 0
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
 def make_backend(config: JudgeConfig) -> Backend:
     return OpenAIBackend(config) if config.backend == "openai" else HFBackend(config)
 
@@ -529,28 +279,29 @@ def rating_messages(config: JudgeConfig, prompt: str, response: str) -> Messages
     return [*system, {"role": "user", "content": user}]
 
 
-class Judge:
+def _completion(reply: Reply, request: dict) -> tuple[Completion, CachedReply | None]:
+    """A backend's reply as a Completion, and what the cache stores of it (nothing for a failure)."""
+    completion = Completion(reply.text, reply.prompt_tokens, reply.completion_tokens, cached=False, error=reply.error)
+    stored = None if reply.text is None else CachedReply(reply.text, reply.prompt_tokens, reply.completion_tokens)
+    return completion, stored
+
+
+def _cached_completion(hit: CachedReply, request: dict) -> Completion:
+    return Completion(hit.text, hit.prompt_tokens, hit.completion_tokens, cached=True)
+
+
+class Judge(CachedClient):
     """Cached completions and ratings through one backend. Use as a context manager (closes the cache)."""
 
     def __init__(self, config: JudgeConfig, cache_path: str | os.PathLike, backend: Backend | None = None):
-        self.config = config
-        self.cache = ReplyCache(cache_path)
-        self.backend = backend or make_backend(config)
-        self.stats = JudgeStats()
+        super().__init__(config, cache_path, backend or make_backend(config))
         self._pattern = re.compile(config.score_pattern)
 
     @property
     def scorer(self) -> str:
         return f"judge:{self.config.backend}:{self.config.model}"
 
-    def __enter__(self) -> Judge:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.cache.close()
+    name = scorer
 
     def messages(self, prompt: str, response: str) -> Messages:
         """The conversation that asks for a rating of `response` to `prompt`."""
@@ -565,62 +316,17 @@ class Judge:
             "max_tokens": int(self.config.max_tokens),
         }
 
+    def _send(self, requests: list[dict], on_reply: Callable[[int, Reply], None]) -> None:
+        self.backend.run([request["messages"] for request in requests], on_reply)
+
     def complete(self, conversations: Sequence[Messages]) -> list[Completion]:
         """Replies to `conversations` (lists of {"role", "content"}), from the cache or the backend.
 
         Identical conversations are sent once. Each reply is written to the cache as it arrives.
         """
         conversations = [[{"role": str(m["role"]), "content": str(m["content"])} for m in c] for c in conversations]
-        keys: list[str] = []
-        requests: dict[str, dict] = {}
-        for messages in conversations:
-            request = self._request(messages)
-            key = request_key(request)
-            keys.append(key)
-            requests.setdefault(key, request)
-        results: dict[str, Completion] = {}
-        missing: list[str] = []
-        for key in requests:
-            hit = self.cache.get(key)
-            if hit is None:
-                missing.append(key)
-            else:
-                results[key] = Completion(hit.text, hit.prompt_tokens, hit.completion_tokens, cached=True)
-        stats = self.stats
-        stats.items += len(conversations)
-        stats.unique_requests += len(requests)
-        stats.cache_hits += len(requests) - len(missing)
-        stats.requests_sent += len(missing)
-        if missing:
-            log.info("%s: %d of %d unique requests not cached; sending them", self.scorer, len(missing), len(requests))
-        lock = threading.Lock()
-        done = [0]
-        every = max(1, len(missing) // 10)
-
-        def on_reply(position: int, reply: Reply) -> None:
-            key = missing[position]
-            if reply.text is not None:
-                self.cache.put(
-                    key, requests[key], CachedReply(reply.text, reply.prompt_tokens, reply.completion_tokens)
-                )
-            with lock:
-                results[key] = Completion(
-                    reply.text, reply.prompt_tokens, reply.completion_tokens, cached=False, error=reply.error
-                )
-                if reply.text is not None:
-                    stats.replies += 1
-                    stats.prompt_tokens += reply.prompt_tokens or 0
-                    stats.completion_tokens += reply.completion_tokens or 0
-                done[0] += 1
-                if done[0] % every == 0 or done[0] == len(missing):
-                    log.info("%s: %d/%d requests done", self.scorer, done[0], len(missing))
-
-        before = getattr(self.backend, "attempts", 0)
-        try:
-            self.backend.run([requests[key]["messages"] for key in missing], on_reply)
-        finally:
-            stats.attempts += getattr(self.backend, "attempts", 0) - before
-        return [results[key] for key in keys]
+        requests = [self._request(messages) for messages in conversations]
+        return self.answer(requests, self._send, _cached_completion, _completion)
 
     def rating(self, completion: Completion) -> Rating:
         """Parse a completion into a Rating (the parse is redone from the stored reply every time)."""
@@ -657,7 +363,7 @@ def judge_samples(
     cache_path: str | os.PathLike,
     config: JudgeConfig,
     backend: Backend | None = None,
-) -> JudgeStats:
+) -> ClientStats:
     """Rate every sample of a SAMPLES Parquet and write a SCORED_SAMPLES Parquet (atomically); return the counts."""
     rows = read_sample_rows(samples_path)
     with Judge(config, cache_path, backend=backend) as judge:

@@ -1,11 +1,12 @@
-"""One cached language-model interface for ILF (SPEC section 3; DESIGN.md, "Scoring with language models"):
-sampling (initial summaries, refinements), next-token log-probabilities (InstructRM's P(Yes) / P(No), OPT-RM,
-the pairwise judge) and the log-probability of a continuation (the "log-probability" selection baseline).
+"""One cached language-model interface for ILF (Scheurer et al. 2023, "Training Language Models with Language
+Feedback at Scale"): sampling (initial summaries, refinements), next-token log-probabilities (InstructRM's P(Yes) /
+P(No), OPT-RM, the pairwise judge) and the log-probability of a continuation (the "log-probability" selection
+baseline).
 
 - Backends: `openai` (the official client against OpenAI or any OpenAI-compatible server such as vLLM; `api`
   "completions" sends the plain-text prompt to /completions, the default since the ILF prompts are written for base
   LMs; "chat" sends it as one user message) and `hf` (a local transformers causal LM; a prompt is bos + its ids).
-- Every request is cached in a `judge.ReplyCache` (SQLite) under the sha256 of a canonical JSON of everything that
+- Every request is cached (`client.CachedClient`, SQLite) under the sha256 of a canonical JSON of everything that
   determines the reply: the backend identity (backend, model, base_url, api; for hf the dtype, max_prompt_tokens
   and a hash of the model directory's files), the method, the prompt and the method's settings (n, temperature,
   top_p, max_tokens, stop, seed; k; the continuation). Never the key. A reply is stored as JSON text the moment it
@@ -14,7 +15,7 @@ the pairwise judge) and the log-probability of a continuation (the "log-probabil
   too long for the model) or "unparsed" (a reply without what was asked for, e.g. without log-probabilities: not
   retried within the run, since a server that omits them does so every time).
 - `openai` requests share the judge's retries, backoff, Retry-After handling, 401/403 abort, bounded concurrency
-  and key masking (`judge.OpenAIConnection`); the API key is read only when a request must be sent.
+  and key masking (`openai_backend.OpenAIConnection`); the API key is read only when a request must be sent.
 - Sampled texts are cut at the first stop string and stripped (ILF cuts refinements at the first newline: the
   caller passes stop=["\\n"]); the cut is redone from the stored reply on every read.
 - hf sampling batches by sequences (`sampling_calls`): one `generate` call holds at most `max_sequences_per_generate`
@@ -36,37 +37,29 @@ import json
 import logging
 import math
 import os
-import threading
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 from feedbackflow.errors import ConfigError
-from feedbackflow.llm.cache import CachedReply, ReplyCache, canonical_json, request_key
-from feedbackflow.llm.judge import MalformedReply, OpenAIConnection, _directory_fingerprint
+from feedbackflow.llm.cache import CachedReply, canonical_json
+from feedbackflow.llm.client import Answer, CachedClient
+from feedbackflow.llm.config import ClientConfig
+from feedbackflow.llm.hf_backend import HFBackendBase
+from feedbackflow.llm.openai_backend import MalformedReply, OpenAIBackendBase, reply_choices, reply_usage
 from feedbackflow.text.tokens import cut_at_stop_strings
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("openai", "hf")
 APIS = ("completions", "chat")
 CACHE_KEY_VERSION = 1
 STATUSES = ("ok", "unparsed", "failed")
 
 
-@dataclasses.dataclass
-class LMConfig:
-    backend: str = dataclasses.field(default="openai", metadata={"help": "openai or hf"})
-    model: str | None = dataclasses.field(
-        default=None, metadata={"help": "model name (openai) or local path / hub id (hf); required"}
-    )
-    base_url: str | None = dataclasses.field(
-        default=None, metadata={"help": "OpenAI-compatible endpoint, e.g. http://host:8000/v1 (openai; none = default)"}
-    )
-    api_key_env: str = dataclasses.field(
-        default="OPENAI_API_KEY", metadata={"help": "name of the environment variable that holds the API key"}
-    )
+@dataclasses.dataclass(kw_only=True)
+class LMConfig(ClientConfig):
+    """The shared client keys (`config.ClientConfig`) and the language model's own: the OpenAI API flavour, how many
+    next-token alternatives to ask for, and hf's sampling and prompt limits."""
+
     api: str = dataclasses.field(
         default="completions",
         metadata={"help": "openai: completions (plain-text prompt, base LMs) or chat (the prompt as one user message)"},
@@ -74,39 +67,20 @@ class LMConfig:
     top_logprobs: int = dataclasses.field(
         default=5, metadata={"help": "next-token alternatives asked for (completions logprobs=k; chat top_logprobs)"}
     )
-    max_concurrency: int = dataclasses.field(default=4, metadata={"help": "requests in flight at once (openai)"})
-    max_retries: int = dataclasses.field(default=4, metadata={"help": "retries after the first attempt (openai)"})
-    timeout_s: float = dataclasses.field(default=60.0, metadata={"help": "per-request timeout in seconds (openai)"})
-    backoff_s: float = dataclasses.field(default=1.0, metadata={"help": "first retry wait; doubles each retry"})
-    max_backoff_s: float = dataclasses.field(default=60.0, metadata={"help": "cap on a wait, Retry-After included"})
-    batch_size: int = dataclasses.field(default=8, metadata={"help": "prompts per forward / generate batch (hf)"})
     max_sequences_per_generate: int = dataclasses.field(
         default=256, metadata={"help": "hf sampling: most sequences (prompts x n) in one generate call (KV cache)"}
     )
-    device: str | None = dataclasses.field(default=None, metadata={"help": "torch device (hf; none = cuda if any)"})
-    dtype: str | None = dataclasses.field(default=None, metadata={"help": "dtype on a GPU (hf; none = bf16); CPU fp32"})
     max_prompt_tokens: int | None = dataclasses.field(
         default=None, metadata={"help": "hf: left-truncate prompts to this many tokens, bos included (none = never)"}
     )
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend: {self.backend!r} is not one of {list(BACKENDS)}")
-        if not self.model or not isinstance(self.model, str):
-            raise ConfigError(f"model: required, a string (a model name for openai, a local path or hub id for hf), "
-                              f"got {self.model!r}")
+        super().__post_init__()
         if self.api not in APIS:
             raise ConfigError(f"api: {self.api!r} is not one of {list(APIS)}")
-        if not self.api_key_env:
-            raise ConfigError("api_key_env: must name an environment variable")
         if not 1 <= self.top_logprobs <= 20:
             raise ConfigError(f"top_logprobs: must be from 1 to 20, got {self.top_logprobs}")
-        for name in ("max_concurrency", "batch_size", "max_sequences_per_generate"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        for name in ("max_retries", "timeout_s", "backoff_s", "max_backoff_s"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}: must not be negative, got {getattr(self, name)}")
+        self.check_at_least_one("max_sequences_per_generate")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 2:
             raise ConfigError(f"max_prompt_tokens: must be at least 2 (bos + one token), got {self.max_prompt_tokens}")
 
@@ -146,26 +120,9 @@ class Outcome:
     completion_tokens: int | None = None
 
 
-@dataclasses.dataclass
-class LMStats:
-    items: int = 0
-    unique_requests: int = 0
-    cache_hits: int = 0
-    requests_sent: int = 0  # unique requests not in the cache, sent to the backend
-    attempts: int = 0  # backend calls, retries included (hf: prompts run through the model)
-    replies: int = 0  # of requests_sent, how many got a usable reply (now in the cache)
-    ok: int = 0  # per item
-    unparsed: int = 0
-    failed: int = 0
-    prompt_tokens: int = 0  # of the replies received in this run (not the cached ones)
-    completion_tokens: int = 0
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
 def answer_probability(logprobs: dict[str, float], positive: str, negative: str) -> float | None:
-    """P(positive) / (P(positive) + P(negative)) from next-token log-probabilities (InstructRM, SPEC section 3).
+    """P(positive) / (P(positive) + P(negative)) from next-token log-probabilities (InstructRM, Scheurer et al.
+    2023).
 
     P(word) is the sum of exp(log-probability) over the entries whose token, stripped of surrounding whitespace,
     equals the word case-insensitively (" Yes", "Yes" and "yes" all count for "Yes"). When neither word is among
@@ -200,7 +157,7 @@ def answer_probability(logprobs: dict[str, float], positive: str, negative: str)
 # Backends: each method answers a list of request dicts (built by LanguageModel; they are also the cache keys),
 # calling on_outcome(index, outcome) as each is done.
 
-OnOutcome = Callable[[int, Outcome], None]
+OnOutcome = Answer  # called with (index of the request, its Outcome)
 
 
 class LMBackend(Protocol):
@@ -216,41 +173,17 @@ class LMBackend(Protocol):
     def sequence_logprob(self, requests: Sequence[dict], on_outcome: OnOutcome) -> None: ...
 
 
-def _usage(response) -> tuple[int | None, int | None]:
-    usage = getattr(response, "usage", None)
-    prompt_tokens = getattr(usage, "prompt_tokens", None)
-    completion_tokens = getattr(usage, "completion_tokens", None)
-    return (
-        prompt_tokens if isinstance(prompt_tokens, int) else None,
-        completion_tokens if isinstance(completion_tokens, int) else None,
-    )
-
-
-def _choices(response) -> list:
-    choices = getattr(response, "choices", None)
-    if isinstance(response, str | bytes) or not choices:
-        raise MalformedReply("no choices in the reply")
-    return sorted(choices, key=lambda choice: getattr(choice, "index", 0) or 0)
-
-
 def _unparsed(reason: str, response) -> Outcome:
-    return Outcome(None, reason, "unparsed", *_usage(response))
+    return Outcome(None, reason, "unparsed", *reply_usage(response))
 
 
-class OpenAILMBackend:
+class OpenAILMBackend(OpenAIBackendBase):
     """An OpenAI-compatible server through the official client (completions or chat), with the judge's retries."""
 
-    def __init__(self, config: LMConfig, sleep: Callable[[float], None] = time.sleep):
-        self.config = config
-        self.connection = OpenAIConnection(config, sleep, thread_name_prefix="lm")
-
-    @property
-    def attempts(self) -> int:
-        return self.connection.attempts
+    thread_name_prefix = "lm"
 
     def identity(self) -> dict:
-        cfg = self.config
-        return {"backend": "openai", "model": cfg.model, "base_url": cfg.base_url, "api": cfg.api}
+        return {**super().identity(), "api": self.config.api}
 
     def _create(self, client, prompt: str, **kwargs):
         kwargs = {name: value for name, value in kwargs.items() if value is not None}
@@ -280,7 +213,7 @@ class OpenAILMBackend:
             stop=request["stop"] or None,
             seed=request["seed"],
         )
-        choices = _choices(response)
+        choices = reply_choices(response)
         if len(choices) != request["n"]:
             raise MalformedReply(f"{len(choices)} choices in the reply, asked for {request['n']}")
         if self.config.api == "completions":
@@ -289,7 +222,7 @@ class OpenAILMBackend:
             texts = [getattr(getattr(choice, "message", None), "content", None) for choice in choices]
         if not all(isinstance(text, str) for text in texts):
             raise MalformedReply("a choice without text in the reply")
-        return Outcome({"texts": texts}, None, "ok", *_usage(response))
+        return Outcome({"texts": texts}, None, "ok", *reply_usage(response))
 
     def sample(self, requests: Sequence[dict], on_outcome: OnOutcome) -> None:
         self._run(requests, self._sample, on_outcome)
@@ -300,7 +233,7 @@ class OpenAILMBackend:
         k = request["top_logprobs"]
         if self.config.api == "completions":
             response = self._create(client, request["prompt"], max_tokens=1, temperature=0, logprobs=k)
-            logprobs = getattr(_choices(response)[0], "logprobs", None)
+            logprobs = getattr(reply_choices(response)[0], "logprobs", None)
             tops = getattr(logprobs, "top_logprobs", None) or [None]
             entries = dict(tops[0] or {})
             tokens, values = getattr(logprobs, "tokens", None), getattr(logprobs, "token_logprobs", None)
@@ -310,7 +243,7 @@ class OpenAILMBackend:
             response = self._create(
                 client, request["prompt"], max_tokens=1, temperature=0, logprobs=True, top_logprobs=k
             )
-            content = getattr(getattr(_choices(response)[0], "logprobs", None), "content", None) or [None]
+            content = getattr(getattr(reply_choices(response)[0], "logprobs", None), "content", None) or [None]
             first = content[0]
             entries = {item.token: item.logprob for item in (getattr(first, "top_logprobs", None) or [])}
             if first is not None and getattr(first, "logprob", None) is not None:
@@ -321,7 +254,7 @@ class OpenAILMBackend:
             return _unparsed("log-probabilities in the reply are not numbers", response)
         if not entries:
             return _unparsed("no log-probabilities in the reply", response)
-        return Outcome({"logprobs": entries}, None, "ok", *_usage(response))
+        return Outcome({"logprobs": entries}, None, "ok", *reply_usage(response))
 
     def next_token_logprobs(self, requests: Sequence[dict], on_outcome: OnOutcome) -> None:
         self._run(requests, self._next_token, on_outcome)
@@ -331,7 +264,7 @@ class OpenAILMBackend:
     def _sequence(self, client, request: dict) -> Outcome:
         prompt, continuation = request["prompt"], request["continuation"]
         response = self._create(client, prompt + continuation, max_tokens=0, echo=True, logprobs=0)
-        logprobs = getattr(_choices(response)[0], "logprobs", None)
+        logprobs = getattr(reply_choices(response)[0], "logprobs", None)
         tokens = getattr(logprobs, "tokens", None)
         values = getattr(logprobs, "token_logprobs", None)
         offsets = getattr(logprobs, "text_offset", None)
@@ -344,49 +277,17 @@ class OpenAILMBackend:
             if start <= offset < end and value is not None:
                 total += float(value)
                 count += 1
-        return Outcome({"logprob": total, "tokens": count}, None, "ok", *_usage(response))
+        return Outcome({"logprob": total, "tokens": count}, None, "ok", *reply_usage(response))
 
     def sequence_logprob(self, requests: Sequence[dict], on_outcome: OnOutcome) -> None:
         self._run(requests, self._sequence, on_outcome)
 
 
-class HFLMBackend:
+class HFLMBackend(HFBackendBase):
     """A local transformers causal LM: prompts are bos + ids, batched with left padding (right for scoring)."""
 
-    def __init__(self, config: LMConfig):
-        self.config = config
-        self._model = None
-        self._tokenizer = None
-        self._device = None
-        self._fingerprint: str | None = None
-        self.attempts = 0
-
     def identity(self) -> dict:
-        if self._fingerprint is None:
-            path = Path(self.config.model)
-            self._fingerprint = _directory_fingerprint(path) if path.is_dir() else ""
-        identity = {
-            "backend": "hf",
-            "model": self.config.model,
-            "dtype": self.config.dtype,
-            "max_prompt_tokens": self.config.max_prompt_tokens,
-        }
-        if self._fingerprint:
-            identity["model_files_sha256"] = self._fingerprint
-        return identity
-
-    def load(self):
-        """(model in eval mode on its device, tokenizer), loaded once."""
-        if self._model is None:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            from feedbackflow.core.inference import load_for_inference, model_device
-
-            cfg = self.config
-            self._tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-            self._model = load_for_inference(AutoModelForCausalLM, cfg.model, device=cfg.device, dtype=cfg.dtype)
-            self._device = model_device(self._model)
-        return self._model, self._tokenizer
+        return self.hf_identity(dtype=self.config.dtype, max_prompt_tokens=self.config.max_prompt_tokens)
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """bos + the prompt's ids, left-truncated to `max_prompt_tokens` when set (bos kept)."""
@@ -396,12 +297,6 @@ class HFLMBackend:
         if self.config.max_prompt_tokens is not None:
             ids = ids[-(self.config.max_prompt_tokens - len(bos)) :]
         return bos + ids
-
-    def _too_long(self, length: int, extra: int, what: str) -> str | None:
-        limit = getattr(self._model.config, "max_position_embeddings", None)
-        if limit is not None and length + extra > limit:
-            return f"prompt too long: {length} tokens + {what} {extra} > {limit} positions"
-        return None
 
     def sample(self, requests: Sequence[dict], on_outcome: OnOutcome) -> None:
         from feedbackflow.stages.sampling import SamplingConfig, generate_responses
@@ -414,7 +309,7 @@ class HFLMBackend:
         lengths: dict[int, int] = {}
         for index, request in enumerate(requests):
             lengths[index] = len(self.prompt_ids(request["prompt"]))
-            error = self._too_long(lengths[index], request["max_tokens"], "max_tokens")
+            error = self.too_long(lengths[index], request["max_tokens"], "max_tokens")
             if error:
                 on_outcome(index, Outcome(None, error, "failed"))
                 continue
@@ -459,7 +354,7 @@ class HFLMBackend:
         pending: list[tuple[int, list[int]]] = []
         for index, request in enumerate(requests):
             ids = self.prompt_ids(request["prompt"])
-            error = self._too_long(len(ids), 0, "nothing")
+            error = self.too_long(len(ids), 0, "nothing")
             if error:
                 on_outcome(index, Outcome(None, error, "failed"))
             else:
@@ -494,7 +389,7 @@ class HFLMBackend:
         for index, request in enumerate(requests):
             ids = self.prompt_ids(request["prompt"])
             continuation = list(tokenizer(request["continuation"], add_special_tokens=False)["input_ids"])
-            error = self._too_long(len(ids), len(continuation), "continuation tokens")
+            error = self.too_long(len(ids), len(continuation), "continuation tokens")
             if error:
                 on_outcome(index, Outcome(None, error, "failed"))
                 continue
@@ -575,28 +470,16 @@ def _decode_sequence(payload: dict, request: dict) -> tuple[float, int]:
     return float(payload["logprob"]), int(payload["tokens"])
 
 
-class LanguageModel:
+class LanguageModel(CachedClient):
     """Cached sampling and log-probabilities through one backend. Use as a context manager (closes the cache)."""
 
     def __init__(self, config: LMConfig, cache_path: str | os.PathLike, backend: LMBackend | None = None):
-        self.config = config
-        self.cache = ReplyCache(cache_path)
-        self.backend = backend or make_backend(config)
-        self.stats = LMStats()
+        super().__init__(config, cache_path, backend or make_backend(config))
         self._identity: dict | None = None
 
     @property
     def name(self) -> str:
         return f"lm:{self.config.backend}:{self.config.model}"
-
-    def __enter__(self) -> LanguageModel:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.cache.close()
 
     def _request(self, method: str, prompt: str, **settings) -> dict:
         if self._identity is None:
@@ -677,62 +560,24 @@ class LanguageModel:
         decode: Callable[[dict, dict], Any],
     ) -> list[LMResult]:
         """Answer each request from the cache or the backend (identical requests once); store replies on arrival."""
-        keys = [request_key(request) for request in requests]
-        unique: dict[str, dict] = {}
-        for key, request in zip(keys, requests, strict=True):
-            unique.setdefault(key, request)
-        results: dict[str, LMResult] = {}
-        missing: list[str] = []
-        for key, request in unique.items():
-            hit = self.cache.get(key)
-            if hit is None:
-                missing.append(key)
-            else:
-                value = decode(json.loads(hit.text), request)
-                results[key] = LMResult(value, None, "ok", True, hit.prompt_tokens, hit.completion_tokens)
-        stats = self.stats
-        stats.items += len(requests)
-        stats.unique_requests += len(unique)
-        stats.cache_hits += len(unique) - len(missing)
-        stats.requests_sent += len(missing)
-        if missing:
-            method = requests[0]["method"]
-            log.info("%s %s: %d of %d unique requests not cached; sending them", self.name, method, len(missing),
-                     len(unique))
-        lock = threading.Lock()
-        done = [0]
-        every = max(1, len(missing) // 10)
 
-        def on_outcome(position: int, outcome: Outcome) -> None:
-            key = missing[position]
-            request = unique[key]
-            if outcome.payload is not None:
-                text = json.dumps(outcome.payload, ensure_ascii=False, sort_keys=True)
-                self.cache.put(key, request, CachedReply(text, outcome.prompt_tokens, outcome.completion_tokens))
-                result = LMResult(
-                    decode(outcome.payload, request), None, "ok", False, outcome.prompt_tokens,
-                    outcome.completion_tokens,
-                )
-            else:
+        def from_cache(hit: CachedReply, request: dict) -> LMResult:
+            return LMResult(decode(json.loads(hit.text), request), None, "ok", True, hit.prompt_tokens,
+                            hit.completion_tokens)
+
+        def arrived(outcome: Outcome, request: dict) -> tuple[LMResult, CachedReply | None]:
+            if outcome.payload is None:
                 status = outcome.status if outcome.status in ("unparsed", "failed") else "failed"
-                result = LMResult(None, outcome.error or "no reply", status, False, outcome.prompt_tokens,
-                                  outcome.completion_tokens)
-            with lock:
-                results[key] = result
-                if outcome.payload is not None:
-                    stats.replies += 1
-                    stats.prompt_tokens += outcome.prompt_tokens or 0
-                    stats.completion_tokens += outcome.completion_tokens or 0
-                done[0] += 1
-                if done[0] % every == 0 or done[0] == len(missing):
-                    log.info("%s: %d/%d requests done", self.name, done[0], len(missing))
+                return LMResult(None, outcome.error or "no reply", status, False, outcome.prompt_tokens,
+                                outcome.completion_tokens), None
+            text = json.dumps(outcome.payload, ensure_ascii=False, sort_keys=True)
+            stored = CachedReply(text, outcome.prompt_tokens, outcome.completion_tokens)
+            return LMResult(decode(outcome.payload, request), None, "ok", False, outcome.prompt_tokens,
+                            outcome.completion_tokens), stored
 
-        before = self.backend.attempts
-        try:
-            send([unique[key] for key in missing], on_outcome)
-        finally:
-            stats.attempts += self.backend.attempts - before
-        out = [results[key] for key in keys]
+        label = f"{self.name} {requests[0]['method']}" if requests else None
+        out = self.answer(requests, send, from_cache, arrived, label)
+        stats = self.stats
         for result in out:
             setattr(stats, result.status, getattr(stats, result.status) + 1)
         failures = sorted({r.error for r in out if not r.ok})
