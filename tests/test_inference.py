@@ -222,20 +222,20 @@ def test_fine_grained_reward_batches_go_to_the_model(dirs, kind):
 
 TOKENIZERS_AND_CONFIGS = ("Tokenizer", "Config")  # receivers whose from_pretrained loads no weights
 
-# (file, enclosing function) of the model loads that are not inference, each with its reason. A new
+# (file below src/feedbackflow, enclosing function) of the model loads that are not inference, each with its reason. A new
 # `X.from_pretrained(...)` of a model anywhere else in the package fails this test: load it with
 # `inference.load_for_inference` (or add it here, with the reason, if it loads a model to train).
 ALLOWED_MODEL_LOADS = {
-    ("inference.py", "load_for_inference"): "the loader itself",
-    ("reward_model.py", "RewardModel.from_pretrained"): "the custom class's own from_pretrained, which the loader "
+    ("core/inference.py", "load_for_inference"): "the loader itself",
+    ("models/reward_model.py", "RewardModel.from_pretrained"): "the custom class's own from_pretrained, which the loader "
     "calls for inference and load_reward_model for training",
-    ("reward_model.py", "load_reward_model"): "training: the DSP reward models GRFT / CRFT train (reward_training)",
-    ("fg_reward_models.py", "load_fg_reward_model"): "training: fg_reward_training's trainable R1-R3 / preference RM",
-    ("opt_rm.py", "load_causal_lm"): "training: the OPT-RM that train-opt-rm fine-tunes",
-    ("ppo_training.py", "load_policy_model"): "training: PPO's trainable policy (its frozen reference is inference)",
-    ("ppo_training.py", "load_value_model"): "training: PPO's trainable value body",
-    ("rrhf_training.py", "load_policy"): "training: the RRHF policy",
-    ("sft_training.py", "load_policy"): "training: the SFT policy",
+    ("models/reward_model.py", "load_reward_model"): "training: the DSP reward models GRFT / CRFT train (reward_training)",
+    ("papers/fgrlhf/qa/reward_models.py", "load_fg_reward_model"): "training: fg_reward_training's trainable R1-R3 / preference RM",
+    ("papers/ilf/opt_rm.py", "load_causal_lm"): "training: the OPT-RM that train-opt-rm fine-tunes",
+    ("rl/ppo.py", "load_policy_model"): "training: PPO's trainable policy (its frozen reference is inference)",
+    ("rl/ppo.py", "load_value_model"): "training: PPO's trainable value body",
+    ("papers/rrhf/training.py", "load_policy"): "training: the RRHF policy",
+    ("stages/sft.py", "load_policy"): "training: the SFT policy",
 }
 
 
@@ -272,9 +272,9 @@ def test_the_scan_sees_a_direct_load(tmp_path):
 
 
 def test_every_inference_load_goes_through_the_loader():
-    modules = sorted(SRC.glob("*.py"))
-    assert len(modules) > 40
-    loads = {(path.name, scope): line for path in modules for scope, line in model_loads(path)}
+    modules = sorted(SRC.rglob("*.py"))  # every room of the package
+    assert len(modules) > 50 and SRC / "rl" / "ppo.py" in modules
+    loads = {(path.relative_to(SRC).as_posix(), scope): line for path in modules for scope, line in model_loads(path)}
     outside = sorted(
         f"{name}:{line} in {scope or '<module>'}"
         for (name, scope), line in loads.items()

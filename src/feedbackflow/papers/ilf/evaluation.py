@@ -1,4 +1,4 @@
-"""ILF evaluation (SPEC section 3): win rates against the human reference summary, refinement quality, the table.
+"""ILF evaluation (Scheurer et al. 2023): win rates against the human reference summary, refinement quality, the table.
 
 The paper's win rate is the share of test posts whose model summary human raters preferred over the human-written
 TL;DR. Here three judges give it, each stated as such in the table:
@@ -363,7 +363,7 @@ POLICY_LABELS = {
     "ilf": "ILF",
     "ilf_best_of_n": "ILF + OPT-RM best-of-n",
 }
-# SPEC section 3: win rates (%) vs human summaries with 100 / 1K / 5K training samples (human raters).
+# Scheurer et al. 2023: win rates (%) vs human summaries with 100 / 1K / 5K training samples (human raters).
 PUBLISHED_WIN_RATES = {
     "ilf": (19.6, 29.2, 31.3),
     "human": (16.8, 26.3, 28.9),

@@ -1,5 +1,5 @@
-"""Toxicity scorers for the detoxification task (SPEC section 1: "reward from a toxicity scorer (the paper used the
-Perspective API)"; SPEC "Evaluation": average max toxicity and toxic probability over samples).
+"""Toxicity scorers for the detoxification task (Wu et al. 2023: the reward comes from a toxicity scorer, the
+Perspective API in the paper; its evaluation reports average max toxicity and toxic probability over samples).
 
 Two backends behind one interface (`ToxicityScorer.score(texts) -> list[ToxicityScore]`, one result per text, same
 order):
@@ -17,7 +17,7 @@ carries the server's error message); "too_long" (perspective only: the text is o
 API's own limit being 20 KB, so it is not sent). A whitespace-only text is scored 0.0 without a request (Perspective
 rejects empty comments).
 
-Cache: every "ok" score is stored in a SQLite file (judge's `ReplyCache`: the key is the sha256 of a canonical JSON
+Cache: every "ok" score is stored in a SQLite file (`llm.cache.ReplyCache`: the key is the sha256 of a canonical JSON
 of the scorer's identity plus the text; the reply is the score). For profanity_check the identity is the scorer name
 and the alt-profanity-check version; for perspective it is the URL (never the key), the languages and the
 attribute. A score is written the moment it arrives, so an interrupted run loses no paid result; a rerun scores
