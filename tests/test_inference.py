@@ -227,10 +227,10 @@ TOKENIZERS_AND_CONFIGS = ("Tokenizer", "Config")  # receivers whose from_pretrai
 # `inference.load_for_inference` (or add it here, with the reason, if it loads a model to train).
 ALLOWED_MODEL_LOADS = {
     ("core/inference.py", "load_for_inference"): "the loader itself",
-    ("models/reward_model.py", "RewardModel.from_pretrained"): "the custom class's own from_pretrained, which the loader "
-    "calls for inference and load_reward_model for training",
-    ("models/reward_model.py", "load_reward_model"): "training: the DSP reward models GRFT / CRFT train (reward_training)",
-    ("papers/fgrlhf/qa/reward_models.py", "load_fg_reward_model"): "training: fg_reward_training's trainable R1-R3 / preference RM",
+    ("models/reward_model.py", "RewardModel.from_pretrained"): "the custom class's own from_pretrained, which "
+    "the loader calls for inference and load_reward_model for training",
+    ("models/reward_model.py", "load_reward_model"): "training: the DSP reward models GRFT / CRFT train",
+    ("papers/fgrlhf/qa/reward_models.py", "load_fg_reward_model"): "training: the trainable R1-R3 / preference RM",
     ("papers/ilf/opt_rm.py", "load_causal_lm"): "training: the OPT-RM that train-opt-rm fine-tunes",
     ("rl/ppo.py", "load_policy_model"): "training: PPO's trainable policy (its frozen reference is inference)",
     ("rl/ppo.py", "load_value_model"): "training: PPO's trainable value body",
