@@ -222,7 +222,7 @@ def test_fine_grained_reward_batches_go_to_the_model(dirs, kind):
 
 TOKENIZERS_AND_CONFIGS = ("Tokenizer", "Config")  # receivers whose from_pretrained loads no weights
 
-# (file below src/feedbackflow, enclosing function) of the model loads that are not inference, each with its reason. A new
+# (file below src/feedbackflow, enclosing function) of the model loads that are not inference, with reasons. A new
 # `X.from_pretrained(...)` of a model anywhere else in the package fails this test: load it with
 # `inference.load_for_inference` (or add it here, with the reason, if it loads a model to train).
 ALLOWED_MODEL_LOADS = {

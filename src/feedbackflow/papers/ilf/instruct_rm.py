@@ -1,4 +1,4 @@
-"""Refinement selection for ILF (Scheurer et al. 2023, InstructRM selection): score every refinement of a post, pick one.
+"""Refinement selection for ILF (Scheurer et al. 2023, InstructRM): score every refinement of a post, pick one.
 
 InstructRM (Scheurer et al. 2023) asks an LM, with 5 prompt templates (`ilf_prompts.INSTRUCT_RM_TEMPLATES`; three
 answered Yes/No, two True/False), whether a refinement incorporates the feedback. A template's score is
