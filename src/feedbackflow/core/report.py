@@ -5,14 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 
-import matplotlib
+import pandas as pd
+import pyarrow as pa
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import pyarrow as pa  # noqa: E402
-
-from feedbackflow.core.formats import REWARD_METRICS, atomic_path, read_table, write_table  # noqa: E402
+from feedbackflow.core.formats import REWARD_METRICS, atomic_path, read_table, write_table
 
 log = logging.getLogger("feedbackflow.core.report")
 
@@ -31,6 +27,11 @@ def accuracy_matrix(metrics: pd.DataFrame) -> pd.DataFrame:
 
 def plot_accuracy(matrix: pd.DataFrame, path: str, title: str) -> None:
     """A heat map of accuracy per model and eval set, each cell annotated."""
+    import matplotlib  # imported when a plot is drawn: the metrics stages that share this module draw none
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(1.2 * matrix.shape[1] + 3, 0.45 * matrix.shape[0] + 1.5))
     image = ax.imshow(matrix.to_numpy(dtype=float), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=30, ha="right")
@@ -51,6 +52,20 @@ def plot_accuracy(matrix: pd.DataFrame, path: str, title: str) -> None:
 def write_text(text: str, path: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def add_policy_table_arguments(parser: argparse.ArgumentParser, summaries_help: str) -> None:
+    """The flags of a paper's metrics stage over per-policy summary JSONs: --summaries, --output, --markdown."""
+    parser.add_argument("--summaries", nargs="+", required=True, help=summaries_help)
+    parser.add_argument("--output", required=True, help="metrics Parquet to write")
+    parser.add_argument("--markdown", required=True, help="metrics Markdown to write")
+
+
+def write_policy_table(frame: pd.DataFrame, parquet_path: str, markdown_path: str, markdown: str) -> None:
+    """A paper's policy table as Parquet and its Markdown text, each written atomically."""
+    with atomic_path(parquet_path) as tmp:
+        frame.to_parquet(tmp, index=False)
+    write_text(markdown, markdown_path)
 
 
 def collect_metrics(inputs: list[str], table: str, markdown: str, html: str, plot: str) -> pd.DataFrame:

@@ -29,8 +29,9 @@ import pandas as pd
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from feedbackflow.core.formats import SCORED_SAMPLES, atomic_path, read_table, write_json
+from feedbackflow.core.formats import SCORED_SAMPLES, read_table, write_json
 from feedbackflow.core.inference import load_for_inference
+from feedbackflow.core.report import add_policy_table_arguments, write_policy_table
 from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
 from feedbackflow.papers.fgrlhf.detox.metrics import (
     average_max_toxicity,
@@ -128,25 +129,23 @@ def detox_metrics_table(summary_paths: list[str]) -> pd.DataFrame:
 
 
 def configure_metrics(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--summaries", nargs="+", required=True, help="evaluate-detox summary JSONs")
-    parser.add_argument("--output", required=True, help="metrics Parquet to write")
-    parser.add_argument("--markdown", required=True, help="metrics Markdown to write")
+    add_policy_table_arguments(parser, "evaluate-detox summary JSONs")
     add_ppo_curve_arguments(parser)
 
 
 def main_metrics(args: argparse.Namespace) -> None:
     frame = detox_metrics_table(args.summaries)
-    with atomic_path(args.output) as tmp:
-        frame.to_parquet(tmp, index=False)
-    with atomic_path(args.markdown) as tmp:
-        Path(tmp).write_text(
-            "# Detoxification: policies on the test prompts (samples per prompt as configured)\n\n"
-            + frame.astype(object).where(frame.notna(), None).to_markdown(index=False, floatfmt=".3f", missingval="")
-            + "\n\nRows marked `published` are the paper's (Wu et al. 2023, Table 1: GPT-2 large on "
-            "RealToxicityPrompts, Perspective API, GPT-2 XL perplexity), not results of this run. avg_max_toxicity: "
-            "the mean over prompts of the most toxic sample's score; toxic_probability: the fraction of prompts with "
-            "a sample scored >= 0.5; mean_toxicity: of one sample (not in the paper's table); perplexity: of the "
-            "samples under the perplexity LM; distinct-n: unique n-grams / words per prompt.\n"
-        )
+    write_policy_table(
+        frame,
+        args.output,
+        args.markdown,
+        "# Detoxification: policies on the test prompts (samples per prompt as configured)\n\n"
+        + frame.astype(object).where(frame.notna(), None).to_markdown(index=False, floatfmt=".3f", missingval="")
+        + "\n\nRows marked `published` are the paper's (Wu et al. 2023, Table 1: GPT-2 large on "
+        "RealToxicityPrompts, Perspective API, GPT-2 XL perplexity), not results of this run. avg_max_toxicity: "
+        "the mean over prompts of the most toxic sample's score; toxic_probability: the fraction of prompts with "
+        "a sample scored >= 0.5; mean_toxicity: of one sample (not in the paper's table); perplexity: of the "
+        "samples under the perplexity LM; distinct-n: unique n-grams / words per prompt.\n",
+    )
     write_ppo_curves(args.ppo_runs, args.curves, args.plot)
     log.info("wrote %s and %s", args.output, args.markdown)

@@ -28,8 +28,9 @@ import pyarrow as pa
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from feedbackflow.core.formats import QA_PROMPTS, atomic_path, read_table, write_json, write_rows
+from feedbackflow.core.formats import QA_PROMPTS, read_table, write_json, write_rows
 from feedbackflow.core.inference import INFERENCE_DTYPES, load_for_inference
+from feedbackflow.core.report import add_policy_table_arguments, write_policy_table
 from feedbackflow.errors import ConfigError
 from feedbackflow.papers.fgrlhf.qa.data import grounded_prefix, relevance_prefix
 from feedbackflow.papers.fgrlhf.qa.reward_models import read_mean_std
@@ -251,23 +252,21 @@ def collect_qa_metrics(summary_paths: list[str]) -> pd.DataFrame:
 
 
 def configure_metrics(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--summaries", nargs="+", required=True, help="evaluate-qa summary JSONs")
-    parser.add_argument("--output", required=True, help="metrics Parquet to write")
-    parser.add_argument("--markdown", required=True, help="metrics Markdown to write")
+    add_policy_table_arguments(parser, "evaluate-qa summary JSONs")
     add_ppo_curve_arguments(parser)
 
 
 def main_metrics(args: argparse.Namespace) -> None:
     frame = collect_qa_metrics(args.summaries)
-    with atomic_path(args.output) as tmp:
-        frame.to_parquet(tmp, index=False)
-    with atomic_path(args.markdown) as tmp:
-        Path(tmp).write_text(
-            "# qa-feedback: policies on the test prompts (greedy)\n\n"
-            + frame.to_markdown(index=False, floatfmt=".3f")
-            + "\n\nrelevance / factuality ratio: sub-sentences / sentences that R1 / R2 label without error; "
-            "completeness: R3 (score - mean) / std; fine_grained_reward: R1 + R2 + R3 as PPO pays them (sum per "
-            "response); preference: the holistic preference RM's (score - mean) / std (the holistic PPO's reward).\n"
-        )
+    write_policy_table(
+        frame,
+        args.output,
+        args.markdown,
+        "# qa-feedback: policies on the test prompts (greedy)\n\n"
+        + frame.to_markdown(index=False, floatfmt=".3f")
+        + "\n\nrelevance / factuality ratio: sub-sentences / sentences that R1 / R2 label without error; "
+        "completeness: R3 (score - mean) / std; fine_grained_reward: R1 + R2 + R3 as PPO pays them (sum per "
+        "response); preference: the holistic preference RM's (score - mean) / std (the holistic PPO's reward).\n",
+    )
     write_ppo_curves(args.ppo_runs, args.curves, args.plot)
     log.info("wrote %s and %s", args.output, args.markdown)
