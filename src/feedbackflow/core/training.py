@@ -1,12 +1,15 @@
-"""The pieces of an accelerate training loop that every trainer shares (reward models, RRHF, SFT).
+"""The pieces of an accelerate training loop that every trainer shares (reward models, RRHF, SFT, OPT-RM, PPO).
 
-A step's loss is normalised by the global batch, so `backward_micro_batch` undoes accelerate's division by the
-accumulation steps and DDP's average over processes; results then do not depend on micro-batch size or process
-count. Checkpoints and SIGTERM handling follow `feedbackflow.core.checkpoints`.
+The optimiser, its schedule and the config fields they read are in `feedbackflow.core.optim`. A step's loss is
+normalised by the global batch, so `backward_micro_batch` undoes accelerate's division by the accumulation steps and
+DDP's average over processes; results then do not depend on micro-batch size or process count. Checkpoints and
+SIGTERM handling follow `feedbackflow.core.checkpoints`.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -15,9 +18,12 @@ import sys
 
 import torch
 from accelerate import Accelerator, InitProcessGroupKwargs
+from accelerate.utils import set_seed
 
-from feedbackflow.core.checkpoints import CheckpointStore, StopSignal
-from feedbackflow.errors import ConfigError
+from feedbackflow.core.checkpoints import CheckpointStore, StopSignal, fingerprint_of
+from feedbackflow.core.optim import EpochTrainingConfig
+from feedbackflow.core.stage_args import add_dataclass_arguments
+from feedbackflow.errors import ConfigError, DataError
 
 log = logging.getLogger("feedbackflow.core.training")
 
@@ -42,6 +48,16 @@ def prepare_accelerator(
     return accelerator, accumulation
 
 
+def start_accelerator(config: EpochTrainingConfig) -> tuple[Accelerator, int]:
+    """(accelerator, accumulation steps) for the config's global and micro batches and precision, then every RNG
+    seeded from `config.seed` (the same initial weights and batch order on every process)."""
+    accelerator, accumulation = prepare_accelerator(
+        config.batch_size, config.micro_batch_size, config.mixed_precision, config.max_grad_norm
+    )
+    set_seed(config.seed)
+    return accelerator, accumulation
+
+
 def steps_to_train(steps_per_epoch: int, num_epochs: int, max_steps: int | None) -> int:
     """Optimiser steps of a run: every epoch's steps, cut at `max_steps` when given."""
     total = steps_per_epoch * num_epochs
@@ -57,6 +73,16 @@ def resume_if_possible(store: CheckpointStore, accelerator: Accelerator, total_s
     state = store.load(accelerator, latest)
     log.info("resuming from %s at step %d of %d", latest, state["step"], total_steps)
     return state["step"], state["history"]
+
+
+def open_checkpoints(
+    work_dir: str, accelerator: Accelerator, total_steps: int, config, paths: list[str], **identity
+) -> tuple[CheckpointStore, int, list[dict]]:
+    """(store, first step, history so far) of a run in `work_dir`, fingerprinted by the config's fields, the
+    `identity` entries (stage, model, world size, ...) and the files under `paths` (`checkpoints.fingerprint_of`)."""
+    store = CheckpointStore(work_dir, fingerprint_of({"config": dataclasses.asdict(config), **identity}, paths))
+    start_step, history = resume_if_possible(store, accelerator, total_steps)
+    return store, start_step, history
 
 
 def backward_micro_batch(
@@ -91,6 +117,34 @@ def checkpoint_after_step(
 def world_size_from_env() -> int:
     """Processes of this launch (`accelerate launch` / torchrun set WORLD_SIZE; a plain run is 1)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
+    """The flags a trainer's own ones end with: `--work-dir`, `--threads` and the hyperparameters of `config_class`
+    (`--hparams` and one flag per field, `core.stage_args`)."""
+    parser.add_argument("--work-dir", required=True, help="checkpoint directory (resumed on rerun)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_dataclass_arguments(parser, config_class)
+
+
+def run_as_module(prog: str, description: str, configure, main, logger: logging.Logger) -> None:
+    """`python -m <trainer module> ...`: the stage without the cli.py registry; a DataError or ConfigError is logged
+    and ends the process with its message."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    configure(parser)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        main(args)
+    except (DataError, ConfigError) as error:
+        logger.error("%s", error)
+        sys.exit(f"error: {error}")
+
+
+def set_threads(threads: int | None) -> None:
+    """torch CPU threads from a job's `--threads`, shared by the processes of a multi-process launch."""
+    if threads:
+        torch.set_num_threads(max(1, threads // world_size_from_env()))
 
 
 def build_accelerator(**kwargs) -> Accelerator:

@@ -1,5 +1,5 @@
-"""PPO on accelerate for seq2seq (T5) and causal (GPT-2, LLaMA) policies (SPEC section 1, "PPO (as in the paper's
-code)"), with per-token rewards from a list of reward functions (`feedbackflow.rl.rewards`).
+"""PPO on accelerate for seq2seq (T5) and causal (GPT-2, LLaMA) policies (Wu et al. 2023; PPO as in the paper's
+code), with per-token rewards from a list of reward functions (`feedbackflow.rl.rewards`).
 
 Models. The policy is trained from its init directory; the reference is a frozen copy of that same initial policy;
 the value model is a separate model of the same family loaded from its own directory (t5-base at paper scale; the
@@ -85,7 +85,6 @@ import dataclasses
 import json
 import logging
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import chain
@@ -104,15 +103,23 @@ from transformers import (
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     PreTrainedTokenizerBase,
-    get_scheduler,
 )
 from transformers.modeling_outputs import BaseModelOutput
 
-from feedbackflow.core.checkpoints import CheckpointStore, StopSignal, fingerprint_of
+from feedbackflow.core.checkpoints import StopSignal
 from feedbackflow.core.formats import PPO_LOG, atomic_directory, write_json, write_rows
 from feedbackflow.core.inference import load_for_inference
-from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
-from feedbackflow.core.training import build_accelerator, checkpoint_after_step, resume_if_possible, world_size_from_env
+from feedbackflow.core.optim import OptimiserConfig, prepare_with_schedule
+from feedbackflow.core.stage_args import dataclass_from_args
+from feedbackflow.core.training import (
+    add_run_arguments,
+    build_accelerator,
+    checkpoint_after_step,
+    open_checkpoints,
+    run_as_module,
+    set_threads,
+    world_size_from_env,
+)
 from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.losses.ppo import (
     AdaptiveKLController,
@@ -145,10 +152,11 @@ VALUE_META_FILE = "value_model.json"
 
 
 @dataclass
-class PPOConfig:
-    """Hyperparameters of one PPO run. Defaults: SPEC section 1's paper scale (fine-grained config)."""
+class PPOConfig(OptimiserConfig):
+    """Hyperparameters of one PPO run. Defaults: the paper's scale (Wu et al. 2023, fine-grained config). Seed,
+    learning rate, clipping, step cap and precision fields: `core.optim.OptimiserConfig`; Adam and a linear schedule
+    whose warm-up is counted in PPO steps (see the module doc)."""
 
-    seed: int = 42
     total_episodes: int = field(
         default=80_000,
         metadata={"help": "sampled responses in all; steps = ceil(this / (prompts_per_step x samples_per_prompt))"},
@@ -181,7 +189,6 @@ class PPOConfig:
     cliprange_value: float = 0.2
     pg_coef: float = 1.0
     vf_coef: float = 1.0
-    learning_rate: float = 1e-5
     adam_eps: float = 1e-5
     warmup_steps: int = field(default=100, metadata={"help": "PPO steps of linear warm-up (x ppo_epochs opt. steps)"})
     max_grad_norm: float = field(default=0.0, metadata={"help": "0 = no clipping (paper: clip_grad False)"})
@@ -195,7 +202,6 @@ class PPOConfig:
     eval_batch_size: int = field(default=16, metadata={"help": "eval prompts per greedy generate, per process"})
     save_every: int = field(default=50, metadata={"help": "checkpoint to --work-dir every this many steps"})
     max_steps: int | None = field(default=None, metadata={"help": "stop after this many steps (schedule unchanged)"})
-    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
     gradient_checkpointing: bool = False
 
     def validate(self, world: int = 1) -> None:
@@ -939,26 +945,19 @@ def train_ppo(
     eval_tokens = encode_policy_prompts(tokenizer, eval_prompts, encoder_decoder, config.max_input_length)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=config.adam_eps)
-    model, optimizer = accelerator.prepare(model, optimizer)
     total_steps = config.total_steps
-    scheduler = get_scheduler(
-        "linear",
-        optimizer,
-        num_warmup_steps=config.warmup_steps * config.ppo_epochs,
-        num_training_steps=total_steps * config.ppo_epochs,
-    )
-    accelerator.register_for_checkpointing(scheduler)
+    model, optimizer, scheduler = prepare_with_schedule(
+        accelerator, model, optimizer, "linear", config.warmup_steps * config.ppo_epochs,
+        total_steps * config.ppo_epochs,
+    )  # fmt: skip
     last_step = min(total_steps, config.max_steps) if config.max_steps is not None else total_steps
 
     paths = [prompts_path, policy_path, value_path] + ([eval_prompts_path] if eval_prompts_path else [])
-    fingerprint = fingerprint_of(
-        {"stage": "ppo", "config": dataclasses.asdict(config), "rewards": reward_spec, "world": world,
-         "policy": policy_path, "value": value_path, "eval": eval_prompts_path},
-        paths,
-    )  # fmt: skip
-    store = CheckpointStore(work_dir, fingerprint)
     set_seed(config.seed + 1, device_specific=True)  # sampling: a different stream on every process ...
-    start_step, history = resume_if_possible(store, accelerator, last_step)  # ... restored with the rest on resume
+    store, start_step, history = open_checkpoints(  # ... restored with the rest on resume
+        work_dir, accelerator, last_step, config, paths,
+        stage="ppo", rewards=reward_spec, world=world, policy=policy_path, value=value_path, eval=eval_prompts_path,
+    )  # fmt: skip
 
     controller = kl_controller_of(config)
     early_stop = KLEarlyStop(config.kl_threshold, config.kl_patience, config.kl_patience_consecutive)
@@ -1040,9 +1039,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-prompts", default=None, help="prompts Parquet for greedy evaluation (optional)")
     parser.add_argument("--output", required=True, help="policy directory to write (with the log and summary)")
     parser.add_argument("--value-output", required=True, help="value-model directory to write")
-    parser.add_argument("--work-dir", required=True, help="checkpoint directory (resumed on rerun)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    add_dataclass_arguments(parser, PPOConfig)
+    add_run_arguments(parser, PPOConfig)
 
 
 def reward_spec_of(text: str) -> list[dict]:
@@ -1059,8 +1056,7 @@ def reward_spec_of(text: str) -> list[dict]:
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.threads:  # the job's CPUs, shared by the processes of a multi-process launch
-        torch.set_num_threads(max(1, args.threads // world_size_from_env()))
+    set_threads(args.threads)
     config = dataclass_from_args(PPOConfig, args)
     train_ppo(
         args.prompts,
@@ -1076,12 +1072,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":  # `python -m feedbackflow.rl.ppo ...`, the stage without the cli.py registry
-    _parser = argparse.ArgumentParser(prog="python -m feedbackflow.rl.ppo", description="PPO training")
-    configure(_parser)
-    _args = _parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        main(_args)
-    except (DataError, ConfigError) as error:
-        log.error("%s", error)
-        sys.exit(f"error: {error}")
+    run_as_module("python -m feedbackflow.rl.ppo", "PPO training", configure, main, log)

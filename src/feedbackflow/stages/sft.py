@@ -1,4 +1,4 @@
-"""Supervised fine-tuning of the qa-feedback policy (SPEC section 1: "SFT on 1K examples first"), on accelerate.
+"""Supervised fine-tuning of the qa-feedback policy (Wu et al. 2023: SFT on 1K examples first), on accelerate.
 
 Follows the paper's `sft/run_sft.py` (allenai/FineGrainedRLHF; a copy of transformers' run_summarization.py run by
 `tasks/qa_feedback/training/train_sft.sh`: t5-large, 10 epochs, 2 GPUs x 2 = batch 4, bf16, evaluation and save every
@@ -33,7 +33,7 @@ epoch, greedy generation of at most 200 tokens, `load_best_model_at_end` with `m
   mean over dev examples (the paper's `evaluate` rouge reported the median of bootstrap means, which is close to it);
   sentences are split by `feedbackflow.text.segmentation` (spaCy) instead of nltk punkt (see `text_metrics`).
 
-Checkpoints go to `--work-dir` (`training_loop`); a checkpoint is also saved after every evaluation, so that the best
+Checkpoints go to `--work-dir` (`core.training`); a checkpoint is also saved after every evaluation, so that the best
 model so far (`best-<step>/` in the work dir) always belongs to the run being resumed. SIGTERM saves a checkpoint and
 exits 143. The output directory (written atomically) holds the best model (`save_pretrained` + tokenizer),
 `training_log.parquet` (SFT_TRAINING_LOG: per step loss and learning rate, per evaluation rougeLsum, exact match and the
@@ -49,33 +49,34 @@ import dataclasses
 import logging
 import math
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import gather_object
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     PreTrainedTokenizerBase,
-    get_scheduler,
 )
 
-from feedbackflow.core.checkpoints import CheckpointStore, StopSignal, fingerprint_of
+from feedbackflow.core.checkpoints import StopSignal
 from feedbackflow.core.formats import QA_PROMPTS, SFT_TRAINING_LOG, atomic_directory, read_table, write_json, write_rows
-from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
+from feedbackflow.core.optim import EpochTrainingConfig, prepare_adamw
+from feedbackflow.core.stage_args import dataclass_from_args
 from feedbackflow.core.training import (
+    add_run_arguments,
     backward_micro_batch,
     checkpoint_after_step,
-    prepare_accelerator,
-    resume_if_possible,
+    open_checkpoints,
+    run_as_module,
+    set_threads,
+    start_accelerator,
     steps_to_train,
-    world_size_from_env,
 )
 from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.text.metrics import SentenceSplitter, default_sentence_splitter, exact_match, rouge_lsum
@@ -90,18 +91,15 @@ SELECTION_METRICS = ("rouge_lsum", "exact_match")
 
 
 @dataclass
-class SFTConfig:
-    """Hyperparameters of one SFT run (defaults: the paper's qa-feedback SFT, except precision; see the module doc)."""
+class SFTConfig(EpochTrainingConfig):
+    """Hyperparameters of one SFT run (defaults: the paper's qa-feedback SFT, except precision; see the module doc).
+    Seed, AdamW, schedule, clipping, precision and checkpoint fields: `core.optim.EpochTrainingConfig`."""
 
-    seed: int = 42
     num_epochs: int = 10
     batch_size: int = field(default=4, metadata={"help": "examples per optimiser step, all processes"})
     micro_batch_size: int = field(default=2, metadata={"help": "examples per forward pass on one process"})
     learning_rate: float = 5e-5
-    weight_decay: float = 0.0
-    lr_scheduler: str = field(default="linear", metadata={"help": "transformers scheduler name"})
     warmup_ratio: float = field(default=0.0, metadata={"help": "warm-up steps: ceil(ratio x all steps)"})
-    max_grad_norm: float = 1.0
     max_input_length: int = field(
         default=1024, metadata={"help": "input tokens (seq2seq: prompt + eos; causal: bos + prompt)"}
     )
@@ -121,8 +119,6 @@ class SFTConfig:
     selection_metric: str = field(
         default="rouge_lsum", metadata={"help": "dev score the output model is chosen by: rouge_lsum or exact_match"}
     )
-    max_steps: int | None = field(default=None, metadata={"help": "stop after this many steps (all epochs)"})
-    checkpoint_every: int = 100
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (the paper: bf16)"})
     gradient_checkpointing: bool = False
 
@@ -471,11 +467,8 @@ def train_sft(
         raise ConfigError(f"no dev examples in {dev_paths}")
     split_sentences = split_sentences or default_sentence_splitter()
     micro = config.micro_batch_size
-    accelerator, accumulation = prepare_accelerator(
-        config.batch_size, micro, config.mixed_precision, config.max_grad_norm
-    )
+    accelerator, accumulation = start_accelerator(config)
     world = accelerator.num_processes
-    set_seed(config.seed)
 
     model, tokenizer, is_seq2seq = load_policy(model_name_or_path)
     if config.gradient_checkpointing:
@@ -493,24 +486,12 @@ def train_sft(
     steps_per_epoch = plan.steps_per_epoch
     total_steps = steps_to_train(steps_per_epoch, config.num_epochs, config.max_steps)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    schedule_steps = steps_per_epoch * config.num_epochs  # built after prepare (see rrhf_training)
-    scheduler = get_scheduler(
-        config.lr_scheduler,
-        optimizer,
-        num_warmup_steps=math.ceil(config.warmup_ratio * schedule_steps),
-        num_training_steps=schedule_steps,
-    )
-    accelerator.register_for_checkpointing(scheduler)
-
-    fingerprint = fingerprint_of(
-        {"stage": "sft", "config": dataclasses.asdict(config), "model": model_name_or_path, "world": world,
-         "splitter": splitter_name(split_sentences)},
-        [*train_paths, *dev_paths, model_name_or_path],
+    # the schedule spans every epoch; max_steps only stops the run early
+    model, optimizer, scheduler = prepare_adamw(accelerator, model, config, steps_per_epoch * config.num_epochs)
+    store, start_step, history = open_checkpoints(
+        work_dir, accelerator, total_steps, config, [*train_paths, *dev_paths, model_name_or_path],
+        stage="sft", model=model_name_or_path, world=world, splitter=splitter_name(split_sentences),
     )  # fmt: skip
-    store = CheckpointStore(work_dir, fingerprint)
-    start_step, history = resume_if_possible(store, accelerator, total_steps)
     metric = config.selection_metric
     previous_best = best_evaluation(history, metric)
     prune_best_dirs(accelerator, work_dir, previous_best["step"] if previous_best else None)
@@ -605,25 +586,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dev", nargs="+", required=True, help="qa-prompts Parquet files for model selection")
     parser.add_argument("--model", required=True, help="seq2seq or causal LM directory or hub id")
     parser.add_argument("--output", required=True, help="model directory to write (the best checkpoint)")
-    parser.add_argument("--work-dir", required=True, help="checkpoint directory (resumed on rerun)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    add_dataclass_arguments(parser, SFTConfig)
+    add_run_arguments(parser, SFTConfig)
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.threads:
-        torch.set_num_threads(max(1, args.threads // world_size_from_env()))
+    set_threads(args.threads)
     config = dataclass_from_args(SFTConfig, args)
     train_sft(args.train, args.dev, args.model, args.output, args.work_dir, config)
 
 
 if __name__ == "__main__":  # `python -m feedbackflow.stages.sft ...`, the stage without the cli.py registry
-    _parser = argparse.ArgumentParser(prog="python -m feedbackflow.stages.sft", description="supervised fine-tuning")
-    configure(_parser)
-    _args = _parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        main(_args)
-    except (DataError, ConfigError) as error:
-        log.error("%s", error)
-        sys.exit(f"error: {error}")
+    run_as_module("python -m feedbackflow.stages.sft", "supervised fine-tuning", configure, main, log)

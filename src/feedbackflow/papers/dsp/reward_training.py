@@ -1,4 +1,4 @@
-"""Reward-model training for DSP's GRFT and CRFT stages (SPEC section 4), on accelerate.
+"""Reward-model training for DSP's GRFT and CRFT stages (Cheng et al. 2023), on accelerate.
 
 One optimiser step sees `batch_size` preference lists (global, over all processes). Its loss is the ranking loss
 averaged over every ordered pair with different scores in that global batch, plus `lm_loss_coeff` times the mean
@@ -15,20 +15,20 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from accelerate.utils import set_seed
-from transformers import get_scheduler
 
 from feedbackflow.core.batches import PreferenceBatchPlan, pad_scores
-from feedbackflow.core.checkpoints import CheckpointStore, StopSignal, fingerprint_of
+from feedbackflow.core.checkpoints import StopSignal
 from feedbackflow.core.formats import PREFERENCE_LISTS, TRAINING_LOG, atomic_directory, read_table, write_rows
-from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
+from feedbackflow.core.optim import EpochTrainingConfig, prepare_adamw
+from feedbackflow.core.stage_args import dataclass_from_args
 from feedbackflow.core.training import (
+    add_run_arguments,
     backward_micro_batch,
     checkpoint_after_step,
-    prepare_accelerator,
-    resume_if_possible,
+    open_checkpoints,
+    set_threads,
+    start_accelerator,
     steps_to_train,
-    world_size_from_env,
 )
 from feedbackflow.errors import ConfigError
 from feedbackflow.losses.reward import (
@@ -44,25 +44,18 @@ log = logging.getLogger("feedbackflow.papers.dsp.reward_training")
 
 
 @dataclass
-class RewardTrainingConfig:
-    """Hyperparameters of one reward-model training run (GRFT or CRFT)."""
+class RewardTrainingConfig(EpochTrainingConfig):
+    """Hyperparameters of one reward-model training run (GRFT or CRFT). Seed, AdamW, schedule, clipping, precision
+    and checkpoint fields: `core.optim.EpochTrainingConfig`; the warm-up is a step count."""
 
-    seed: int = 42
     pooling: str = field(default="last", metadata={"help": f"one of {POOLINGS}"})
     max_length: int = field(default=512, metadata={"help": "tokens per text, bos and eos included"})
-    num_epochs: int = 1
     batch_size: int = field(default=64, metadata={"help": "preference lists per optimiser step, all processes"})
     micro_batch_size: int = field(default=8, metadata={"help": "lists per forward pass on one process"})
     learning_rate: float = 1e-6
-    weight_decay: float = 0.0
-    lr_scheduler: str = field(default="linear", metadata={"help": "transformers scheduler name"})
     warmup_steps: int = 0
-    max_grad_norm: float = 1.0
     lm_loss_coeff: float = 0.0
     lm_score_threshold: float = 0.85
-    max_steps: int | None = field(default=None, metadata={"help": "stop after this many steps (all epochs)"})
-    checkpoint_every: int = 100
-    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
     gradient_checkpointing: bool = False
 
 
@@ -122,11 +115,8 @@ def train_reward_model(
 ) -> None:
     """Train a reward model from a causal LM or a reward-model directory and save it to `output_dir`."""
     micro_per_process = config.micro_batch_size
-    accelerator, accumulation = prepare_accelerator(
-        config.batch_size, micro_per_process, config.mixed_precision, config.max_grad_norm
-    )
+    accelerator, accumulation = start_accelerator(config)
     world = accelerator.num_processes
-    set_seed(config.seed)
 
     texts, scores = load_preference_lists(train_paths)
     model, tokenizer = load_reward_model(model_name_or_path, pooling=config.pooling, seed=config.seed)
@@ -144,27 +134,12 @@ def train_reward_model(
     plan = PreferenceBatchPlan(token_ids, scores, steps_per_epoch)
     total_steps = steps_to_train(steps_per_epoch, config.num_epochs, config.max_steps)
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    # The scheduler is built on the prepared optimizer: under ZeRO offload DeepSpeed swaps in its own CPU Adam, and
-    # after a resume its param groups are new objects; a scheduler on the original optimizer would stop moving the lr.
-    scheduler = get_scheduler(
-        config.lr_scheduler,
-        optimizer,
-        num_warmup_steps=config.warmup_steps,
-        num_training_steps=steps_per_epoch * config.num_epochs,
-    )
-    accelerator.register_for_checkpointing(scheduler)
-
-    store = CheckpointStore(
-        work_dir,
-        fingerprint_of(
-            {"config": dataclasses.asdict(config), "model": model_name_or_path, "world": world},
-            [*train_paths, model_name_or_path],
-        ),
-    )
-    start_step, history = resume_if_possible(store, accelerator, total_steps)
+    # the schedule spans every epoch; max_steps only stops the run early
+    model, optimizer, scheduler = prepare_adamw(accelerator, model, config, steps_per_epoch * config.num_epochs)
+    store, start_step, history = open_checkpoints(
+        work_dir, accelerator, total_steps, config, [*train_paths, model_name_or_path],
+        model=model_name_or_path, world=world,
+    )  # fmt: skip
     if start_step == 0:
         log.info("training from %s: %d lists, %d steps", model_name_or_path, len(scores), total_steps)
 
@@ -219,13 +194,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", nargs="+", required=True, help="preference-lists Parquet files")
     parser.add_argument("--model", required=True, help="causal LM or reward-model directory, or hub id")
     parser.add_argument("--output", required=True, help="reward-model directory to write")
-    parser.add_argument("--work-dir", required=True, help="checkpoint directory (resumed on rerun)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    add_dataclass_arguments(parser, RewardTrainingConfig)
+    add_run_arguments(parser, RewardTrainingConfig)
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.threads:  # the job's CPUs, shared by the processes of a multi-process launch
-        torch.set_num_threads(max(1, args.threads // world_size_from_env()))
+    set_threads(args.threads)
     config = dataclass_from_args(RewardTrainingConfig, args)
     train_reward_model(args.train, args.model, args.output, args.work_dir, config)

@@ -1,4 +1,4 @@
-"""OPT-RM (SPEC section 3, Scheurer et al. 2023): a causal LM trained to answer " Yes" / " No" to "Is the above an
+"""OPT-RM (Scheurer et al. 2023): a causal LM trained to answer " Yes" / " No" to "Is the above an
 excellent summary ...?", its held-out accuracy, P(Yes) scores of samples, and best-of-n selection.
 
 Training data: SLF5K_COMPARISONS rows. Each pair gives two examples: `ilf_prompts.opt_rm_prompt(title, post,
@@ -19,12 +19,12 @@ shuffled per epoch from the seed, independently of their pair; an incomplete las
   with no post token at all is the rest LEFT-truncated (title first), so the question and "Answer:" always stay
   next to the answer. Both counts are logged and written.
 - Score: `yes_probability` = P(Yes) / (P(Yes) + P(No)) at the answer position (normalised over the two answers, as
-  InstructRM's score in SPEC section 3). The paper's accuracy rule is P(Yes | preferred) > P(Yes | other); we apply
-  it to this normalised P(Yes); the unnormalised P(Yes) (`accuracy_unnormalised`) is reported beside it. A tie
-  counts 1/2 (`pair_accuracy`).
+  InstructRM's score in `papers.ilf.instruct_rm`). The paper's accuracy rule is P(Yes | preferred) > P(Yes | other);
+  we apply it to this normalised P(Yes); the unnormalised P(Yes) (`accuracy_unnormalised`) is reported beside it. A
+  tie counts 1/2 (`pair_accuracy`).
 
 Stages:
-- `train-opt-rm`: accelerate loop (training_loop, checkpoints in --work-dir, resume on rerun, SIGTERM saves and exits
+- `train-opt-rm`: accelerate loop (core.training, checkpoints in --work-dir, resume on rerun, SIGTERM saves and exits
   143); with --dev comparisons, the pair accuracy after every epoch (and the last step). Output (atomic): a causal-LM
   directory (save_pretrained + tokenizer), `opt_rm.json` (answer token ids, the prompt template, the length rule,
   training figures and dev evaluations) and `training_log.parquet` (TRAINING_LOG; `loss` = the answer loss).
@@ -49,7 +49,6 @@ import inspect
 import logging
 import math
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,10 +56,10 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
-from accelerate.utils import extract_model_from_parallel, gather_object, set_seed
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, get_scheduler
+from accelerate.utils import extract_model_from_parallel, gather_object
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from feedbackflow.core.checkpoints import CheckpointStore, StopSignal, fingerprint_of
+from feedbackflow.core.checkpoints import StopSignal
 from feedbackflow.core.formats import (
     SAMPLES,
     SCORED_SAMPLES,
@@ -76,12 +75,15 @@ from feedbackflow.core.formats import (
     write_table,
 )
 from feedbackflow.core.inference import load_for_inference
+from feedbackflow.core.optim import EpochTrainingConfig, prepare_adamw
 from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
 from feedbackflow.core.training import (
+    add_run_arguments,
     backward_micro_batch,
     checkpoint_after_step,
-    prepare_accelerator,
-    resume_if_possible,
+    open_checkpoints,
+    run_as_module,
+    start_accelerator,
     steps_to_train,
     world_size_from_env,
 )
@@ -100,26 +102,18 @@ PAPER_ACCURACY = {"5K": 0.734, "1K": 0.672, "100": 0.534}  # Scheurer et al. 202
 
 
 @dataclass
-class OptRMTrainingConfig:
-    """Hyperparameters of one OPT-RM run. SPEC gives only the method; these are ordinary fine-tuning settings for an
-    OPT-1.3B-sized model (lr 1e-5, 1 epoch, 32 examples a step, short warm-up, no weight decay)."""
+class OptRMTrainingConfig(EpochTrainingConfig):
+    """Hyperparameters of one OPT-RM run. The paper (Scheurer et al. 2023) gives only the method; these are ordinary
+    fine-tuning settings for an OPT-1.3B-sized model (lr 1e-5, 1 epoch, 32 examples a step, short warm-up, no weight
+    decay). Seed, AdamW, schedule, clipping, precision and checkpoint fields: `core.optim.EpochTrainingConfig`."""
 
-    seed: int = 42
     max_input_length: int = field(
         default=1024, metadata={"help": "tokens of bos + prompt; the post is cut from its end to fit"}
     )
-    num_epochs: int = 1
     batch_size: int = field(default=32, metadata={"help": "examples (summaries) per optimiser step, all processes"})
-    micro_batch_size: int = field(default=8, metadata={"help": "examples per forward pass on one process"})
     learning_rate: float = 1e-5
-    weight_decay: float = 0.0
-    lr_scheduler: str = field(default="linear", metadata={"help": "transformers scheduler name"})
     warmup_ratio: float = field(default=0.03, metadata={"help": "warm-up steps: ceil(ratio x all steps)"})
-    max_grad_norm: float = 1.0
-    max_steps: int | None = field(default=None, metadata={"help": "stop after this many steps (all epochs)"})
     eval_batch_size: int = field(default=32, metadata={"help": "dev examples per forward pass on one process"})
-    checkpoint_every: int = 100
-    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
     gradient_checkpointing: bool = False
 
     def validate(self) -> None:
@@ -469,11 +463,8 @@ def train_opt_rm(
     if not len(train_data):
         raise DataError(", ".join(map(str, train_paths)), None, None, "no comparisons to train on")
     micro = config.micro_batch_size
-    accelerator, accumulation = prepare_accelerator(
-        config.batch_size, micro, config.mixed_precision, config.max_grad_norm
-    )
+    accelerator, accumulation = start_accelerator(config)
     world = accelerator.num_processes
-    set_seed(config.seed)
 
     model, tokenizer = load_causal_lm(model_name_or_path)
     yes_id, no_id = answer_token_ids(tokenizer)
@@ -493,25 +484,13 @@ def train_opt_rm(
     steps_per_epoch = plan.steps_per_epoch
     total_steps = steps_to_train(steps_per_epoch, config.num_epochs, config.max_steps)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    schedule_steps = steps_per_epoch * config.num_epochs  # built after prepare (see rrhf_training)
-    scheduler = get_scheduler(
-        config.lr_scheduler,
-        optimizer,
-        num_warmup_steps=math.ceil(config.warmup_ratio * schedule_steps),
-        num_training_steps=schedule_steps,
-    )
-    accelerator.register_for_checkpointing(scheduler)
-
-    store = CheckpointStore(
-        work_dir,
-        fingerprint_of(
-            {"stage": "opt-rm", "config": dataclasses.asdict(config), "model": model_name_or_path, "world": world},
-            [*map(str, train_paths), *map(str, dev_paths), model_name_or_path],
-        ),
-    )
-    start_step, history = resume_if_possible(store, accelerator, total_steps)
+    # the schedule spans every epoch; max_steps only stops the run early
+    model, optimizer, scheduler = prepare_adamw(accelerator, model, config, steps_per_epoch * config.num_epochs)
+    store, start_step, history = open_checkpoints(
+        work_dir, accelerator, total_steps, config,
+        [*map(str, train_paths), *map(str, dev_paths), model_name_or_path],
+        stage="opt-rm", model=model_name_or_path, world=world,
+    )  # fmt: skip
     if start_step == 0:
         log.info(
             "OPT-RM from %s: %d pairs (%d examples), %d steps; answers ' Yes' = %d, ' No' = %d",
@@ -813,9 +792,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dev", nargs="*", default=None, help="SLF5K_COMPARISONS for the per-epoch accuracy")
     parser.add_argument("--model", required=True, help="causal LM directory or hub id (e.g. facebook/opt-1.3b)")
     parser.add_argument("--output", required=True, help="model directory to write")
-    parser.add_argument("--work-dir", required=True, help="checkpoint directory (resumed on rerun)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    add_dataclass_arguments(parser, OptRMTrainingConfig)
+    add_run_arguments(parser, OptRMTrainingConfig)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -868,12 +845,4 @@ def main_best_of_n(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":  # `python -m feedbackflow.papers.ilf.opt_rm ...`: training without cli.py
-    _parser = argparse.ArgumentParser(prog="python -m feedbackflow.papers.ilf.opt_rm", description="OPT-RM training")
-    configure(_parser)
-    _args = _parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        main(_args)
-    except (DataError, ConfigError) as error:
-        log.error("%s", error)
-        sys.exit(f"error: {error}")
+    run_as_module("python -m feedbackflow.papers.ilf.opt_rm", "OPT-RM training", configure, main, log)

@@ -1,4 +1,4 @@
-"""RRHF fine-tuning of a causal LM on ranked responses (SPEC section 2), on accelerate.
+"""RRHF fine-tuning of a causal LM on ranked responses (Yuan et al. 2023), on accelerate.
 
 Input: RANKED_RESPONSES Parquet (one row per query: `query`, `responses`, `scores`). Every response becomes the
 sequence bos + query ids + response ids + eos (bos only when the tokenizer has one; query and response are tokenised
@@ -43,16 +43,15 @@ import argparse
 import dataclasses
 import logging
 import math
-import sys
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from accelerate.utils import extract_model_from_parallel, set_seed
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, get_scheduler
+from accelerate.utils import extract_model_from_parallel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from feedbackflow.core.batches import PreferenceBatchPlan, pad_scores
-from feedbackflow.core.checkpoints import CheckpointStore, StopSignal, fingerprint_of
+from feedbackflow.core.checkpoints import StopSignal
 from feedbackflow.core.formats import (
     RANKED_RESPONSES,
     TRAINING_LOG,
@@ -61,14 +60,17 @@ from feedbackflow.core.formats import (
     write_json,
     write_rows,
 )
-from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
+from feedbackflow.core.optim import EpochTrainingConfig, prepare_adamw
+from feedbackflow.core.stage_args import dataclass_from_args
 from feedbackflow.core.training import (
+    add_run_arguments,
     backward_micro_batch,
     checkpoint_after_step,
-    prepare_accelerator,
-    resume_if_possible,
+    open_checkpoints,
+    run_as_module,
+    set_threads,
+    start_accelerator,
     steps_to_train,
-    world_size_from_env,
 )
 from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.losses.rrhf import (
@@ -88,10 +90,10 @@ META_FILE = "rrhf_training.json"
 
 
 @dataclass
-class RRHFTrainingConfig:
-    """Hyperparameters of one RRHF run (defaults: SPEC section 2's paper scale, except precision)."""
+class RRHFTrainingConfig(EpochTrainingConfig):
+    """Hyperparameters of one RRHF run (defaults: the paper's scale, Yuan et al. 2023, except precision). Seed,
+    AdamW, schedule, clipping, precision and checkpoint fields: `core.optim.EpochTrainingConfig`."""
 
-    seed: int = 42
     max_length: int = field(
         default=192, metadata={"help": "tokens per sequence (bos, prompt, response, eos); see min_prompt_tokens"}
     )
@@ -103,15 +105,10 @@ class RRHFTrainingConfig:
     batch_size: int = field(default=64, metadata={"help": "queries per optimiser step, all processes"})
     micro_batch_size: int = field(default=1, metadata={"help": "queries per forward pass on one process"})
     learning_rate: float = 2e-5
-    weight_decay: float = 0.0
     lr_scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler name"})
     warmup_ratio: float = field(default=0.03, metadata={"help": "warm-up steps: ceil(ratio x all steps)"})
     rrhf_weight: float = 1.0
     length_penalty: float = 1.0
-    max_grad_norm: float = 1.0
-    max_steps: int | None = field(default=None, metadata={"help": "stop after this many steps (all epochs)"})
-    checkpoint_every: int = 100
-    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -455,11 +452,8 @@ def train_rrhf(
     """Fine-tune a causal LM with the RRHF loss on ranked responses and save it to `output_dir`."""
     micro_per_process = config.micro_batch_size
     data = load_ranked_responses(train_paths, min_responses=1 if config.rrhf_weight == 0 else 2)  # fails early
-    accelerator, accumulation = prepare_accelerator(
-        config.batch_size, micro_per_process, config.mixed_precision, config.max_grad_norm
-    )
+    accelerator, accumulation = start_accelerator(config)
     world = accelerator.num_processes
-    set_seed(config.seed)
 
     model, tokenizer = load_policy(model_name_or_path)
     if config.gradient_checkpointing:
@@ -477,27 +471,12 @@ def train_rrhf(
     steps_per_epoch = plan.steps_per_epoch
     total_steps = steps_to_train(steps_per_epoch, config.num_epochs, config.max_steps)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    # Built on the prepared optimizer (see reward_training): DeepSpeed may swap in its own, and a resume re-creates
-    # the param groups.
-    schedule_steps = steps_per_epoch * config.num_epochs
-    scheduler = get_scheduler(
-        config.lr_scheduler,
-        optimizer,
-        num_warmup_steps=math.ceil(config.warmup_ratio * schedule_steps),
-        num_training_steps=schedule_steps,
-    )
-    accelerator.register_for_checkpointing(scheduler)
-
-    store = CheckpointStore(
-        work_dir,
-        fingerprint_of(
-            {"stage": "rrhf", "config": dataclasses.asdict(config), "model": model_name_or_path, "world": world},
-            [*train_paths, model_name_or_path],
-        ),
-    )
-    start_step, history = resume_if_possible(store, accelerator, total_steps)
+    # the schedule spans every epoch; max_steps only stops the run early
+    model, optimizer, scheduler = prepare_adamw(accelerator, model, config, steps_per_epoch * config.num_epochs)
+    store, start_step, history = open_checkpoints(
+        work_dir, accelerator, total_steps, config, [*train_paths, model_name_or_path],
+        stage="rrhf", model=model_name_or_path, world=world,
+    )  # fmt: skip
     if start_step == 0:
         log.info("training from %s: %d queries, %d steps", model_name_or_path, len(plan.token_ids), total_steps)
 
@@ -567,25 +546,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", nargs="+", required=True, help="ranked-responses Parquet files")
     parser.add_argument("--model", required=True, help="causal LM directory or hub id (the policy to fine-tune)")
     parser.add_argument("--output", required=True, help="model directory to write")
-    parser.add_argument("--work-dir", required=True, help="checkpoint directory (resumed on rerun)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    add_dataclass_arguments(parser, RRHFTrainingConfig)
+    add_run_arguments(parser, RRHFTrainingConfig)
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.threads:  # the job's CPUs, shared by the processes of a multi-process launch
-        torch.set_num_threads(max(1, args.threads // world_size_from_env()))
+    set_threads(args.threads)
     config = dataclass_from_args(RRHFTrainingConfig, args)
     train_rrhf(args.train, args.model, args.output, args.work_dir, config)
 
 
 if __name__ == "__main__":  # `python -m feedbackflow.papers.rrhf.training ...`, the stage without the cli.py registry
-    _parser = argparse.ArgumentParser(prog="python -m feedbackflow.papers.rrhf.training", description="RRHF")
-    configure(_parser)
-    _args = _parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        main(_args)
-    except (DataError, ConfigError) as error:
-        log.error("%s", error)
-        sys.exit(f"error: {error}")
+    run_as_module("python -m feedbackflow.papers.rrhf.training", "RRHF", configure, main, log)

@@ -1,4 +1,4 @@
-"""Training of the Fine-Grained RLHF reward models (SPEC section 1), and their reward mean/std.
+"""Training of the Fine-Grained RLHF reward models (Wu et al. 2023), and their reward mean/std.
 
 - `--kind token` (R1, R2): SEGMENT_LABELS Parquet -> token classifier; cross-entropy on the separator tokens only
   (every other token is ignored, -100), averaged over the labelled separators of the global batch.
@@ -6,7 +6,7 @@
   classifier; the pairwise loss -mean log sigmoid(s_preferred - s_other) over the global batch's pairs (ties carry
   no pair and are dropped by the converter).
 
-The loop is the project's shared accelerate loop (`training_loop`): global batches independent of micro-batch size
+The loop is the project's shared accelerate loop (`core.training`): global batches independent of micro-batch size
 and process count, checkpoints in `--work-dir`, resume on rerun, SIGTERM saves and exits 143. With `--eval` the
 model is scored on a held-out file after training: token accuracy and error F1 over labelled separators, or pair
 accuracy; the figures go into `fg_reward_model.json` in the output directory.
@@ -22,16 +22,13 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import random
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from accelerate.utils import set_seed
-from transformers import get_scheduler
 
-from feedbackflow.core.checkpoints import CheckpointStore, StopSignal, fingerprint_of
+from feedbackflow.core.checkpoints import StopSignal
 from feedbackflow.core.formats import (
     PREFERENCE_LISTS,
     SEGMENT_LABELS,
@@ -42,12 +39,14 @@ from feedbackflow.core.formats import (
     write_rows,
 )
 from feedbackflow.core.inference import INFERENCE_DTYPES
-from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
+from feedbackflow.core.optim import EpochTrainingConfig, prepare_adamw
+from feedbackflow.core.stage_args import dataclass_from_args
 from feedbackflow.core.training import (
+    add_run_arguments,
     backward_micro_batch,
     checkpoint_after_step,
-    prepare_accelerator,
-    resume_if_possible,
+    open_checkpoints,
+    start_accelerator,
     steps_to_train,
 )
 from feedbackflow.errors import ConfigError, DataError
@@ -70,24 +69,20 @@ IGNORE = -100
 
 
 @dataclass
-class FGRewardTrainingConfig:
-    """Hyperparameters of one R1 / R2 / R3 / preference reward-model run."""
+class FGRewardTrainingConfig(EpochTrainingConfig):
+    """Hyperparameters of one R1 / R2 / R3 / preference reward-model run. Seed, AdamW, schedule, clipping,
+    precision and checkpoint fields: `core.optim.EpochTrainingConfig` (no gradient checkpointing here).
+
+    Unlike the other trainers, the schedule (and its warm-up ratio) spans the steps actually run: `max_steps`
+    shortens it."""
 
     kind: str = field(default="token", metadata={"help": "token (R1, R2) or sequence (R3, preference)"})
-    seed: int = 42
     max_length: int = field(default=2048, metadata={"help": "tokens per input, special tokens included"})
     separator: str = field(default=DEFAULT_SEPARATOR, metadata={"help": "token before each segment (token kind)"})
-    num_epochs: int = 1
     batch_size: int = field(default=24, metadata={"help": "examples (token) or pairs (sequence) per step, global"})
-    micro_batch_size: int = field(default=8, metadata={"help": "examples per forward pass on one process"})
     learning_rate: float = 5e-6
     weight_decay: float = 0.01
-    lr_scheduler: str = field(default="linear", metadata={"help": "transformers scheduler name"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of all steps spent warming up"})
-    max_grad_norm: float = 1.0
-    max_steps: int | None = field(default=None, metadata={"help": "stop after this many steps (all epochs)"})
-    checkpoint_every: int = 100
-    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
     eval_batch_size: int = 32
 
     def __post_init__(self) -> None:
@@ -213,11 +208,8 @@ def train_fg_reward_model(
     eval_path: str | None = None,
 ) -> dict:
     """Train an R1/R2 (token) or R3/preference (sequence) reward model; returns the saved metadata."""
-    accelerator, accumulation = prepare_accelerator(
-        config.batch_size, config.micro_batch_size, config.mixed_precision, config.max_grad_norm
-    )
+    accelerator, accumulation = start_accelerator(config)
     world = accelerator.num_processes
-    set_seed(config.seed)
     model, tokenizer = load_fg_reward_model(model_path, config.kind)
     if config.kind == "token":  # local attention only: the global projections are unused (see the function)
         frozen = freeze_global_attention(model)
@@ -231,23 +223,10 @@ def train_fg_reward_model(
     data = Examples(items, steps_per_epoch)
     total_steps = steps_to_train(steps_per_epoch, config.num_epochs, config.max_steps)
 
-    trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=config.learning_rate, weight_decay=config.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    scheduler = get_scheduler(
-        config.lr_scheduler,
-        optimizer,
-        num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
+    model, optimizer, scheduler = prepare_adamw(accelerator, model, config, total_steps)  # the steps run (see above)
+    store, start_step, history = open_checkpoints(
+        work_dir, accelerator, total_steps, config, [train_path, model_path], model=model_path, world=world
     )
-    accelerator.register_for_checkpointing(scheduler)
-    store = CheckpointStore(
-        work_dir,
-        fingerprint_of(
-            {"config": dataclasses.asdict(config), "model": model_path, "world": world}, [train_path, model_path]
-        ),
-    )
-    start_step, history = resume_if_possible(store, accelerator, total_steps)
     if start_step == 0:
         log.info(
             "training a %s reward model from %s: %d examples, %d steps",
@@ -374,9 +353,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval", default=None, help="held-out file of the same kind (optional)")
     parser.add_argument("--model", required=True, help="base encoder (hub id or directory), e.g. longformer")
     parser.add_argument("--output", required=True, help="model directory to write")
-    parser.add_argument("--work-dir", required=True, help="checkpoints (resumed on rerun)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    add_dataclass_arguments(parser, FGRewardTrainingConfig)
+    add_run_arguments(parser, FGRewardTrainingConfig)
 
 
 def main(args: argparse.Namespace) -> None:
