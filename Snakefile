@@ -37,6 +37,7 @@ include: "workflow/rules/tiny.smk"
 include: "workflow/rules/data.smk"
 if "dsp" in config:
 
+    include: "workflow/rules/dsp_helpers.smk"
     include: "workflow/rules/reward.smk"
     include: "workflow/rules/evaluate.smk"
     include: "workflow/rules/report.smk"
@@ -44,21 +45,25 @@ if "dsp" in config:
 
 if "rrhf" in config:
 
+    include: "workflow/rules/rrhf_helpers.smk"
     include: "workflow/rules/rrhf.smk"
 
 
 if "qa_feedback" in config:
 
+    include: "workflow/rules/qa_feedback_helpers.smk"
     include: "workflow/rules/qa_feedback.smk"
 
 
 if "detox" in config:
 
+    include: "workflow/rules/detox_helpers.smk"
     include: "workflow/rules/detox.smk"
 
 
 if "ilf" in config:
 
+    include: "workflow/rules/ilf_helpers.smk"
     include: "workflow/rules/ilf.smk"
 
 
@@ -66,16 +71,6 @@ if "ilf" in config:
 # the reports (each module names its own). Training, sampling, scoring and evaluation go to a cluster executor.
 localrules:
     all,
-    make_synthetic_data,
-    build_tiny_models,
-    make_synthetic_qa_feedback,
-    build_tiny_qa_model,
-    make_synthetic_rtp,
-    build_tiny_detox_model,
-    make_synthetic_slf5k,
-    build_tiny_ilf_model,
-    convert_preferences,
-    convert_dsp_domain,
 
 
 rule all:

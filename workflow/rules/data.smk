@@ -1,6 +1,12 @@
 # Conversion of raw preference files (DSP JSON, Anthropic HH JSONL, text-score JSON) to preference-lists Parquet.
 
 
+# Quick CPU-only jobs: they run where Snakemake runs.
+localrules:
+    convert_preferences,
+    convert_dsp_domain,
+
+
 rule convert_preferences:
     input:
         lambda wildcards: config["datasets"][wildcards.dataset]["path"],

@@ -55,12 +55,7 @@ rule train_detox_lm:
         directory(f"{DETOX}/models/{{detox_lm}}"),
     params:
         model=lambda wildcards, input: input.model or detox_lm_section(wildcards.detox_lm)["base_model"],
-        hparams=lambda wildcards: hparams(
-            {
-                "seed": config["seed"],
-                **{k: v for k, v in detox_lm_section(wildcards.detox_lm).items() if k != "base_model"},
-            }
-        ),
+        hparams=lambda wildcards: seeded_hparams(detox_lm_section(wildcards.detox_lm), drop=("base_model",)),
         work_dir=lambda wildcards: f"{RESULTS}/work/detox/{wildcards.detox_lm}",
         accelerate_config=config.get("accelerate_config"),
     threads: job_threads("training")
@@ -71,10 +66,7 @@ rule train_detox_lm:
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "exec python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
-        "--accelerate-config {params.accelerate_config:q} -- train-sft --train {input.train:q} --dev {input.dev:q} "
-        "--model {params.model:q} --output {output:q} --work-dir {params.work_dir:q} --threads {threads} "
-        "--hparams {params.hparams:q} > {log:q} 2>&1"
+        launch_train_sft()
 
 
 rule train_detox_ppo:
@@ -89,13 +81,7 @@ rule train_detox_ppo:
         policy=model_argument(detox_policy_model("initial"), name="policy"),
         value=model_argument(detox_value_model(), name="value"),
         rewards=lambda wildcards: canonical_json(detox_reward_spec(wildcards.detox_variant)),
-        hparams=lambda wildcards: hparams(
-            {
-                "seed": config["seed"],
-                **config["detox"]["ppo"]["common"],
-                **config["detox"]["ppo"][wildcards.detox_variant],
-            }
-        ),
+        hparams=lambda wildcards: ppo_hparams(config["detox"], wildcards.detox_variant),
         work_dir=lambda wildcards: f"{RESULTS}/work/detox/{wildcards.detox_variant}",
         accelerate_config=config.get("accelerate_config"),
     threads: job_threads("training")
@@ -106,11 +92,7 @@ rule train_detox_ppo:
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "exec python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
-        "--accelerate-config {params.accelerate_config:q} -- train-ppo --prompts {input.prompts:q} "
-        "--policy {params.policy:q} --value-model {params.value:q} --reward-spec {params.rewards:q} "
-        "--output {output.policy:q} --value-output {output.value:q} --work-dir {params.work_dir:q} "
-        "--threads {threads} --hparams {params.hparams:q} > {log:q} 2>&1"
+        launch_train_ppo()
 
 
 rule sample_detox:

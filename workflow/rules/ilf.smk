@@ -67,11 +67,8 @@ rule train_ilf_lm:
         directory(f"{ILF}/models/{{ilf_lm}}"),
     params:
         model=lambda wildcards, input: input.model or ilf_lm_section(wildcards.ilf_lm)["base_model"],
-        hparams=lambda wildcards: hparams(
-            {
-                "seed": config["seed"],
-                **{k: v for k, v in ilf_lm_section(wildcards.ilf_lm).items() if k not in ("base_model", "train", "dev")},
-            }
+        hparams=lambda wildcards: seeded_hparams(
+            ilf_lm_section(wildcards.ilf_lm), drop=("base_model", "train", "dev")
         ),
         work_dir=lambda wildcards: f"{RESULTS}/work/ilf/{wildcards.ilf_lm}",
         accelerate_config=config.get("accelerate_config"),
@@ -83,10 +80,7 @@ rule train_ilf_lm:
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "exec python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
-        "--accelerate-config {params.accelerate_config:q} -- train-sft --train {input.train:q} --dev {input.dev:q} "
-        "--model {params.model:q} --output {output:q} --work-dir {params.work_dir:q} --threads {threads} "
-        "--hparams {params.hparams:q} > {log:q} 2>&1"
+        launch_train_sft()
 
 
 rule ilf_summary_prompts:
@@ -150,8 +144,7 @@ rule sample_initial_summaries:
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "python -m feedbackflow generate-texts --prompts {input.prompts:q} --output {output:q} --cache {params.cache:q} "
-        "--lm {params.lm:q} --hparams {params.hparams:q} --threads {threads} > {log:q} 2>&1"
+        ILF_GENERATE_TEXTS
 
 
 rule refine_summaries:
@@ -173,8 +166,7 @@ rule refine_summaries:
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "python -m feedbackflow generate-texts --prompts {input.prompts:q} --output {output:q} --cache {params.cache:q} "
-        "--lm {params.lm:q} --hparams {params.hparams:q} --threads {threads} > {log:q} 2>&1"
+        ILF_GENERATE_TEXTS
 
 
 rule select_refinements:
@@ -253,7 +245,7 @@ rule train_ilf_policy:
         directory(f"{ILF}/models/{{ilf_finetuned}}"),
     params:
         policy=model_argument(ilf_policy_model("initial"), name="policy"),
-        hparams=hparams({"seed": config["seed"], **config["ilf"]["fine_tuning"]}),
+        hparams=seeded_hparams(config["ilf"]["fine_tuning"]),
         work_dir=lambda wildcards: f"{RESULTS}/work/ilf/finetune_{wildcards.ilf_finetuned}",
         accelerate_config=config.get("accelerate_config"),
     threads: job_threads("training")
@@ -264,10 +256,7 @@ rule train_ilf_policy:
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "exec python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
-        "--accelerate-config {params.accelerate_config:q} -- train-sft --train {input.train:q} --dev {input.dev:q} "
-        "--model {params.policy:q} --output {output:q} --work-dir {params.work_dir:q} --threads {threads} "
-        "--hparams {params.hparams:q} > {log:q} 2>&1"
+        launch_train_sft(model="{params.policy:q}")
 
 
 rule train_ilf_opt_rm:
@@ -279,9 +268,7 @@ rule train_ilf_opt_rm:
         directory(f"{ILF}/models/opt_rm"),
     params:
         model=model_argument(config["ilf"]["opt_rm"]["base_model"]),
-        hparams=hparams(
-            {"seed": config["seed"], **{k: v for k, v in config["ilf"]["opt_rm"].items() if k != "base_model"}}
-        ),
+        hparams=seeded_hparams(config["ilf"]["opt_rm"], drop=("base_model",)),
         work_dir=f"{RESULTS}/work/ilf/opt_rm",
         accelerate_config=config.get("accelerate_config"),
     threads: job_threads("training")
@@ -292,10 +279,9 @@ rule train_ilf_opt_rm:
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "exec python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
-        "--accelerate-config {params.accelerate_config:q} -- train-opt-rm --train {input.train:q} "
-        "--dev {input.dev:q} --model {params.model:q} --output {output:q} --work-dir {params.work_dir:q} "
-        "--threads {threads} --hparams {params.hparams:q} > {log:q} 2>&1"
+        launch(
+            "train-opt-rm", "--train {input.train:q} --dev {input.dev:q} --model {params.model:q} --output {output:q}"
+        )
 
 
 rule evaluate_ilf_opt_rm:
@@ -339,8 +325,7 @@ rule sample_ilf_test:
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "python -m feedbackflow generate-texts --prompts {input.prompts:q} --output {output:q} --cache {params.cache:q} "
-        "--lm {params.lm:q} --hparams {params.hparams:q} --threads {threads} > {log:q} 2>&1"
+        ILF_GENERATE_TEXTS
 
 
 rule sample_ilf_candidates:
@@ -369,8 +354,7 @@ rule sample_ilf_candidates:
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "python -m feedbackflow generate-texts --prompts {input.prompts:q} --output {output:q} --cache {params.cache:q} "
-        "--lm {params.lm:q} --hparams {params.hparams:q} --threads {threads} > {log:q} 2>&1"
+        ILF_GENERATE_TEXTS
 
 
 rule score_ilf_opt_rm:

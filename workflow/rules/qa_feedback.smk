@@ -73,7 +73,7 @@ rule train_qa_sft:
         directory(f"{QA}/models/sft"),
     params:
         model=model_argument(config["qa_feedback"]["policy_model"]),
-        hparams=hparams({"seed": config["seed"], **config["qa_feedback"]["sft"]}),
+        hparams=seeded_hparams(config["qa_feedback"]["sft"]),
         work_dir=f"{RESULTS}/work/qa_feedback/sft",
         accelerate_config=config.get("accelerate_config"),
     threads: job_threads("training")
@@ -84,10 +84,7 @@ rule train_qa_sft:
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "exec python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
-        "--accelerate-config {params.accelerate_config:q} -- train-sft --train {input.train:q} --dev {input.dev:q} "
-        "--model {params.model:q} --output {output:q} --work-dir {params.work_dir:q} --threads {threads} "
-        "--hparams {params.hparams:q} > {log:q} 2>&1"
+        launch_train_sft()
 
 
 rule train_qa_reward_model:
@@ -99,9 +96,7 @@ rule train_qa_reward_model:
         directory(f"{QA}/models/{{qa_rm}}"),
     params:
         model=model_argument(config["qa_feedback"]["reward_model"]),
-        hparams=lambda wildcards: hparams(
-            {"seed": config["seed"], **config["qa_feedback"]["reward_models"][wildcards.qa_rm]}
-        ),
+        hparams=lambda wildcards: seeded_hparams(config["qa_feedback"]["reward_models"][wildcards.qa_rm]),
         work_dir=lambda wildcards: f"{RESULTS}/work/qa_feedback/{wildcards.qa_rm}",
         accelerate_config=config.get("accelerate_config"),
     threads: job_threads("training")
@@ -112,10 +107,10 @@ rule train_qa_reward_model:
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "exec python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
-        "--accelerate-config {params.accelerate_config:q} -- train-fg-reward-model --train {input.train:q} "
-        "--eval {input.dev:q} --model {params.model:q} --output {output:q} --work-dir {params.work_dir:q} "
-        "--threads {threads} --hparams {params.hparams:q} > {log:q} 2>&1"
+        launch(
+            "train-fg-reward-model",
+            "--train {input.train:q} --eval {input.dev:q} --model {params.model:q} --output {output:q}",
+        )
 
 
 rule qa_reward_mean_std:
@@ -155,13 +150,7 @@ rule train_qa_ppo:
     params:
         value=model_argument(config["qa_feedback"]["value_model"], name="value"),
         rewards=lambda wildcards: canonical_json(qa_ppo_reward_spec(wildcards.qa_variant)),
-        hparams=lambda wildcards: hparams(
-            {
-                "seed": config["seed"],
-                **config["qa_feedback"]["ppo"]["common"],
-                **config["qa_feedback"]["ppo"][wildcards.qa_variant],
-            }
-        ),
+        hparams=lambda wildcards: ppo_hparams(config["qa_feedback"], wildcards.qa_variant),
         work_dir=lambda wildcards: f"{RESULTS}/work/qa_feedback/{wildcards.qa_variant}",
         accelerate_config=config.get("accelerate_config"),
     threads: job_threads("training")
@@ -172,11 +161,7 @@ rule train_qa_ppo:
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "exec python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
-        "--accelerate-config {params.accelerate_config:q} -- train-ppo --prompts {input.prompts:q} "
-        "--policy {input.policy:q} --value-model {params.value:q} --reward-spec {params.rewards:q} "
-        "--output {output.policy:q} --value-output {output.value:q} --work-dir {params.work_dir:q} "
-        "--threads {threads} --hparams {params.hparams:q} > {log:q} 2>&1"
+        launch_train_ppo(policy="{input.policy:q}")
 
 
 rule evaluate_qa_policy:

@@ -20,10 +20,7 @@ rule train_grft:
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "exec python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
-        "--accelerate-config {params.accelerate_config:q} -- train-reward-model --train {input.train:q} --model {params.model:q} "
-        "--output {output:q} --work-dir {params.work_dir:q} --threads {threads} "
-        "--hparams {params.hparams:q} > {log:q} 2>&1"
+        LAUNCH_TRAIN_REWARD_MODEL
 
 
 rule train_crft:
@@ -45,7 +42,4 @@ rule train_crft:
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "exec python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
-        "--accelerate-config {params.accelerate_config:q} -- train-reward-model --train {input.train:q} --model {params.model:q} "
-        "--output {output:q} --work-dir {params.work_dir:q} --threads {threads} "
-        "--hparams {params.hparams:q} > {log:q} 2>&1"
+        LAUNCH_TRAIN_REWARD_MODEL

@@ -82,10 +82,7 @@ if config["rrhf"].get("sft"):
         conda:
             "../envs/feedbackflow.yaml"
         shell:
-            "exec python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
-            "--accelerate-config {params.accelerate_config:q} -- train-rrhf --train {input.train:q} "
-            "--model {params.model:q} --output {output:q} --work-dir {params.work_dir:q} --threads {threads} "
-            "--hparams {params.hparams:q} > {log:q} 2>&1"
+            LAUNCH_TRAIN_RRHF
 
 
 # The policy's training samples. With `rrhf.sampling_shards` N > 1, N jobs each sample one shard (consecutive
@@ -253,10 +250,7 @@ if config["rrhf"].get("judge_sft"):
         conda:
             "../envs/feedbackflow.yaml"
         shell:
-            "exec python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
-            "--accelerate-config {params.accelerate_config:q} -- train-rrhf --train {input.train:q} "
-            "--model {params.model:q} --output {output:q} --work-dir {params.work_dir:q} --threads {threads} "
-            "--hparams {params.hparams:q} > {log:q} 2>&1"
+            LAUNCH_TRAIN_RRHF
 
 
 rule judge_rrhf_samples:
@@ -315,10 +309,7 @@ rule train_rrhf:
     conda:
         "../envs/feedbackflow.yaml"
     shell:
-        "exec python -m feedbackflow launch --processes {resources.processes} --gpus {resources.gpu} "
-        "--accelerate-config {params.accelerate_config:q} -- train-rrhf --train {input.train:q} "
-        "--model {params.model:q} --output {output:q} --work-dir {params.work_dir:q} --threads {threads} "
-        "--hparams {params.hparams:q} > {log:q} 2>&1"
+        LAUNCH_TRAIN_RRHF
 
 
 rule sample_rrhf_test:

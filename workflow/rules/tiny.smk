@@ -1,6 +1,21 @@
-# Tiny scale: synthetic raw data sets in the real formats, and a tiny tokenizer + causal LM built from them.
+# Tiny scale: synthetic raw data sets in the real formats, and tiny tokenizers + models built from them. Each paper's
+# data set comes from its own `make-synthetic-*` stage and its models from `build-tiny-models` on the data set's
+# corpus: build_tiny_detox_model and build_tiny_ilf_model are build_tiny_models with other files and settings.
 
 
+# Quick CPU-only jobs: they run where Snakemake runs.
+localrules:
+    make_synthetic_data,
+    build_tiny_models,
+    make_synthetic_qa_feedback,
+    build_tiny_qa_model,
+    make_synthetic_rtp,
+    build_tiny_detox_model,
+    make_synthetic_slf5k,
+    build_tiny_ilf_model,
+
+
+# DSP and RRHF: DSP, Anthropic HH and text-score preference files, and a causal LM with the tokenizer of their corpus.
 rule make_synthetic_data:
     output:
         dsp_train=f"{TINY_RAW}/dsp/domain_specific_preference.train.json",
@@ -116,7 +131,7 @@ rule make_synthetic_rtp:
         "--hparams {params.hparams:q} > {log:q} 2>&1"
 
 
-rule build_tiny_detox_model:
+use rule build_tiny_models as build_tiny_detox_model with:
     input:
         corpus=f"{TINY_RAW}/rtp/corpus.txt",
     output:
@@ -127,18 +142,11 @@ rule build_tiny_detox_model:
         hparams=lambda wildcards: hparams(
             {"seed": config["seed"], **config.get("tiny", {}).get(f"detox_{wildcards.detox_size}", {})}
         ),
-    threads: job_threads("cpu")
-    resources:
-        **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/tiny/build_tiny_detox_{{detox_size}}.log",
-    conda:
-        "../envs/feedbackflow.yaml"
-    shell:
-        "python -m feedbackflow build-tiny-models --corpus {input.corpus:q} --output-dir {output:q} "
-        "--hparams {params.hparams:q} > {log:q} 2>&1"
 
 
+# ILF: SLF5K-format splits, the synthetic world's oracle and the stand-in LMs' training tables, and a causal LM.
 rule make_synthetic_slf5k:
     output:
         splits=expand(f"{TINY_RAW}/slf5k/{{split}}.jsonl", split=("train", "development", "validation", "test")),
@@ -161,20 +169,12 @@ rule make_synthetic_slf5k:
         "--hparams {params.hparams:q} > {log:q} 2>&1"
 
 
-rule build_tiny_ilf_model:
+use rule build_tiny_models as build_tiny_ilf_model with:
     input:
         corpus=f"{TINY_RAW}/slf5k/corpus.txt",
     output:
         directory(f"{TINY_MODELS}/ilf_lm"),
     params:
         hparams=hparams({"seed": config["seed"], **config.get("tiny", {}).get("ilf_lm", {})}),
-    threads: job_threads("cpu")
-    resources:
-        **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/tiny/build_tiny_ilf_lm.log",
-    conda:
-        "../envs/feedbackflow.yaml"
-    shell:
-        "python -m feedbackflow build-tiny-models --corpus {input.corpus:q} --output-dir {output:q} "
-        "--hparams {params.hparams:q} > {log:q} 2>&1"
