@@ -270,16 +270,12 @@ def free_memory() -> None:
 
 def run_cli(stage: str, argv: list[str]) -> None:
     """`python -m feedbackflow <stage> argv...` without a new process: the stage module's configure + main."""
-    import importlib
+    from feedbackflow.cli import stage_entry
 
-    from feedbackflow.cli import STAGES
-
-    module_name, _ = STAGES[stage]
-    module_name, _, suffix = module_name.partition(":")
-    module = importlib.import_module(module_name)
+    _, configure, run = stage_entry(stage)
     parser = argparse.ArgumentParser(prog=stage)
-    getattr(module, f"configure_{suffix}" if suffix else "configure")(parser)
-    getattr(module, f"main_{suffix}" if suffix else "main")(parser.parse_args([str(a) for a in argv]))
+    configure(parser)
+    run(parser.parse_args([str(a) for a in argv]))
 
 
 def hparams(values: dict) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib
 import inspect
 import json
 import re
@@ -25,7 +24,7 @@ from openai_stub_server import StubOpenAIServer
 from perspective_stub_server import StubPerspectiveServer
 from workflow_runs import copy_project, planned_jobs, planned_resources, snakemake, write_service_overlay
 
-from feedbackflow.cli import STAGES
+from feedbackflow.cli import stage_entry
 from feedbackflow.core.preflight import configured_services
 from feedbackflow.core.stage_args import dataclass_from_args
 from feedbackflow.llm.language_model import lm_config_from_json
@@ -111,10 +110,9 @@ def stage_config_class(module, configure) -> type | None:
 
 
 def check_stage_arguments(argv: list[str], processes: int) -> None:
-    module_name, _, suffix = STAGES[argv[0]][0].partition(":")
-    module = importlib.import_module(f"feedbackflow.{module_name}")
+    module, configure, _ = stage_entry(argv[0])
+    module_name = module.__name__
     parser = argparse.ArgumentParser(prog=argv[0], exit_on_error=False)
-    configure = getattr(module, f"configure_{suffix}" if suffix else "configure")
     configure(parser)
     args = parser.parse_args(argv[1:])
     if getattr(args, "lm", None) and args.lm != "{}":  # a language model given as JSON (ILF stages)

@@ -73,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def stage_entry(name: str):
+    """(module, configure, main) of stage `name`: "module:x" in STAGES names configure_x / main_x of that module."""
+    module_name, _, suffix = STAGES[name][0].partition(":")
+    module = importlib.import_module(f"feedbackflow.{module_name}")
+    configure = getattr(module, f"configure_{suffix}" if suffix else "configure")
+    return module, configure, getattr(module, f"main_{suffix}" if suffix else "main")
+
+
 def end_distributed() -> None:
     """Destroy the process group that a stage's Accelerator opened (under `accelerate launch`: DDP or DeepSpeed)
     once the stage has finished. Left to interpreter finalisation, gloo's worker threads can abort a process that
@@ -89,12 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         build_parser().parse_args(argv)  # prints usage / the list of stages and exits
         return
     name, rest = argv[0], argv[1:]
-    module_name, help_text = STAGES[name]
-    module_name, _, suffix = module_name.partition(":")  # "module:x" -> configure_x / main_x of that module
-    module = importlib.import_module(f"feedbackflow.{module_name}")
-    configure = getattr(module, f"configure_{suffix}" if suffix else "configure")
-    run = getattr(module, f"main_{suffix}" if suffix else "main")
-    parser = argparse.ArgumentParser(prog=f"python -m feedbackflow {name}", description=help_text)
+    _, configure, run = stage_entry(name)
+    parser = argparse.ArgumentParser(prog=f"python -m feedbackflow {name}", description=STAGES[name][1])
     configure(parser)
     args = parser.parse_args(rest)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
