@@ -40,13 +40,16 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from feedbackflow.core.stage_args import dataclass_from_dict
 from feedbackflow.errors import ConfigError
 from feedbackflow.llm.cache import CachedReply, canonical_json
 from feedbackflow.llm.client import Answer, CachedClient
 from feedbackflow.llm.config import ClientConfig
 from feedbackflow.llm.hf_backend import HFBackendBase
 from feedbackflow.llm.openai_backend import MalformedReply, OpenAIBackendBase, reply_choices, reply_usage
-from feedbackflow.text.tokens import cut_at_stop_strings
+from feedbackflow.stages.sampling import SamplingConfig, generate_responses
+from feedbackflow.text.nll import sequence_nll
+from feedbackflow.text.tokens import cut_at_stop_strings, pad_id_of, pad_left
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +302,6 @@ class HFLMBackend(HFBackendBase):
         return bos + ids
 
     def sample(self, requests: Sequence[dict], on_outcome: OnOutcome) -> None:
-        from feedbackflow.stages.sampling import SamplingConfig, generate_responses
 
         if not requests:
             return
@@ -346,7 +348,6 @@ class HFLMBackend(HFBackendBase):
     def next_token_logprobs(self, requests: Sequence[dict], on_outcome: OnOutcome) -> None:
         import torch
 
-        from feedbackflow.text.tokens import pad_id_of, pad_left
 
         if not requests:
             return
@@ -378,8 +379,6 @@ class HFLMBackend(HFBackendBase):
                 on_outcome(index, Outcome({"logprobs": entries}, None, "ok", len(ids), None))
 
     def sequence_logprob(self, requests: Sequence[dict], on_outcome: OnOutcome) -> None:
-        from feedbackflow.text.nll import sequence_nll
-        from feedbackflow.text.tokens import pad_id_of
 
         if not requests:
             return
@@ -589,7 +588,6 @@ class LanguageModel(CachedClient):
 
 def lm_config_from_json(text: str, where: str = "--lm") -> LMConfig:
     """An LMConfig from a JSON object (a stage's `--lm`); an unknown key is a ConfigError naming it."""
-    from feedbackflow.core.stage_args import dataclass_from_dict
 
     try:
         values = json.loads(text)

@@ -30,10 +30,12 @@ from feedbackflow.core.formats import (
     SCORED_SAMPLES,
     SLF5K_FEEDBACK,
     SLF5K_POSTS,
+    atomic_path,
     read_json,
     read_table,
     write_json,
     write_rows,
+    write_table,
 )
 from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.papers.ilf.oracle import fixes_flaw, load_oracle, summary_quality
@@ -488,8 +490,6 @@ def configure_metrics(parser: argparse.ArgumentParser) -> None:
 
 
 def main_metrics(args: argparse.Namespace) -> None:
-    from feedbackflow.core.formats import atomic_path, write_table
-
     results: dict[str, dict] = {}
     for path in args.win_rates:
         result = read_json(path)
