@@ -379,7 +379,6 @@ class HFLMBackend(HFBackendBase):
                 on_outcome(index, Outcome({"logprobs": entries}, None, "ok", len(ids), None))
 
     def sequence_logprob(self, requests: Sequence[dict], on_outcome: OnOutcome) -> None:
-
         if not requests:
             return
         model, tokenizer = self.load()
