@@ -1,4 +1,4 @@
-# Fine-Grained RLHF detoxification (SPEC section 1): RealToxicityPrompts conversion, the initial policy (a tiny LM
+# Fine-Grained RLHF detoxification (Wu et al. 2023): RealToxicityPrompts conversion, the initial policy (a tiny LM
 # fine-tuned on the data set's continuations at tiny scale; GPT-2 large as it is at paper scale), holistic and
 # fine-grained PPO on toxicity rewards, 25 samples per test prompt, toxicity / perplexity / distinct-n, the table.
 DETOX = f"{RESULTS}/detox"

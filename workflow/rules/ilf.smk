@@ -1,6 +1,6 @@
-# ILF on SLF5K (SPEC section 3): conversion, initial summaries, refinements with language feedback, their selection
-# (InstructRM and the baselines), fine-tuning on the chosen refinements and on the same posts' human and initial
-# summaries, OPT-RM and best-of-n, win rates against the human reference, the table.
+# ILF on SLF5K (Scheurer et al. 2023): conversion, initial summaries, refinements with language feedback, their
+# selection (InstructRM and the baselines), fine-tuning on the chosen refinements and on the same posts' human and
+# initial summaries, OPT-RM and best-of-n, win rates against the human reference, the table.
 ILF = f"{RESULTS}/ilf"
 ILF_SPLITS = ("train", "development", "validation", "test")
 ILF_FINETUNED = ("human", "initial_summaries", "ilf")
@@ -126,7 +126,7 @@ rule ilf_reference_samples:
 
 
 rule sample_initial_summaries:
-    """The initial policy's summaries of the training posts (SPEC: temperature 1.0, top_p 0.95, 48 tokens)."""
+    """The initial policy's summaries of the training posts (the paper: temperature 1.0, top_p 0.95, 48 tokens)."""
     input:
         prompts=f"{ILF}/prompts/train_summary.parquet",
         policy=local_input(ilf_policy_model("initial")),

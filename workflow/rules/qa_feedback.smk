@@ -1,4 +1,4 @@
-# Fine-Grained RLHF on qa-feedback (SPEC section 1): conversion, SFT, the four reward models and their mean/std,
+# Fine-Grained RLHF on qa-feedback (Wu et al. 2023): conversion, SFT, the four reward models and their mean/std,
 # holistic and fine-grained PPO, evaluation and the metrics table.
 QA = f"{RESULTS}/qa_feedback"
 QA_PROMPT_SPLITS = ("sft_train", "ppo_train", "dev", "test")

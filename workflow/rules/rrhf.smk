@@ -1,4 +1,4 @@
-# RRHF (SPEC section 2): prompts, sampling, scoring (reward model or LLM judge), ranking, RRHF training, evaluation.
+# RRHF (Yuan et al. 2023): prompts, sampling, scoring (reward model or LLM judge), ranking, RRHF training, evaluation.
 
 
 # Quick CPU-only jobs run where Snakemake runs (the judge is a CPU job: the default partition on a cluster).
