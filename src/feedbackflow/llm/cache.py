@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import fcntl
 import hashlib
 import json
 import os
@@ -42,18 +43,23 @@ class ReplyCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS replies ("
-            " key TEXT PRIMARY KEY,"
-            " request TEXT NOT NULL,"
-            " reply TEXT NOT NULL,"
-            " prompt_tokens INTEGER,"
-            " completion_tokens INTEGER,"
-            " created_at TEXT NOT NULL)"
-        )
+        # Switching a new file to WAL needs an exclusive lock and SQLite does not wait for it (no busy timeout):
+        # ranks opening one fresh cache at once (PPO's reward under DDP) failed with "database is locked". The
+        # set-up is serialised across processes by a lock file beside the cache; reads and writes need no more.
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            self._conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS replies ("
+                " key TEXT PRIMARY KEY,"
+                " request TEXT NOT NULL,"
+                " reply TEXT NOT NULL,"
+                " prompt_tokens INTEGER,"
+                " completion_tokens INTEGER,"
+                " created_at TEXT NOT NULL)"
+            )
 
     def get(self, key: str) -> CachedReply | None:
         with self._lock:
