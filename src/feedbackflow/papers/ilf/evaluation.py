@@ -30,13 +30,13 @@ from feedbackflow.core.formats import (
     SCORED_SAMPLES,
     SLF5K_FEEDBACK,
     SLF5K_POSTS,
-    atomic_path,
     read_json,
     read_table,
     write_json,
     write_rows,
     write_table,
 )
+from feedbackflow.core.report import write_text
 from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.papers.ilf.oracle import fixes_flaw, load_oracle, summary_quality
 from feedbackflow.papers.ilf.prompts import answer_variants, pairwise_prompt
@@ -500,8 +500,7 @@ def main_metrics(args: argparse.Namespace) -> None:
     write_table(pa.Table.from_pylist(rows, schema=ILF_METRICS), args.output, ILF_METRICS)
     opt_rm = read_json(args.opt_rm_accuracy) if args.opt_rm_accuracy else None
     refinements = [read_json(path) for path in args.refinements]
-    with atomic_path(args.markdown) as tmp:
-        tmp.write_text(metrics_markdown(rows, opt_rm, refinements))
+    write_text(metrics_markdown(rows, opt_rm, refinements), args.markdown)
 
 
 def configure_refinements(parser: argparse.ArgumentParser) -> None:
