@@ -76,3 +76,7 @@ localrules:
 rule all:
     input:
         final_outputs(),
+        f"{RESULTS}/timing.parquet",
+
+
+include: "workflow/rules/timing.smk"

@@ -111,8 +111,19 @@ def test_changing_crft_learning_rate_replans_only_crft_evaluation_and_report(fin
         "train_crft": 2 * n_domains,  # CRFT and CRFT with the LM loss share the CRFT learning rate
         "evaluate_reward_model": 2 * n_domains,
         "dsp_metrics": 1,
+        "stage_times": 1,
         "all": 1,
     }
+
+
+def test_time_per_stage_counts_every_job_of_the_run(finished_run):
+    """Every job of the DAG wrote its benchmark file, and the run's last job gathered them per rule."""
+    everything = planned_jobs(snakemake(finished_run, "-n", "--forceall").stdout)
+    expected = {rule: count for rule, count in everything.items() if rule not in ("all", "stage_times")}
+    stages = pd.read_parquet(finished_run / "results/timing.parquet")
+    assert dict(zip(stages["rule"], stages["jobs"])) == expected
+    assert (stages["seconds"] > 0).all() and stages["seconds"].is_monotonic_decreasing
+    assert "# Time per stage" in (finished_run / "results/timing.md").read_text()
 
 
 def test_report_renders(finished_run):
@@ -120,6 +131,7 @@ def test_report_renders(finished_run):
     html = (finished_run / "results/report.html").read_text(errors="replace")
     assert "accuracy.png" in html and "metrics.html" in html
     assert "Detoxification" in html and "ppo_curves.png" in html
+    assert "timing.md" in html
 
 
 def test_misspelt_config_key_is_named(finished_run, tmp_path):

@@ -33,3 +33,22 @@ def test_training_rules_launch_their_stage_through_launch():
     for path in sorted(RULES.glob("*.smk")):
         if path.name != "common.smk":
             assert "feedbackflow launch" not in path.read_text(), path.name
+
+
+def test_every_rule_writes_a_benchmark_file_named_by_the_rule():
+    """Each job's time lands in results/benchmarks/<rule>/ (the `stage_times` table reads the rule from there)."""
+    header = re.compile(r"^\s*(?:rule (\w+):|use rule \w+ as (\w+) with:)", re.M)
+    checked = []
+    for path in sorted(RULES.glob("*.smk")):
+        text = path.read_text()
+        starts = list(header.finditer(text))
+        for match, following in zip(starts, [*starts[1:], None]):
+            rule = match.group(1) or match.group(2)
+            block = text[match.start() : following.start() if following else len(text)]
+            benchmark = re.search(r"benchmark:\s*\(?\s*f\"\{RESULTS\}/benchmarks/(\w+)/", block)
+            assert benchmark is not None, f"{path.name}: rule {rule} has no benchmark: file"
+            assert benchmark.group(1) == rule, (
+                f"{path.name}: rule {rule} writes its benchmark under {benchmark.group(1)}"
+            )
+            checked.append(rule)
+    assert len(checked) >= 60 and "stage_times" in checked

@@ -23,6 +23,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "train-reward-model": ("papers.dsp.reward_training", "train a reward model (GRFT or CRFT)"),
     "evaluate-reward-model": ("papers.dsp.reward_evaluation", "accuracy of a reward model on eval sets"),
     "collect-metrics": ("core.report", "gather per-model metrics into one table, Markdown and a plot"),
+    "stage-times": ("core.timing", "the rules' benchmark files -> time per stage (Parquet, Markdown)"),
     "convert-prompts": ("papers.rrhf.prompts", "rm-static / HH files -> prompts Parquet (+ the data set's responses)"),
     "sample-responses": ("stages.sampling", "sample N responses per prompt from a policy"),
     "score-samples": ("stages.reward_scoring", "score samples with a reward model"),

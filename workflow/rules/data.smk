@@ -19,6 +19,8 @@ rule convert_preferences:
         **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/data/convert_{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/convert_preferences/data/convert_{{dataset}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -38,6 +40,8 @@ rule convert_dsp_domain:
         **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/data/convert_{{dataset}}_{{domain}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/convert_dsp_domain/data/convert_{{dataset}}_{{domain}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:

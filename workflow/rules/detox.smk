@@ -38,6 +38,8 @@ rule convert_rtp:
         **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/detox/convert_rtp.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/convert_rtp/detox/convert_rtp.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -63,6 +65,8 @@ rule train_detox_lm:
         **job_resources("training"),
     log:
         f"{RESULTS}/logs/detox/train_{{detox_lm}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_detox_lm/detox/train_{{detox_lm}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -89,6 +93,8 @@ rule train_detox_ppo:
         **job_resources("training"),
     log:
         f"{RESULTS}/logs/detox/train_{{detox_variant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_detox_ppo/detox/train_{{detox_variant}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -111,6 +117,8 @@ rule sample_detox:
         **job_resources("evaluation"),
     log:
         f"{RESULTS}/logs/detox/sample_{{detox_policy}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sample_detox/detox/sample_{{detox_policy}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -134,6 +142,8 @@ rule score_detox_toxicity:
         **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/detox/score_{{detox_policy}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/score_detox_toxicity/detox/score_{{detox_policy}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -155,6 +165,8 @@ rule evaluate_detox_policy:
         **job_resources("evaluation"),
     log:
         f"{RESULTS}/logs/detox/evaluate_{{detox_policy}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_detox_policy/detox/evaluate_{{detox_policy}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -177,6 +189,8 @@ rule detox_metrics:
         **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/detox/metrics.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/detox_metrics/detox/metrics.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:

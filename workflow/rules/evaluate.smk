@@ -27,6 +27,8 @@ rule evaluate_reward_model:
         **job_resources("evaluation"),
     log:
         f"{RESULTS}/logs/dsp/evaluate_{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_reward_model/dsp/evaluate_{{model}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:

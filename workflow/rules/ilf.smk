@@ -49,6 +49,8 @@ rule convert_slf5k:
         **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/ilf/convert_slf5k.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/convert_slf5k/ilf/convert_slf5k.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -77,6 +79,8 @@ rule train_ilf_lm:
         **job_resources("training"),
     log:
         f"{RESULTS}/logs/ilf/train_{{ilf_lm}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_ilf_lm/ilf/train_{{ilf_lm}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -90,6 +94,8 @@ rule ilf_summary_prompts:
         f"{ILF}/prompts/{{ilf_prompt_split}}_summary.parquet",
     log:
         f"{RESULTS}/logs/ilf/summary_prompts_{{ilf_prompt_split}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ilf_summary_prompts/ilf/summary_prompts_{{ilf_prompt_split}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -105,6 +111,8 @@ rule ilf_refinement_prompts:
         hparams=hparams({"use_feedback": config["ilf"]["refinement"].get("use_feedback", True)}),
     log:
         f"{RESULTS}/logs/ilf/refinement_prompts.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ilf_refinement_prompts/ilf/refinement_prompts.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -119,6 +127,8 @@ rule ilf_reference_samples:
         f"{ILF}/eval/reference.samples.parquet",
     log:
         f"{RESULTS}/logs/ilf/reference_samples.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ilf_reference_samples/ilf/reference_samples.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -141,6 +151,8 @@ rule sample_initial_summaries:
         **job_resources("evaluation"),
     log:
         f"{RESULTS}/logs/ilf/sample_initial_summaries.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sample_initial_summaries/ilf/sample_initial_summaries.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -163,6 +175,8 @@ rule refine_summaries:
         **job_resources("evaluation"),
     log:
         f"{RESULTS}/logs/ilf/refine_summaries.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/refine_summaries/ilf/refine_summaries.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -188,6 +202,8 @@ rule select_refinements:
         **job_resources("evaluation"),
     log:
         f"{RESULTS}/logs/ilf/select_{{ilf_scorer}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/select_refinements/ilf/select_{{ilf_scorer}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -212,6 +228,8 @@ rule ilf_sft_data:
         hparams=hparams({"human_summary": config["ilf"].get("human_summary", "ideal")}),
     log:
         f"{RESULTS}/logs/ilf/sft_data_{{source}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ilf_sft_data/ilf/sft_data_{{source}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -228,6 +246,8 @@ rule ilf_dev_data:
         report=f"{ILF}/sft/dev.json",
     log:
         f"{RESULTS}/logs/ilf/sft_data_dev.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ilf_dev_data/ilf/sft_data_dev.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -253,6 +273,8 @@ rule train_ilf_policy:
         **job_resources("training"),
     log:
         f"{RESULTS}/logs/ilf/train_{{ilf_finetuned}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_ilf_policy/ilf/train_{{ilf_finetuned}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -276,6 +298,8 @@ rule train_ilf_opt_rm:
         **job_resources("training"),
     log:
         f"{RESULTS}/logs/ilf/train_opt_rm.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_ilf_opt_rm/ilf/train_opt_rm.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -297,6 +321,8 @@ rule evaluate_ilf_opt_rm:
         **job_resources("evaluation"),
     log:
         f"{RESULTS}/logs/ilf/evaluate_opt_rm.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_ilf_opt_rm/ilf/evaluate_opt_rm.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -322,6 +348,8 @@ rule sample_ilf_test:
         **job_resources("evaluation"),
     log:
         f"{RESULTS}/logs/ilf/sample_test_{{ilf_sampled}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sample_ilf_test/ilf/sample_test_{{ilf_sampled}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -351,6 +379,8 @@ rule sample_ilf_candidates:
         **job_resources("evaluation"),
     log:
         f"{RESULTS}/logs/ilf/sample_candidates.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sample_ilf_candidates/ilf/sample_candidates.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -373,6 +403,8 @@ rule score_ilf_opt_rm:
         **job_resources("evaluation"),
     log:
         f"{RESULTS}/logs/ilf/score_opt_rm_{{name}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/score_ilf_opt_rm/ilf/score_opt_rm_{{name}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -387,6 +419,8 @@ rule ilf_best_of_n:
         f"{ILF}/eval/ilf_best_of_n.samples.parquet",
     log:
         f"{RESULTS}/logs/ilf/best_of_n.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ilf_best_of_n/ilf/best_of_n.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -409,6 +443,8 @@ rule judge_ilf:
         **job_resources("evaluation"),
     log:
         f"{RESULTS}/logs/ilf/judge_{{ilf_evaluated}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/judge_ilf/ilf/judge_{{ilf_evaluated}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -431,6 +467,8 @@ rule ilf_win_rates:
         oracle=lambda wildcards, input: f"--oracle {input.oracle}" if input.oracle else "",
     log:
         f"{RESULTS}/logs/ilf/win_rates_{{ilf_evaluated}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ilf_win_rates/ilf/win_rates_{{ilf_evaluated}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -451,6 +489,8 @@ rule ilf_refinement_quality:
         oracle=lambda wildcards, input: f"--oracle {input.oracle}" if input.oracle else "",
     log:
         f"{RESULTS}/logs/ilf/refinement_quality_{{ilf_scorer}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ilf_refinement_quality/ilf/refinement_quality_{{ilf_scorer}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -471,6 +511,8 @@ rule ilf_metrics:
         train_size=config["ilf"].get("train_size_label", "all"),
     log:
         f"{RESULTS}/logs/ilf/metrics.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ilf_metrics/ilf/metrics.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:

@@ -34,6 +34,8 @@ rule convert_qa_prompts:
         **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/qa_feedback/convert_{{qa_split}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/convert_qa_prompts/qa_feedback/convert_{{qa_split}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -55,6 +57,8 @@ rule convert_qa_feedback:
         **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/qa_feedback/convert_{{qa_feedback_split}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/convert_qa_feedback/qa_feedback/convert_{{qa_feedback_split}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -81,6 +85,8 @@ rule train_qa_sft:
         **job_resources("training"),
     log:
         f"{RESULTS}/logs/qa_feedback/train_sft.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_qa_sft/qa_feedback/train_sft.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -104,6 +110,8 @@ rule train_qa_reward_model:
         **job_resources("training"),
     log:
         f"{RESULTS}/logs/qa_feedback/train_{{qa_rm}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_qa_reward_model/qa_feedback/train_{{qa_rm}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -130,6 +138,8 @@ rule qa_reward_mean_std:
         **job_resources("evaluation"),
     log:
         f"{RESULTS}/logs/qa_feedback/mean_std_{{qa_seq_rm}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/qa_reward_mean_std/qa_feedback/mean_std_{{qa_seq_rm}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -158,6 +168,8 @@ rule train_qa_ppo:
         **job_resources("training"),
     log:
         f"{RESULTS}/logs/qa_feedback/train_{{qa_variant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_qa_ppo/qa_feedback/train_{{qa_variant}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -188,6 +200,8 @@ rule evaluate_qa_policy:
         **job_resources("evaluation"),
     log:
         f"{RESULTS}/logs/qa_feedback/evaluate_{{qa_policy}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_qa_policy/qa_feedback/evaluate_{{qa_policy}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -213,6 +227,8 @@ rule qa_metrics:
         **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/qa_feedback/metrics.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/qa_metrics/qa_feedback/metrics.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:

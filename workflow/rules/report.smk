@@ -18,6 +18,8 @@ rule dsp_metrics:
         **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/dsp/metrics.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/dsp_metrics/dsp/metrics.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:

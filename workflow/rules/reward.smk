@@ -17,6 +17,8 @@ rule train_grft:
         **job_resources("training"),
     log:
         f"{RESULTS}/logs/dsp/train_grft.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_grft/dsp/train_grft.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -39,6 +41,8 @@ rule train_crft:
         **job_resources("training"),
     log:
         f"{RESULTS}/logs/dsp/train_{{variant}}_{{domain}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_crft/dsp/train_{{variant}}_{{domain}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:

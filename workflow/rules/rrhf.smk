@@ -33,6 +33,8 @@ rule convert_rrhf_prompts:
         **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/rrhf/convert_{{split}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/convert_rrhf_prompts/rrhf/convert_{{split}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -57,6 +59,8 @@ if config["rrhf"].get("sft"):
             **job_resources("cpu"),
         log:
             f"{RESULTS}/logs/rrhf/sft_data.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/rrhf_sft_data/rrhf/sft_data.tsv"
         conda:
             "../envs/feedbackflow.yaml"
         shell:
@@ -79,6 +83,8 @@ if config["rrhf"].get("sft"):
             **job_resources("training"),
         log:
             f"{RESULTS}/logs/rrhf/train_sft.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/train_rrhf_sft/rrhf/train_sft.tsv"
         conda:
             "../envs/feedbackflow.yaml"
         shell:
@@ -111,6 +117,8 @@ if RRHF_SAMPLING_SHARDS > 1:
             **job_resources("cpu"),
         log:
             f"{RESULTS}/logs/rrhf/gather_train_samples.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/gather_rrhf_train_samples/rrhf/gather_train_samples.tsv"
         conda:
             "../envs/feedbackflow.yaml"
         shell:
@@ -150,6 +158,12 @@ rule sample_rrhf_train:
             if RRHF_SAMPLING_SHARDS > 1
             else f"{RESULTS}/logs/rrhf/sample_train.log"
         ),
+    benchmark:
+        (
+            f"{RESULTS}/benchmarks/sample_rrhf_train/rrhf/sample_train_shard{{shard}}.tsv"
+            if RRHF_SAMPLING_SHARDS > 1
+            else f"{RESULTS}/benchmarks/sample_rrhf_train/rrhf/sample_train.tsv"
+        ),
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -169,6 +183,8 @@ rule merge_rrhf_train_samples:
         **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/rrhf/merge_train.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/merge_rrhf_train_samples/rrhf/merge_train.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -190,6 +206,8 @@ rule score_rrhf_samples:
         **job_resources("evaluation"),
     log:
         f"{RESULTS}/logs/rrhf/score_{{name}}_rm.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/score_rrhf_samples/rrhf/score_{{name}}_rm.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -224,6 +242,8 @@ if config["rrhf"].get("judge_sft"):
             **job_resources("cpu"),
         log:
             f"{RESULTS}/logs/rrhf/judge_sft_data.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/judge_sft_data/rrhf/judge_sft_data.tsv"
         conda:
             "../envs/feedbackflow.yaml"
         shell:
@@ -247,6 +267,8 @@ if config["rrhf"].get("judge_sft"):
             **job_resources("training"),
         log:
             f"{RESULTS}/logs/rrhf/train_judge.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/train_judge_lm/rrhf/train_judge.tsv"
         conda:
             "../envs/feedbackflow.yaml"
         shell:
@@ -267,6 +289,8 @@ rule judge_rrhf_samples:
         **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/rrhf/score_{{name}}_judge.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/judge_rrhf_samples/rrhf/score_{{name}}_judge.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -284,6 +308,8 @@ rule rank_rrhf_train:
         **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/rrhf/rank_train.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rank_rrhf_train/rrhf/rank_train.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -306,6 +332,8 @@ rule train_rrhf:
         **job_resources("training"),
     log:
         f"{RESULTS}/logs/rrhf/train_rrhf.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_rrhf/rrhf/train_rrhf.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -328,6 +356,8 @@ rule sample_rrhf_test:
         **job_resources("evaluation"),
     log:
         f"{RESULTS}/logs/rrhf/sample_test_{{policy}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sample_rrhf_test/rrhf/sample_test_{{policy}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -346,6 +376,8 @@ rule merge_rrhf_test_samples:
         **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/rrhf/merge_test.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/merge_rrhf_test_samples/rrhf/merge_test.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -374,6 +406,8 @@ rule rrhf_metrics:
         **job_resources("evaluation"),
     log:
         f"{RESULTS}/logs/rrhf/metrics.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rrhf_metrics/rrhf/metrics.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:

@@ -35,6 +35,8 @@ rule make_synthetic_data:
         **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/tiny/make_synthetic_data.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/make_synthetic_data/tiny/make_synthetic_data.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -54,6 +56,8 @@ rule build_tiny_models:
         **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/tiny/build_tiny_models.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/build_tiny_models/tiny/build_tiny_models.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -78,6 +82,8 @@ rule make_synthetic_qa_feedback:
         **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/tiny/make_synthetic_qa_feedback.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/make_synthetic_qa_feedback/tiny/make_synthetic_qa_feedback.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -102,6 +108,8 @@ rule build_tiny_qa_model:
         **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/tiny/build_tiny_qa_{{architecture}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/build_tiny_qa_model/tiny/build_tiny_qa_{{architecture}}.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -124,6 +132,8 @@ rule make_synthetic_rtp:
         **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/tiny/make_synthetic_rtp.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/make_synthetic_rtp/tiny/make_synthetic_rtp.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -144,6 +154,8 @@ use rule build_tiny_models as build_tiny_detox_model with:
         ),
     log:
         f"{RESULTS}/logs/tiny/build_tiny_detox_{{detox_size}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/build_tiny_detox_model/tiny/build_tiny_detox_{{detox_size}}.tsv"
 
 
 # ILF: SLF5K-format splits, the synthetic world's oracle and the stand-in LMs' training tables, and a causal LM.
@@ -162,6 +174,8 @@ rule make_synthetic_slf5k:
         **job_resources("cpu"),
     log:
         f"{RESULTS}/logs/tiny/make_synthetic_slf5k.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/make_synthetic_slf5k/tiny/make_synthetic_slf5k.tsv"
     conda:
         "../envs/feedbackflow.yaml"
     shell:
@@ -178,3 +192,5 @@ use rule build_tiny_models as build_tiny_ilf_model with:
         hparams=hparams({"seed": config["seed"], **config.get("tiny", {}).get("ilf_lm", {})}),
     log:
         f"{RESULTS}/logs/tiny/build_tiny_ilf_lm.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/build_tiny_ilf_model/tiny/build_tiny_ilf_lm.tsv"
