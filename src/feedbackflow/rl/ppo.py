@@ -74,7 +74,8 @@ step (synced_gpus) while the responses end at different lengths; neither is hand
 scale, where everything fits DDP on one A100 per process (weights + gradients + Adam: 16 bytes per trained
 parameter): qa trains t5-large + a t5-base value body (~0.96e9 parameters: ~15 GB), detox gpt2-large + a gpt2-large
 value body (~1.55e9: ~25 GB), plus the bf16 reference (~1.5 GB) and reward models (3 Longformer-base: ~0.9 GB), and
-activations of one minibatch sample (1,024 + 200 tokens for qa).
+activations of one minibatch of 4 samples (1,024 + 200 tokens each for qa; the original fits them with every frozen
+model in float32).
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ class PPOConfig(OptimiserConfig):
     prompts_per_step: int = field(default=16, metadata={"help": "prompts per PPO step, all processes (paper: 8/GPU)"})
     samples_per_prompt: int = 4
     minibatch_size: int = field(
-        default=1, metadata={"help": "samples per minibatch on one process (paper: training_batch_size_per_card 1)"}
+        default=4, metadata={"help": "samples per minibatch on one process (original: training_batch_size_per_card 4)"}
     )
     ppo_epochs: int = 4
     rollout_forward_batch_size: int | None = field(
