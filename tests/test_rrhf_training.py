@@ -40,7 +40,7 @@ from feedbackflow.papers.rrhf.training import (
     supports_prompt_sharing,
     tokenize_ranked,
 )
-from feedbackflow.stages.sampling import rank_responses
+from feedbackflow.stages.sample_tables import rank_responses
 from feedbackflow.tiny.models import TinyModelConfig, build_causal_lm, build_tiny_models
 
 HPARAMS = {

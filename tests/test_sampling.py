@@ -18,21 +18,23 @@ from workflow_runs import copy_project, planned_jobs, snakemake
 
 from feedbackflow.core.formats import PROMPTS, RANKED_RESPONSES, SAMPLES, SCORED_SAMPLES, read_table, write_rows
 from feedbackflow.errors import ConfigError, DataError
+from feedbackflow.stages.sample_tables import (
+    configure_merge,
+    configure_rank,
+    main_merge,
+    main_rank,
+    merge_samples,
+    ranked_responses,
+)
 from feedbackflow.stages.sampling import (
     BatchCheckpoints,
     SamplingConfig,
     batch_plan,
     configure,
-    configure_merge,
-    configure_rank,
     diverse_beam_search,
     generate_responses,
     generate_shard,
     main,
-    main_merge,
-    main_rank,
-    merge_samples,
-    ranked_responses,
     sample_responses,
     shard_batches,
 )

@@ -4,8 +4,11 @@ The text of a sample is prompt + " " + response (the paper's input to `Dahoas/gp
 bos + ids + eos (`reward_model.encode_texts`; no bos when the tokenizer has none) and read with the "eos" pooling
 of `RewardModel`, so the score is the reward head on the hidden state at the appended eos, the first eos of the
 sequence. A text longer than `max_length` tokens (bos and eos included) is LEFT-truncated, so the response and the
-end of the dialogue are kept and the oldest turns dropped. A plain causal LM (not a reward-model directory) gets a
-new head drawn from `seed`, which is only useful in tests.
+end of the dialogue are kept and the oldest turns dropped, as GanjinZero/RRHF
+`data_generation/scoring_responses.py` does (truncation side left, no bos). A bos, when the scoring model's
+tokenizer has one (a DSP reward model at tiny scale), is kept (`keep_bos`); DSP's own stages drop it from a cut
+text. A plain causal LM (not a reward-model directory) gets a new head drawn from `seed`, which is only useful in
+tests.
 
 Every row is written with status "ok", the score, scorer f"rm:{model}" and null token counts (those are for
 LLM judges).
@@ -27,7 +30,7 @@ from feedbackflow.core.inference import load_for_inference
 from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
 from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.models.reward_model import POOLINGS, RewardModel, encode_texts, is_reward_model_dir, score_sequences
-from feedbackflow.stages.sampling import merge_samples
+from feedbackflow.stages.sample_tables import merge_samples
 from feedbackflow.text.tokens import pad_id_of
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,7 @@ def score_texts(model, tokenizer, texts: list[str], config: RewardScoringConfig)
         raise ConfigError(f"batch_size must be at least 1, got {config.batch_size}")
     if not texts:
         return []
-    sequences = encode_texts(tokenizer, texts, config.max_length)
+    sequences = encode_texts(tokenizer, texts, config.max_length, keep_bos=True)
     truncated = sum(1 for text, ids in zip(texts, sequences, strict=True) if len(ids) >= config.max_length)
     if truncated:
         log.info("%d of %d texts reached max_length %d (left-truncated)", truncated, len(texts), config.max_length)

@@ -89,7 +89,7 @@ from feedbackflow.core.training import (
 )
 from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.papers.ilf.prompts import OPT_RM_PROMPT, opt_rm_prompt
-from feedbackflow.stages.sampling import merge_samples
+from feedbackflow.stages.sample_tables import merge_samples
 from feedbackflow.text.tokens import pad_id_of, pad_left
 
 log = logging.getLogger("feedbackflow.papers.ilf.opt_rm")
