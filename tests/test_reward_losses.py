@@ -1,4 +1,4 @@
-"""DSP losses (SPEC section 4) against values computed by hand on literal tensors.
+"""DSP losses (Cheng et al. 2023; docs/methods/dsp.md) against values computed by hand on literal tensors.
 
 Notation: L(x) = -log sigmoid(x) = log(1 + e^-x).
 """
@@ -196,11 +196,29 @@ def test_gradient_three_texts():
         ([20.0, 17.0], [True, True], [True, False]),
         # just above
         ([1.0, 0.851], [True, True], [True, True]),
+        # where the original's max + 1e-5 moves the boundary: 0.850005 / 1.0 = 0.850005 > 0.85 here, while the
+        # original's 0.850005 / 1.00001 = 0.8499965 is not selected
+        ([1.0, 0.850005], [True, True], [True, True]),
+        # a tiny positive max: here 4e-5 / 4e-5 = 1.0 is selected; the original's 4e-5 / 5e-5 = 0.8 is not
+        ([4e-5, 0.0], [True, True], [True, False]),
     ],
 )
 def test_lm_target_mask(scores, mask, expected):
     got = lm_target_mask(t([scores], dtype=torch.float64), b([mask]))
     assert got.tolist() == [expected]
+
+
+def test_negative_scores_select_nothing_and_rank_the_better_text_first():
+    """[-1, -2]: text 0 is the better one. The original divides by max + 1e-5 = -0.99999, which gives
+    [1.00001, 2.00002]: both above 0.85 (both get the LM loss) and text 1 ranked above text 0. Our rule: the best
+    score -1 is not positive, so no text is normalised or selected, and the ranking loss reads the raw scores."""
+    scores, mask = t([[-1.0, -2.0]], dtype=torch.float64), b([[True, True]])
+    assert lm_target_mask(scores, mask).tolist() == [[False, False]]
+    # rewards [0, 1] favour the worse text. Ordered pairs (0, 1) and (1, 0): (r_j - r_i) * sign(s_j - s_i)
+    # = (1 - 0) * sign(-1) = -1 and (0 - 1) * sign(+1) = -1, each L(-1) = 1 + L(1) = 1.313262; mean 1.313262.
+    # (With the original's normalised scores the signs flip: L(1) = 0.313262, a reward for the wrong order.)
+    loss = ranking_loss(t([[0.0, 1.0]]), scores.float(), mask)
+    assert loss.item() == pytest.approx(1 + L1, abs=1e-6)
 
 
 def test_lm_target_mask_batch_and_threshold():
@@ -216,23 +234,40 @@ def test_lm_target_mask_batch_and_threshold():
 
 
 def test_uniform_logits_give_log_vocab():
-    # V = 5, zero logits: NLL log 5 = 1.609438 per counted prediction.
+    # V = 5, zero logits: NLL log 5 = 1.609438 per counted prediction, so every sequence's mean is log 5.
     # seq 0 length 4 -> 3 predictions; seq 1 length 2 -> 1 prediction (pad ids 2 never count)
     logits = torch.zeros(2, 4, 5)
     input_ids = torch.tensor([[0, 3, 4, 1], [0, 1, 2, 2]])
     attention = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
     total, count = lm_loss_terms(logits, input_ids, attention, b([True, True]))
-    assert int(count) == 4
-    assert total.item() == pytest.approx(6.4377516497, abs=1e-5)  # 4 * log 5
+    assert int(count) == 2  # sequences, not tokens
+    assert total.item() == pytest.approx(3.2188758249, abs=1e-5)  # 2 * log 5
     assert lm_loss(logits, input_ids, attention, b([True, True])).item() == pytest.approx(1.6094379124, abs=1e-6)
-    # only seq 0 selected: 3 * log 5 = 4.828314
-    total, count = lm_loss_terms(logits, input_ids, attention, b([True, False]))
-    assert int(count) == 3
-    assert total.item() == pytest.approx(4.8283137373, abs=1e-5)
-    # only seq 1 selected: 1 * log 5
-    total, count = lm_loss_terms(logits, input_ids, attention, b([False, True]))
-    assert int(count) == 1
-    assert total.item() == pytest.approx(1.6094379124, abs=1e-5)
+    # only seq 0 or only seq 1 selected: one sequence, mean log 5
+    for selected in ([True, False], [False, True]):
+        total, count = lm_loss_terms(logits, input_ids, attention, b(selected))
+        assert int(count) == 1
+        assert total.item() == pytest.approx(1.6094379124, abs=1e-5)
+
+
+def test_sequences_weigh_equally_whatever_their_length():
+    """The original's rule (Linear95/DSP trainer.py `language_modeling_loss`): the mean of per-sequence token means.
+
+    V = 2. seq 0 [0, 1, 0, 1]: zero logits, 3 predictions of NLL log 2 each -> mean log 2 = 0.693147.
+    seq 1 [0, 0, pad, pad] (pad id 0, masked): position 0 logits [0, log 3] -> p = [1/4, 3/4], target 0 ->
+    NLL log 4 = 1.386294, 1 prediction -> mean log 4. Mean of the two means: (log 2 + log 4) / 2 = 1.5 log 2 = 1.039721.
+    (One token-weighted mean would give (3 log 2 + log 4) / 4 = 1.25 log 2 = 0.866434.)
+    """
+    logits = torch.zeros(2, 4, 2)
+    logits[1, 0, 1] = math.log(3)
+    logits[1, 1:] = 1e4  # garbage where seq 1 has no prediction
+    input_ids = torch.tensor([[0, 1, 0, 1], [0, 0, 0, 0]])
+    attention = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    total, count = lm_loss_terms(logits, input_ids, attention, b([True, True]))
+    assert int(count) == 2
+    assert total.item() == pytest.approx(3 * math.log(2), abs=1e-5)  # log 2 + log 4
+    loss = lm_loss(logits, input_ids, attention, b([True, True]))
+    assert loss.item() == pytest.approx(1.0397207708, abs=1e-6)
 
 
 def test_hand_made_logits():
@@ -254,8 +289,8 @@ def test_hand_made_logits():
     input_ids = torch.tensor([[1, 0, 1, 2]])
     attention = torch.tensor([[1, 1, 1, 0]])
     total, count = lm_loss_terms(logits, input_ids, attention, b([True]))
-    assert int(count) == 2
-    assert total.item() == pytest.approx(1.2039728043, abs=1e-5)
+    assert int(count) == 1  # one sequence; its mean is the sum
+    assert total.item() == pytest.approx(0.6019864022, abs=1e-5)
     assert lm_loss(logits, input_ids, attention, b([True])).item() == pytest.approx(0.6019864022, abs=1e-6)
 
 
@@ -289,8 +324,8 @@ def test_lm_loss_on_bfloat16_logits_is_computed_in_float32():
 
 def test_prediction_needs_both_tokens_real():
     # a left-padded row [pad, 0, 3, 1]: the prediction from the pad at position 0 does not count even though its
-    # target is real -> 2 predictions of NLL log 5 = 1.609438 each, sum 3.218876
+    # target is real -> 2 predictions of NLL log 5 = 1.609438 each, sum 3.218876, mean over 2 (not 3): log 5
     logits = torch.zeros(1, 4, 5)
     total, count = lm_loss_terms(logits, torch.tensor([[2, 0, 3, 1]]), torch.tensor([[0, 1, 1, 1]]), b([True]))
-    assert int(count) == 2
-    assert total.item() == pytest.approx(3.2188758249, abs=1e-5)
+    assert int(count) == 1
+    assert total.item() == pytest.approx(1.6094379124, abs=1e-5)

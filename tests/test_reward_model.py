@@ -1,4 +1,5 @@
-"""DSP reward model (SPEC section 4): pooling, text encoding, the head, and the save/load round trip."""
+"""DSP reward model (Cheng et al. 2023; docs/methods/dsp.md): pooling, text encoding, the head, and the save/load
+round trip."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from feedbackflow.models.reward_model import (
     POOLINGS,
     RewardModel,
     encode_texts,
+    fit_reward_sequence,
     is_reward_model_dir,
     load_reward_model,
     pool_hidden_states,
@@ -108,18 +110,39 @@ def test_encode_adds_bos_and_eos(tokenizer):
     assert encode_texts(tokenizer, texts, 64) == [[0, *raw[0], 1], [0, *raw[1], 1]]
 
 
+def test_fit_reward_sequence_by_hand():
+    # bos [0], ids [10, 11, 12, 13, 14, 15], eos 1: the full sequence [0, 10, 11, 12, 13, 14, 15, 1] has 8 tokens.
+    # DSP's rule (Linear95/DSP reward_tokenize, truncation side left: inp_ids[-max_length:]): its last 5 tokens,
+    # [12, 13, 14, 15, 1] -- the bos goes with the beginning.
+    ids = [10, 11, 12, 13, 14, 15]
+    assert fit_reward_sequence([0], ids, 1, 5) == [12, 13, 14, 15, 1]
+    # keep_bos (RRHF scoring): bos + the last 5 - 2 = 3 text ids + eos = [0, 13, 14, 15, 1]
+    assert fit_reward_sequence([0], ids, 1, 5, keep_bos=True) == [0, 13, 14, 15, 1]
+    # exactly max_length (8) or shorter: untouched, bos included
+    assert fit_reward_sequence([0], ids, 1, 8) == [0, 10, 11, 12, 13, 14, 15, 1]
+    assert fit_reward_sequence([0], ids, 1, 8, keep_bos=True) == [0, 10, 11, 12, 13, 14, 15, 1]
+    # one over: only the bos goes under DSP's rule, only the first id under keep_bos
+    assert fit_reward_sequence([0], ids, 1, 7) == [10, 11, 12, 13, 14, 15, 1]
+    assert fit_reward_sequence([0], ids, 1, 7, keep_bos=True) == [0, 11, 12, 13, 14, 15, 1]
+    # no bos: both rules keep the last 5 tokens, [12, 13, 14, 15, 1]
+    assert fit_reward_sequence([], ids, 1, 5) == [12, 13, 14, 15, 1]
+    assert fit_reward_sequence([], ids, 1, 5, keep_bos=True) == [12, 13, 14, 15, 1]
+
+
 def test_encode_truncates_on_the_left(tokenizer):
     text = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda"
     raw = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert len(raw) > 6
     (encoded,) = encode_texts(tokenizer, [text], 6)
-    # room for 6 - 2 = 4 text ids: the last 4
-    assert len(encoded) == 6
-    assert encoded == [0, raw[-4], raw[-3], raw[-2], raw[-1], 1]
-    kept = tokenizer.decode(encoded[1:-1])
+    # DSP's rule: the last 6 tokens of bos + ids + eos: the last 5 text ids and eos, no bos
+    assert encoded == [raw[-5], raw[-4], raw[-3], raw[-2], raw[-1], 1]
+    kept = tokenizer.decode(encoded[:-1])
     assert kept and text.endswith(kept) and "alpha" not in kept
-    # the smallest length that still holds one text token
-    assert encode_texts(tokenizer, [text], 3) == [[0, raw[-1], 1]]
+    # keep_bos: bos, the last 4 text ids, eos
+    assert encode_texts(tokenizer, [text], 6, keep_bos=True) == [[0, raw[-4], raw[-3], raw[-2], raw[-1], 1]]
+    # the smallest length allowed (bos, one text token, eos)
+    assert encode_texts(tokenizer, [text], 3) == [[raw[-2], raw[-1], 1]]
+    assert encode_texts(tokenizer, [text], 3, keep_bos=True) == [[0, raw[-1], 1]]
     # a short text is not padded nor truncated
     short = tokenizer("dog", add_special_tokens=False)["input_ids"]
     assert encode_texts(tokenizer, ["dog"], 6) == [[0, *short, 1]]

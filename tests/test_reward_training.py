@@ -18,6 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from feedbackflow.core.batches import PreferenceBatchPlan
+from feedbackflow.papers.dsp.reward_training import global_counts
 from feedbackflow.stages.preferences import convert_preferences
 from feedbackflow.tiny.models import TinyModelConfig, build_tiny_models
 from feedbackflow.tiny.synthetic import SyntheticDataConfig, make_synthetic_data
@@ -88,6 +90,23 @@ def reference_run(tiny) -> Path:
     out = tiny["root"] / "reference"
     train(tiny, out, tiny["root"] / "reference_work")
     return out
+
+
+def test_global_counts_are_ordered_pairs_and_lm_texts():
+    """The divisors of a step's two means. The LM loss is a mean over texts, so token counts play no part.
+
+    list 0 [1, 0]: ordered pairs (0, 1), (1, 0) -> 2; normalised [1, 0] -> 1 LM text.
+    list 1 [2, 2, 1]: pairs with different scores (0, 2), (2, 0), (1, 2), (2, 1) -> 4; normalised [1, 1, 0.5] -> 2.
+    list 2 [-1, -2]: 2 pairs; best score not positive -> no LM text.
+    """
+    plan = PreferenceBatchPlan(
+        token_ids=[[[0, 5, 1], [0, 6, 7, 8, 1]], [[0, 5, 1]] * 3, [[0, 9, 1]] * 2],
+        scores=[[1.0, 0.0], [2.0, 2.0, 1.0], [-1.0, -2.0]],
+        steps_per_epoch=1,
+    )
+    assert global_counts(plan, [0, 1, 2], 0.85) == (8, 3)
+    assert global_counts(plan, [1], 0.85) == (4, 2)
+    assert global_counts(plan, [2], 0.85) == (2, 0)
 
 
 def test_training_learns_and_writes_a_reward_model_directory(reference_run):

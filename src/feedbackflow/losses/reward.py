@@ -2,7 +2,8 @@
 
 All functions take padded batches: `rewards` and `scores` are (lists, max_list_len) with `mask` True where an entry
 is a real text; token tensors are right-padded with an attention mask. Each loss can return its sum and its count,
-so that a trainer can average over a global batch that is split into micro batches and processes.
+so that a trainer can average over a global batch that is split into micro batches and processes. The rules and
+where they differ from the original code (Linear95/DSP `trainer.py`, `reward_datasets.py`): docs/methods/dsp.md.
 """
 
 from __future__ import annotations
@@ -38,7 +39,11 @@ def lm_target_mask(scores: torch.Tensor, mask: torch.Tensor, threshold: float = 
     """Texts whose normalised score (score / the list's max score) exceeds `threshold`.
 
     DSP adds the language-modelling loss only on these ("imitation learning" on preferred responses). A list whose
-    best score is not positive cannot be normalised this way and contributes no text.
+    best score is not positive cannot be normalised this way and contributes no text. The original
+    (`reward_datasets.py` `prepare_data_item`) divides by max + 1e-5 instead: that moves the boundary (a text needs
+    score > 0.85 * (max + 1e-5), and a list whose max is at most ~5.7e-5 selects nothing), and a negative max flips
+    the order, so [-1, -2] becomes [1.00001, 2.00002]: both texts selected, the worse one ranked first. Here [-1, -2]
+    selects nothing, and the ranking loss reads the raw scores (docs/methods/dsp.md, "Differences").
     """
     best = scores.masked_fill(~mask, float("-inf")).max(dim=1, keepdim=True).values
     positive_best = best > 0
@@ -49,20 +54,23 @@ def lm_target_mask(scores: torch.Tensor, mask: torch.Tensor, threshold: float = 
 def lm_loss_terms(
     logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, selected: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum and count of next-token NLL over the real tokens of the `selected` sequences.
+    """Sum over the `selected` sequences of each one's mean next-token NLL, and the number of selected sequences.
 
-    `logits` (seqs, len, vocab) predict token t+1 at position t; a prediction counts when both tokens are real.
+    `logits` (seqs, len, vocab) predict token t+1 at position t; a prediction counts when both tokens are real. Each
+    sequence's NLL is averaged over its own predictions first, then the sequences are averaged with equal weight
+    (Linear95/DSP `trainer.py` `language_modeling_loss`), so a long text weighs as much as a short one.
     """
     targets = input_ids[:, 1:]
-    valid = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool() & selected[:, None]
+    valid = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
     nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="none")
-    nll = nll.view_as(targets)
-    return torch.where(valid, nll, torch.zeros_like(nll)).sum(), valid.sum()
+    nll = torch.where(valid, nll.view_as(targets), torch.zeros_like(targets, dtype=nll.dtype))
+    per_sequence = nll.sum(dim=1) / valid.sum(dim=1).clamp(min=1)
+    return torch.where(selected, per_sequence, torch.zeros_like(per_sequence)).sum(), selected.sum()
 
 
 def lm_loss(
     logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, selected: torch.Tensor
 ) -> torch.Tensor:
-    """Mean token NLL of the selected sequences (0 when none is selected)."""
+    """Mean over the selected sequences of their mean token NLL (0 when none is selected)."""
     total, count = lm_loss_terms(logits, input_ids, attention_mask, selected)
     return total / count.clamp(min=1)

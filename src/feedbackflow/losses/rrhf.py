@@ -4,12 +4,15 @@ A batch holds several queries, each with several responses. Token tensors are on
 of all queries, flattened, right-padded); per-response values are then laid out as (queries, max_responses) with a
 boolean `mask` that is True where a slot holds a real response, like `reward_losses`.
 
-Yuan et al. 2023:
+Yuan et al. 2023 (differences from the original code, GanjinZero/RRHF train.py: docs/methods/rrhf.md):
 
 - p_i = (sum over the response tokens of log pi(y_i,t | x, y_i,<t)) / |y_i| ** length_penalty, with |y_i| the TRUE
-  number of response tokens (the original code divided by the padded length, a known bug);
+  number of response tokens, as in the paper (the original code divides by the padded width of the batch's rows);
 - L_rank = sum over pairs (i, j) of one query with r_i < r_j of max(0, p_i - p_j) (ties and padding excluded);
-- L_sft = token NLL of the highest-scored response (the mean over its tokens; for tied best scores, the first);
+- L_sft = token NLL of the highest-scored response averaged over its TRUE number of response tokens (for tied best
+  scores, the first). The paper writes L_ft as the sum over those tokens; the original code takes `.mean()` over the
+  whole padded row, i.e. divides that sum by the padded query + response width. Our mean keeps the code's per-token
+  scale without its dependence on the prompt's length and on the other responses' padding;
 - L = rrhf_weight * L_rank + L_sft.
 
 Reduction: The paper's L is a per-query loss. Every loss here returns the per-query values (shape (queries,)) and their
@@ -53,8 +56,9 @@ def response_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sequence, sum over response tokens of log pi(y_t | prefix), and the TRUE response length (Yuan et al. 2023).
 
-    The length is the count of response tokens (True entries of `response_mask`), not the padded width: the
-    original RRHF code divided by the padded length, a known bug that Yuan et al. 2023 says not to reproduce.
+    The length is the count of response tokens (True entries of `response_mask`), the paper's |y_i|, not the padded
+    width: the original code (GanjinZero/RRHF train.py) sets its -100 labels to 0 in place in `gather_logits_labels`
+    before `get_score` counts them, so it divides by the padded width (docs/methods/rrhf.md).
     """
     return response_logprob_sums(token_logprobs(logits, input_ids), response_mask)
 
@@ -102,6 +106,9 @@ def rrhf_sft_loss(token_nll: torch.Tensor, response_mask_of_best: torch.Tensor) 
     `token_nll` (queries, len) holds the NLL of each token of the best response of each query (pick the rows with
     `best_response_index`), aligned with `response_mask_of_best` (queries, len), True at its response tokens; only
     those count, and the mean is over the TRUE number of response tokens. Returns (per-query losses, batch sum).
+    The original code's `sft_loss` averages over the padded query + response width instead (`.mean()` of the whole
+    row, zeros outside the response), so the same response would weigh less beside a longer prompt or a longer
+    sibling response; the paper's L_ft is the plain sum (docs/methods/rrhf.md, "Differences").
     """
     response_mask_of_best = response_mask_of_best.bool()
     sums = torch.where(response_mask_of_best, token_nll, torch.zeros_like(token_nll)).sum(dim=1)

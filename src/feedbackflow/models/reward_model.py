@@ -30,8 +30,9 @@ META_FILE = "reward_model.json"
 def pool_hidden_states(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
     """Pool right-padded hidden states (seqs, len, d) into (seqs, d).
 
-    Sequences are bos + ids + eos. "eos" takes the eos position, "last" the last real token before eos (DSP's
-    default), "average" the mean over real tokens, "max" the element-wise max over real tokens (padding excluded).
+    Sequences end with eos (`encode_texts`: bos + ids + eos, the bos gone when cut). "eos" takes the eos position,
+    "last" the last real token before eos (DSP's default), "average" the mean over real tokens, "max" the
+    element-wise max over real tokens (padding excluded).
     """
     mask = attention_mask.bool()
     lengths = mask.sum(dim=1)
@@ -48,16 +49,34 @@ def pool_hidden_states(hidden: torch.Tensor, attention_mask: torch.Tensor, pooli
     raise ConfigError(f"pooling {pooling!r} is not one of {POOLINGS}")
 
 
-def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> list[list[int]]:
-    """Token ids bos + ids + eos for each text, truncated on the left to `max_length` (DSP's rule)."""
+def fit_reward_sequence(bos: list[int], ids: list[int], eos: int, max_length: int, keep_bos: bool = False) -> list[int]:
+    """bos + ids + eos, cut on the left to `max_length` tokens when longer.
+
+    DSP's rule (Linear95/DSP `reward_datasets.py` `reward_tokenize`, truncation side left): the whole sequence keeps
+    its last `max_length` tokens, so a cut sequence loses its bos with its beginning and keeps its eos. `keep_bos`:
+    the bos stays and only the text's first ids go (the RRHF scoring stage's rule; its paper's scorer has no bos, and
+    without a bos both rules give the same ids).
+    """
+    sequence = bos + ids + [eos]
+    if len(sequence) <= max_length:
+        return sequence
+    if keep_bos:
+        return bos + sequence[len(sequence) - max_length + len(bos) :]
+    return sequence[len(sequence) - max_length :]
+
+
+def encode_texts(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, keep_bos: bool = False
+) -> list[list[int]]:
+    """Token ids bos + ids + eos for each text (no bos when the tokenizer has none), cut on the left to `max_length`
+    by `fit_reward_sequence` (DSP's rule drops the bos of a cut text; `keep_bos` keeps it)."""
     if tokenizer.eos_token_id is None:
         raise ConfigError(f"tokenizer {tokenizer.name_or_path!r} has no eos token")
-    special = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    room = max_length - len(special) - 1
-    if room < 1:
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    if max_length - len(bos) - 1 < 1:
         raise ConfigError(f"max_length {max_length} leaves no room for text between bos and eos")
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return [special + ids[-room:] + [tokenizer.eos_token_id] for ids in encoded]
+    return [fit_reward_sequence(bos, ids, tokenizer.eos_token_id, max_length, keep_bos) for ids in encoded]
 
 
 @dataclass

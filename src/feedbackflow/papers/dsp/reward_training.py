@@ -1,10 +1,12 @@
 """Reward-model training for DSP's GRFT and CRFT stages (Cheng et al. 2023), on accelerate.
 
 One optimiser step sees `batch_size` preference lists (global, over all processes). Its loss is the ranking loss
-averaged over every ordered pair with different scores in that global batch, plus `lm_loss_coeff` times the mean
-token NLL of the texts whose normalised score exceeds `lm_score_threshold`. Both means are taken over the global
-batch whatever the micro-batch size and process count, so a 2-process run follows the same curve as a 1-process run.
-An incomplete last batch of an epoch is dropped. Checkpoints go to `--work-dir`; a rerun resumes from the last one.
+averaged over every ordered pair with different scores in that global batch, plus `lm_loss_coeff` times the LM loss:
+the mean, over the texts whose normalised score exceeds `lm_score_threshold`, of each text's mean token NLL (the
+original's `language_modeling_loss`, Linear95/DSP trainer.py). Both means are taken over the global batch whatever
+the micro-batch size and process count, so a 2-process run follows the same curve as a 1-process run (the original
+takes them per micro batch; docs/methods/dsp.md lists this and the other differences). An incomplete last batch of an
+epoch is dropped. Checkpoints go to `--work-dir`; a rerun resumes from the last one.
 """
 
 from __future__ import annotations
@@ -69,16 +71,9 @@ def load_preference_lists(paths: list[str]) -> tuple[list[list[str]], list[list[
 
 
 def global_counts(plan: PreferenceBatchPlan, indices: list[int], threshold: float) -> tuple[int, int]:
-    """(ordered pairs with different scores, predicted tokens of LM-target texts) in a global batch."""
+    """(ordered pairs with different scores, LM-target texts) in a global batch: the divisors of the two means."""
     scores, mask = pad_scores([plan.scores[i] for i in indices])
-    pairs = int(ranking_pair_mask(scores, mask).sum())
-    targets = lm_target_mask(scores, mask, threshold)
-    tokens = 0
-    for row, i in enumerate(indices):
-        for col, ids in enumerate(plan.token_ids[i]):
-            if targets[row, col]:
-                tokens += len(ids) - 1
-    return pairs, tokens
+    return int(ranking_pair_mask(scores, mask).sum()), int(lm_target_mask(scores, mask, threshold).sum())
 
 
 def micro_batch_loss(
@@ -148,7 +143,7 @@ def train_reward_model(
     model.train()
     for step in range(start_step, total_steps):
         indices = plan.batch_indices(step, config.batch_size, config.seed)
-        n_pairs, n_tokens = global_counts(plan, indices, config.lm_score_threshold)
+        n_pairs, n_lm_texts = global_counts(plan, indices, config.lm_score_threshold)
         mine = indices[accelerator.process_index :: world]
         micro_batches = [mine[i : i + micro_per_process] for i in range(0, len(mine), micro_per_process)]
         rank_total = torch.zeros((), device=accelerator.device)
@@ -157,7 +152,7 @@ def train_reward_model(
             with accelerator.accumulate(model):
                 rank_sum, lm_sum = micro_batch_loss(model, plan, micro, config, pad_id, accelerator.device)
                 rank_part = rank_sum / max(n_pairs, 1)
-                lm_part = lm_sum / max(n_tokens, 1)
+                lm_part = lm_sum / max(n_lm_texts, 1)
                 loss = rank_part + config.lm_loss_coeff * lm_part
                 backward_micro_batch(accelerator, model, optimizer, loss, accumulation, config.max_grad_norm)
             rank_total += rank_part.detach()
