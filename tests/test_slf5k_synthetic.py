@@ -14,7 +14,12 @@ from feedbackflow import cli
 from feedbackflow.core.formats import QA_PROMPTS, SLF5K_FEEDBACK, read_table
 from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.papers.ilf.oracle import fixes_flaw, load_oracle, summary_quality
-from feedbackflow.papers.ilf.prompts import INSTRUCT_RM_TEMPLATES, pairwise_prompt, refinement_prompt, summary_prompt
+from feedbackflow.papers.ilf.prompts import (
+    TINY_INSTRUCT_RM_TEMPLATES,
+    pairwise_prompt,
+    refinement_prompt,
+    summary_prompt,
+)
 from feedbackflow.papers.ilf.slf5k import convert_slf5k
 from feedbackflow.tiny.slf5k import (
     CORPUS_FILE,
@@ -224,19 +229,19 @@ def flaw_from_prompt(prompt: str) -> tuple[dict, dict[str, str]]:
 
 
 def assert_instruct_rm_rows_agree_with_the_oracle(rows: list[dict]) -> None:
-    """Each answer is the template's positive word exactly when the oracle says the refinement fixes the flaw; half
-    of the rows are positive; every template is used."""
-    templates = {template.text.split("\n\n")[-2]: template for template in INSTRUCT_RM_TEMPLATES}
+    """Each answer is the template's positive word (its answer token without the space SFT adds) exactly when the
+    oracle says the refinement fixes the flaw; half of the rows are positive; every tiny template is used."""
+    templates = {template.text.split("\n\n")[-2]: template for template in TINY_INSTRUCT_RM_TEMPLATES}
     positives, used = 0, set()
     for row in rows:
         flaw, _ = flaw_from_prompt(row["prompt"])
         template = templates[row["prompt"].split("\n\n")[-2]]
         used.add(template.name)
         label = fixes_flaw(field_of(row["prompt"], "New summary"), flaw)  # recomputed by the oracle
-        assert row["references"] == [template.positive if label else template.negative]
+        assert row["references"] == [(template.positive if label else template.negative).strip()]
         assert row["prompt_id"].endswith("yes" if label else "no")
         positives += label
-    assert positives * 2 == len(rows) and used == {t.name for t in INSTRUCT_RM_TEMPLATES}
+    assert positives * 2 == len(rows) and used == {t.name for t in TINY_INSTRUCT_RM_TEMPLATES}
 
 
 def test_role_tables_hold_only_their_role_questions_about_their_pool(small):

@@ -1,6 +1,6 @@
 """One cached language-model interface for ILF (Scheurer et al. 2023, "Training Language Models with Language
-Feedback at Scale"): sampling (initial summaries, refinements), next-token log-probabilities (InstructRM's P(Yes) /
-P(No), OPT-RM, the pairwise judge) and the log-probability of a continuation (the "log-probability" selection
+Feedback at Scale"): sampling (initial summaries, refinements), next-token log-probabilities (InstructRM's
+P(" Yes") / P(" No"), the pairwise judge) and the log-probability of a continuation (the "log-probability" selection
 baseline).
 
 - Backends: `openai` (the official client against OpenAI or any OpenAI-compatible server such as vLLM; `api`
@@ -124,8 +124,9 @@ class Outcome:
 
 
 def answer_probability(logprobs: dict[str, float], positive: str, negative: str) -> float | None:
-    """P(positive) / (P(positive) + P(negative)) from next-token log-probabilities (InstructRM, Scheurer et al.
-    2023).
+    """P(positive) / (P(positive) + P(negative)) from next-token log-probabilities: ILF's pairwise judge (A / B).
+    InstructRM reads its templates' exact tokens instead (`papers.ilf.instruct_rm.template_score`,
+    docs/methods/ilf.md).
 
     P(word) is the sum of exp(log-probability) over the entries whose token, stripped of surrounding whitespace,
     equals the word case-insensitively (" Yes", "Yes" and "yes" all count for "Yes"). When neither word is among

@@ -22,7 +22,7 @@ Files (`--output-dir`):
       always-flawed summary;
     - `instructrm_{train,dev}.parquet`: `instruct_rm_pairs_per_post` pairs of InstructRM questions per post, one
       about a refinement that fixes the named flaw (-> the template's positive word), one about a refinement that
-      does not (-> its negative word), each in a random template of the five;
+      does not (-> its negative word), each in a random template of the five tiny ones;
     - `judge_{train,dev}.parquet`: `judge_rows_per_post` rows per post, pairwise_prompt of two summaries of
       different quality -> "A" or "B", the better one, each letter half of the time.
     One multitask stand-in trained on all three tables' rows learnt each skill late, at a step that moved with the
@@ -79,7 +79,7 @@ from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from
 from feedbackflow.errors import ConfigError
 from feedbackflow.papers.ilf.oracle import fixes_flaw
 from feedbackflow.papers.ilf.prompts import (
-    INSTRUCT_RM_TEMPLATES,
+    TINY_INSTRUCT_RM_TEMPLATES,
     instruct_rm_prompt,
     pairwise_prompt,
     refinement_prompt,
@@ -452,11 +452,13 @@ def policy_rows(
 
 def instruct_rm_row(post: SyntheticPost, summary: Summary, feedback: str, refined: Summary, flaw: dict,
                     rng: random.Random) -> tuple[str, str, bool]:  # fmt: skip
-    """(prompt, answer word, whether the refinement fixes the flaw) of one InstructRM question in a random template."""
-    template = rng.choice(INSTRUCT_RM_TEMPLATES)
+    """(prompt, answer word, whether the refinement fixes the flaw) of one InstructRM question in a random template
+    of the tiny world's five (`TINY_INSTRUCT_RM_TEMPLATES`). The word is the answer token without its space: SFT
+    puts one space before every target, so the stand-in learns the token (" Yes") that InstructRM reads."""
+    template = rng.choice(TINY_INSTRUCT_RM_TEMPLATES)
     fixed = fixes_flaw(refined.text, flaw)
     prompt = instruct_rm_prompt(template, post.title, post.text, summary.text, feedback, refined.text)
-    return prompt, template.positive if fixed else template.negative, fixed
+    return prompt, (template.positive if fixed else template.negative).strip(), fixed
 
 
 def instruct_rm_table_rows(

