@@ -1,8 +1,8 @@
 """Diverse (group) beam search: time per decode step of the vectorised step against the per-prompt loop it replaced.
 
 Both implementations (`feedbackflow.stages.sampling.diverse_beam_search` and the code of commit 1a9b829 kept in
-tests/diverse_beam_reference.py) decode the same left-padded prompts with the RRHF paper's settings (SPEC section
-2: 4 beams in 4 groups, diversity penalty 1.0, 8 prompts per batch) on the same causal LM (LLaMA architecture,
+tests/diverse_beam_reference.py) decode the same left-padded prompts with the RRHF paper's settings (Yuan et al.
+2023: 4 beams in 4 groups, diversity penalty 1.0, 8 prompts per batch) on the same causal LM (LLaMA architecture,
 random weights, built in a temporary directory). Time per decode step = (time for `--steps` new tokens - time for
 1 new token) / (`--steps` - 1), so the prompt's prefill is left out. Runs alternate between the two, `--repeats`
 times, and the fastest counts (load from other processes is rejected). The outputs are checked to be equal.

@@ -7,7 +7,7 @@ RRHF code's layout, one forward over the query's responses, every response a ful
 sequence, right-padded to the longest of the query (`micro_batch_loss(..., share_prompt=False)`). Both modes compute
 the same loss (the ranking loss on length-normalised log-probabilities and SFT on the best response), then backward,
 gradient clipping and an AdamW step, on the same causal LM (LLaMA architecture, built in a temporary directory) and
-the same ranked data (6 responses per query, as in SPEC section 2), on 2 CPU threads.
+the same ranked data (6 responses per query, as in Yuan et al. 2023 on HH), on 2 CPU threads.
 
 Each mode processes the same queries: after warm-up, every chunk of `--queries-per-step` queries is trained on by
 both modes in alternating order, several times, and the fastest time of each chunk counts (so that load from other

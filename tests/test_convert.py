@@ -1,4 +1,5 @@
-"""Raw preference files -> preference-lists Parquet (SPEC 4): real DSP/HH files, text-score, bad input."""
+"""Raw preference files -> preference-lists Parquet (Cheng et al. 2023; docs/methods/dsp.md): real DSP/HH files,
+text-score, bad input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""import-reward-model (SPEC section 2): a tiny GPT-J saved in the layout of `Dahoas/gptj-rm-static` converts into
+"""import-reward-model (Yuan et al. 2023): a tiny GPT-J saved in the layout of `Dahoas/gptj-rm-static` converts into
 our reward-model directory, and `reward_scoring` then gives the scores of the original classes."""
 
 from __future__ import annotations

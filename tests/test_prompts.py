@@ -1,4 +1,4 @@
-"""Prompt sets (SPEC section 2): rm-static and HH raw files -> PROMPTS and SAMPLES Parquet, with clear errors."""
+"""Prompt sets (Yuan et al. 2023): rm-static and HH raw files -> PROMPTS and SAMPLES Parquet, with clear errors."""
 
 from __future__ import annotations
 

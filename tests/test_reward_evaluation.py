@@ -1,4 +1,4 @@
-"""DSP reward-model evaluation (SPEC section 4): pair and first-two accuracy counted by hand, and scoring."""
+"""DSP reward-model evaluation (Cheng et al. 2023): pair and first-two accuracy counted by hand, and scoring."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reward scoring of samples (SPEC section 2): prompt + " " + response + eos, read at the eos."""
+"""Reward scoring of samples (Yuan et al. 2023): prompt + " " + response + eos, read at the eos."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""RRHF losses (SPEC section 2) on literal tensors; every expected value is worked out by hand in the comments."""
+"""RRHF losses (Yuan et al. 2023; docs/methods/rrhf.md) on literal tensors; every expected value is worked out by hand
+in the comments."""
 
 from __future__ import annotations
 

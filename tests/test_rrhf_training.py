@@ -1,4 +1,4 @@
-"""The RRHF trainer (SPEC section 2), run through its CLI on tiny ranked data and a tiny causal LM built here.
+"""The RRHF trainer (Yuan et al. 2023), run through its CLI on tiny ranked data and a tiny causal LM built here.
 
 Each training run is a subprocess, as under Snakemake: learning, determinism, exact gradient accumulation, resume
 after a kill, and bad input. Independent runs go in parallel to keep the file quick on 2 cores.

@@ -1,4 +1,4 @@
-"""Policy sampling (SPEC section 2): batching with left padding, seeds, stop strings, diverse beam search,
+"""Policy sampling (Yuan et al. 2023): batching with left padding, seeds, stop strings, diverse beam search,
 merging sample files and ranking scored responses."""
 
 from __future__ import annotations
