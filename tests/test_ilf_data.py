@@ -1,4 +1,4 @@
-"""ILF's derived tables (SPEC section 3) from small literal SLF5K_POSTS / SLF5K_FEEDBACK / SAMPLES tables, through
+"""ILF's derived tables (Scheurer et al. 2023) from small literal SLF5K_POSTS / SLF5K_FEEDBACK / SAMPLES tables, through
 the stages `ilf-prompts`, `ilf-sft-data` and `ilf-reference-samples` (feedbackflow.cli.main)."""
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def test_summary_and_refinement_prompts(tmp_path, data):
         {"prompt_id": pid, "prompt": summary_prompt(title, post), "source": str(data["posts"]), "record": k}
         for k, (pid, title, post, _) in enumerate(POSTS)
     ]
-    # the text of SPEC section 3, spelled out once for one post
+    # the summary prompt of Scheurer et al. 2023, spelled out once for one post
     assert rows[0]["prompt"] == (
         "Write an excellent summary of the given text.\n\nTitle: Sister broke my camera\n\n"
         "Text: My sister Mara borrowed my camera and broke it.\n\nTL;DR:"

@@ -1,6 +1,7 @@
-"""ILF evaluation (SPEC section 3): the win-rate rules by hand, the pairwise judge with a fake LM and end to end on a
-tiny hf model, OPT-RM win rates from literal SCORED_SAMPLES tables, the synthetic oracle's win rate and fix rates
-from a tiny oracle file in `slf5k_synthetic`'s format, and the metrics table (this run's rows, then the paper's)."""
+"""ILF evaluation (Scheurer et al. 2023): the win-rate rules by hand, the pairwise judge with a fake LM and end to
+end on a tiny hf model, OPT-RM win rates from literal SCORED_SAMPLES tables, the synthetic oracle's win rate and fix
+rates from a tiny oracle file in `slf5k_synthetic`'s format, and the metrics table (this run's rows, then the
+paper's)."""
 
 from __future__ import annotations
 
@@ -418,7 +419,7 @@ def test_refinement_quality_by_the_oracle(tmp_path):
 
 # --- the metrics table ---------------------------------------------------------------------------------------------
 
-# SPEC section 3: win rates (%) vs human summaries with 100 / 1K / 5K training samples, human raters
+# Scheurer et al. 2023: win rates (%) vs human summaries with 100 / 1K / 5K training samples, human raters
 SPEC_PUBLISHED = [
     ("ilf", "100", 19.6), ("ilf", "1K", 29.2), ("ilf", "5K", 31.3),
     ("human", "100", 16.8), ("human", "1K", 26.3), ("human", "5K", 28.9),

@@ -27,6 +27,8 @@ from feedbackflow.llm.language_model import (
     SamplingCall,
     answer_probability,
     batch_seed,
+    candidate_token_id,
+    next_token_entries,
     sampling_calls,
 )
 
@@ -321,6 +323,40 @@ def test_hf_next_token_logprobs_equal_the_logits(tmp_path, tiny_model_dir, tiny)
         assert [r.value for r in again] == [r.value for r in results]
         lm.next_token_logprobs(prompts[:1], candidates=(" False",))  # other candidates: another request
         assert lm.stats.requests_sent == 1
+
+
+def sentencepiece_style_tokenizer():
+    """A tokenizer that, like LLaMA-2's SentencePiece one, prefixes the text with "\u2581" and writes each space as
+    "\u2581", so " Yes" alone is two pieces ("\u2581", "\u2581Yes") but after "Answer:" the one piece "\u2581Yes"."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    backend.pre_tokenizer = pre_tokenizers.Split("\u2581", behavior="merged_with_next")
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.Strip(" ", 1, 0)])
+    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>", "</s>"])
+    backend.train_from_iterator(["Is it? Answer: Yes", "Is it? Answer: No"] * 50, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_candidate_token_is_read_in_the_prompts_context():
+    tokenizer = sentencepiece_style_tokenizer()
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    (yes,) = ids("Yes")  # "\u2581Yes"
+    assert len(ids(" Yes")) == 2  # alone: "\u2581" + "\u2581Yes"
+    assert ids("Is it? Answer: Yes")[-1] == yes
+    assert candidate_token_id(tokenizer, " Yes", "Is it? Answer:") == yes  # one token after the prompt
+    assert candidate_token_id(tokenizer, " Yes") is None  # no prompt: two tokens
+    assert candidate_token_id(tokenizer, " Yes No", "Is it? Answer:") is None  # two tokens either way
+    # literal log-probabilities: id -> -id / 100; the entry " Yes" is the log-probability of the id "\u2581Yes"
+    logprobs = -torch.arange(len(tokenizer), dtype=torch.float32) / 100
+    entries = next_token_entries(tokenizer, logprobs, 1, [" Yes"], "Is it? Answer:")
+    assert entries[" Yes"] == pytest.approx(-yes / 100)
+    assert set(entries) == {tokenizer.decode([0]), " Yes"}  # the top-1 (id 0) and the candidate
 
 
 def test_hf_sequence_logprob_is_the_token_by_token_sum(tmp_path, tiny_model_dir, tiny):

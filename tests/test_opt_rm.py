@@ -1,5 +1,5 @@
-"""OPT-RM (SPEC section 3): the answer loss, P(Yes) and pair accuracy by hand on literal logits, the length rule, and
-training / evaluation / scoring / best-of-n on a tiny causal LM built here, in this process.
+"""OPT-RM (Scheurer et al. 2023): the answer loss, P(Yes) and pair accuracy by hand on literal logits, the length
+rule, and training / evaluation / scoring / best-of-n on a tiny causal LM built here, in this process.
 
 The tiny comparison world: every post is about a topic; the preferred summary says the trip was "great", the other
 that it was "awful", so a model that reads the summary can reach accuracy 1 on held-out posts of other topics.

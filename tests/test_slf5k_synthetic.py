@@ -1,4 +1,4 @@
-"""The tiny synthetic SLF5K (SPEC section 3, ILF): the oracle functions on literal summaries, the files in SLF5K's
+"""The tiny synthetic SLF5K (ILF, Scheurer et al. 2023): the oracle functions on literal summaries, the files in SLF5K's
 format that convert-slf5k reads, reproducibility, and tiny-LM tables whose labels agree with the oracle."""
 
 from __future__ import annotations

@@ -376,7 +376,8 @@ class HFLMBackend(HFBackendBase):
             self.attempts += len(batch)
             for row, (index, ids) in enumerate(batch):
                 request = requests[index]
-                entries = next_token_entries(tokenizer, logprobs[row], request["top_logprobs"], request["candidates"])
+                entries = next_token_entries(tokenizer, logprobs[row], request["top_logprobs"], request["candidates"],
+                                             request["prompt"])
                 on_outcome(index, Outcome({"logprobs": entries}, None, "ok", len(ids), None))
 
     def sequence_logprob(self, requests: Sequence[dict], on_outcome: OnOutcome) -> None:
@@ -435,17 +436,35 @@ def batch_seed(seed: int, prompts: Sequence[str], part: int | None = None) -> in
     return int.from_bytes(digest[:4], "big")
 
 
-def next_token_entries(tokenizer, logprobs, k: int, candidates: Sequence[str]) -> dict[str, float]:
+def candidate_token_id(tokenizer, candidate: str, prompt: str = "") -> int | None:
+    """The one token id that `candidate` is as the next token after `prompt`: its id when it is one token alone, else
+    the single id that `prompt + candidate` adds to `prompt`'s ids (a SentencePiece tokenizer spells " Yes" alone as
+    two pieces, "▁" + "▁Yes", but after "Answer:" as the one piece "▁Yes"); None when it is more than
+    one token either way."""
+    alone = tokenizer(candidate, add_special_tokens=False)["input_ids"]
+    if len(alone) == 1:
+        return alone[0]
+    if not prompt:
+        return None
+    before = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    after = tokenizer(prompt + candidate, add_special_tokens=False)["input_ids"]
+    if len(after) == len(before) + 1 and after[: len(before)] == before:
+        return after[-1]
+    return None
+
+
+def next_token_entries(tokenizer, logprobs, k: int, candidates: Sequence[str], prompt: str = "") -> dict[str, float]:
     """{token string: log-probability} of the `k` most likely next tokens (decoded; of two ids with the same text
-    the likelier is kept) plus every candidate string that is exactly one token (its exact log-probability)."""
+    the likelier is kept) plus every candidate string that is one token after `prompt` (`candidate_token_id`), with
+    its exact log-probability (InstructRM reads exactly its answer tokens from these: docs/methods/ilf.md)."""
     values, ids = logprobs.topk(min(k, logprobs.shape[-1]))
     entries: dict[str, float] = {}
     for value, token_id in zip(values.tolist(), ids.tolist(), strict=True):
         entries.setdefault(tokenizer.decode([token_id]), float(value))
     for candidate in candidates:
-        candidate_ids = tokenizer(candidate, add_special_tokens=False)["input_ids"]
-        if len(candidate_ids) == 1:
-            entries[candidate] = float(logprobs[candidate_ids[0]])
+        token_id = candidate_token_id(tokenizer, candidate, prompt)
+        if token_id is not None:
+            entries[candidate] = float(logprobs[token_id])
     return entries
 
 
@@ -526,8 +545,9 @@ class LanguageModel(CachedClient):
 
     def next_token_logprobs(self, prompts: Sequence[str], candidates: Sequence[str] = ()) -> list[LMResult]:
         """The next token's log-probabilities after each prompt (value: {token string: log-probability}): the top
-        `top_logprobs` alternatives; hf also gives every `candidates` string that is a single token its exact
-        log-probability (openai reports only the top alternatives: a candidate outside them is absent)."""
+        `top_logprobs` alternatives; hf also gives every `candidates` string that is a single token after the prompt
+        its exact log-probability (`candidate_token_id`); openai reports only the top alternatives: a candidate
+        outside them is absent."""
         settings: dict = {"top_logprobs": self.config.top_logprobs}
         if self.config.backend == "hf":
             settings["candidates"] = sorted({str(c) for c in candidates})
