@@ -10,9 +10,9 @@ TL;DR. Here three judges give it, each stated as such in the table:
 - `opt_rm`: OPT-RM's P(Yes | summary): a win when the policy's summary scores higher than the reference (ties 1/2).
 - `oracle` (tiny scale only): the synthetic world's `summary_quality` of both summaries (ties 1/2).
 
-Refinement quality (per selection scorer): on the training feedback, the chosen refinement against the summary the
-feedback was written on: OPT-RM win rate, and (tiny) how often it fixes the flaw the feedback names, beside the
-rate over all refinements (what random choice gets on average).
+Refinement quality (per selection scorer, `refinement_quality`): on the training feedback, how many posts got a
+chosen refinement and (tiny) how often it fixes the flaw the feedback names, beside the rate over all refinements
+(what random choice gets on average) and over the summaries the feedback was written on.
 """
 
 from __future__ import annotations
