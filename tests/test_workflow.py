@@ -121,7 +121,7 @@ def test_time_per_stage_counts_every_job_of_the_run(finished_run):
     everything = planned_jobs(snakemake(finished_run, "-n", "--forceall").stdout)
     expected = {rule: count for rule, count in everything.items() if rule not in ("all", "stage_times")}
     stages = pd.read_parquet(finished_run / "results/timing.parquet")
-    assert dict(zip(stages["rule"], stages["jobs"])) == expected
+    assert dict(zip(stages["rule"], stages["jobs"], strict=True)) == expected
     assert (stages["seconds"] > 0).all() and stages["seconds"].is_monotonic_decreasing
     assert "# Time per stage" in (finished_run / "results/timing.md").read_text()
 
