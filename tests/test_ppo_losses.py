@@ -1,5 +1,5 @@
-"""PPO rules (SPEC section 1, "PPO (as in the paper's code)") on literal tensors; every expected value is worked out
-by hand in the comments."""
+"""PPO rules as Fine-Grained RLHF's code applies them (docs/methods/fine_grained_rlhf.md) on literal tensors; every
+expected value is worked out by hand in the comments."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from feedbackflow.losses.ppo import (
     masked_moments,
     masked_var,
     masked_whiten,
+    mean_of_minibatch_means,
     mean_response_length,
     minibatch_length_weight,
     ppo_loss,
@@ -233,3 +234,18 @@ def test_kl_early_stop_counts_steps_above_the_threshold_like_the_paper():
     # consecutive variant: 11, 12, 5 (reset), 11, 12 -> counts 1, 2, 0, 1, 2, then 13 -> 3
     rule = KLEarlyStop(threshold=10.0, patience=3, consecutive=True)
     assert [rule.update(kl) for kl in (11.0, 12.0, 5.0, 11.0, 12.0, 13.0)] == [False] * 5 + [True]
+
+
+def test_the_kl_of_a_step_is_the_mean_of_its_minibatch_means_like_the_original():
+    kl = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0, 20.0])  # per-response KL sums of one process's 6 samples
+    # minibatches of 4: [1, 2, 3, 4] -> 2.5 and [10, 20] -> 15; their mean (2.5 + 15) / 2 = 8.75, where the mean over
+    # samples is 40 / 6 = 6.667
+    assert mean_of_minibatch_means(kl, 4) == pytest.approx(8.75)
+    # minibatches of 3 (equal sizes): [1, 2, 3] -> 2, [4, 10, 20] -> 34 / 3; (2 + 34 / 3) / 2 = 40 / 6, the sample mean
+    assert mean_of_minibatch_means(kl, 3) == pytest.approx(40 / 6)
+    # a second process with one minibatch of mean 6 (its sums [6, 1] added by the reduce): (2.5 + 15 + 6) / 3
+    other = torch.tensor([6.0, 1.0], dtype=torch.float64)
+    assert mean_of_minibatch_means(kl, 4, lambda t: t + other) == pytest.approx(23.5 / 3)
+    # it is what the early stop reads: threshold 8 is exceeded by 8.75, not by the sample mean 6.667
+    assert KLEarlyStop(threshold=8.0, patience=1).update(mean_of_minibatch_means(kl, 4)) is True
+    assert KLEarlyStop(threshold=8.0, patience=1).update(kl.mean().item()) is False

@@ -1,4 +1,5 @@
-"""The PPO engine and `train-ppo` stage (SPEC section 1) on a tiny causal LM and a tiny T5 built here.
+"""The PPO engine and `train-ppo` stage (Wu et al. 2023; docs/methods/fine_grained_rlhf.md) on a tiny causal LM and a
+tiny T5 built here.
 
 The toy task: reward 1 on every generated " dog", " cat" and " the" (three `target_token` reward functions).
 In-process runs check learning, the outputs, the optimiser-step count and resume after SIGTERM; engine-level tests
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -32,6 +34,7 @@ from transformers import (
     LongformerForSequenceClassification,
     T5Config,
     T5ForConditionalGeneration,
+    T5Tokenizer,
 )
 
 from feedbackflow.core.formats import PPO_LOG, PROMPTS, write_rows
@@ -312,6 +315,59 @@ def test_minibatches_are_weighted_by_length_and_accumulate_into_one_step_per_epo
     assert engine.scheduler.last_epoch == 3
     assert set(losses) == {"policy_loss", "value_loss", "clip_fraction"}
     assert any(not torch.equal(b, p) for b, p in zip(before, params, strict=True))
+
+
+def test_reward_functions_read_the_responses_decoded_as_the_original(tmp_path):
+    """The literal T5 sample "_He _said _, _yes _. </s>" reaches the reward functions as "He said, yes." (the original's
+    fgrlhf/policy.py decodes with clean_up_tokenization_spaces), or as the tokenizer decodes it with the key off."""
+    pieces = ["▁He", "▁said", "▁,", "▁yes", "▁."]  # ids 3-7 after <pad> 0, </s> 1, <unk> 2
+    t5 = T5Tokenizer(vocab=[("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(p, -1.0) for p in pieces], extra_ids=0)
+    seen = []
+
+    def recorder(prompts, responses, token_ids):
+        seen.append(responses)
+        return RewardResult([[0.0] * len(ids) for ids in token_ids], {})
+
+    recorder.name = "recorder"
+    ids = torch.tensor([[3, 4, 5, 6, 7, 1, 0]])
+    mask = torch.tensor([[True] * 6 + [False]])
+    assert PPOConfig().clean_up_tokenization_spaces  # the default: the original's decoding
+    for clean_up, expected in ((True, "He said, yes."), (False, "He said , yes .")):
+        engine = SimpleNamespace(tokenizer=t5, config=PPOConfig(clean_up_tokenization_spaces=clean_up),
+                                 reward_functions=[recorder])  # fmt: skip
+        PPOEngine.rewards_of(engine, ["question: ?"], ids, mask)
+        assert seen[-1] == [expected]
+
+
+def test_the_step_kl_is_the_mean_of_the_minibatch_means(tiny):
+    """8 samples in minibatches of 3, 3 and 2: the logged KL, which the early stop and the KL controller read, is
+    (mean(kl[0:3]) + mean(kl[3:6]) + mean(kl[6:8])) / 3 (the original's), not the mean over the 8 samples."""
+    engine, token_ids, prompts = build_engine(tiny["causal"], samples_per_prompt=2, minibatch_size=3)
+    torch.manual_seed(1)
+    with torch.no_grad():  # move the policy away from the reference so that the KL is not 0
+        for parameter in engine.unwrapped.policy.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    torch.manual_seed(0)
+    rollout, means = engine.rollout(token_ids, prompts, kl_coef=0.3)
+    kl = torch.where(rollout.response_mask, rollout.old_logprobs - rollout.ref_logprobs, 0.0).sum(dim=1).double()
+    expected = (kl[0:3].mean() + kl[3:6].mean() + kl[6:8].mean()).item() / 3
+    assert means["kl"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert abs(means["kl"] - kl.mean().item()) > 1e-3  # the mean over samples differs here
+
+
+def test_gradient_clipping_takes_the_norm_of_policy_and_value_together(tiny):
+    """The original's current fgrlhf/ppo.py clips one norm over policy and value: gradients 3 (policy) and 4 (value
+    head), all others 0, have the norm sqrt(9 + 16) = 5; with max_grad_norm 1 both are scaled by 1 / 5 (torch:
+    1 / (5 + 1e-6)) to 0.6 and 0.8. (Clipped separately they would be 1.0 and 1.0.)"""
+    engine, _, _ = build_engine(tiny["causal"], max_grad_norm=1.0)
+    model = engine.unwrapped
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    policy_weight, value_bias = next(model.policy.parameters()), model.value_head.model[2].bias
+    policy_weight.grad.view(-1)[0], value_bias.grad.view(-1)[0] = 3.0, 4.0
+    engine.clip_gradients()
+    assert policy_weight.grad.view(-1)[0].item() == pytest.approx(0.6, rel=1e-5)
+    assert value_bias.grad.view(-1)[0].item() == pytest.approx(0.8, rel=1e-5)
 
 
 # --- toy runs ---------------------------------------------------------------------------------------------------

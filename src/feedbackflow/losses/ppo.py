@@ -111,6 +111,19 @@ def sequence_sums(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.bool(), values, torch.zeros_like(values)).sum(dim=1)
 
 
+def mean_of_minibatch_means(values: torch.Tensor, minibatch_size: int, reduce: Reduce | None = None) -> float:
+    """The mean over minibatches (of every process, with `reduce`) of each minibatch's mean of `values` (B,).
+
+    The minibatches are rows [0, size), [size, 2 size), ... of each process, the last possibly shorter: the PPO
+    epochs' split. This is the KL the original logs and stops on (fgrlhf/ppo.py `train`: `reward_kl` per minibatch,
+    concatenated, gathered from every GPU, then averaged). It equals the mean over samples when every minibatch has
+    the same size, and weighs the samples of a short last minibatch more otherwise."""
+    means = torch.stack([chunk.double().mean() for chunk in values.split(minibatch_size)])
+    count = torch.tensor(float(len(means)), dtype=torch.float64, device=values.device)
+    total, n = (reduce or _identity)(torch.stack([means.sum(), count])).tolist()
+    return total / n
+
+
 def gae_advantages(
     rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
 ) -> tuple[torch.Tensor, torch.Tensor]:

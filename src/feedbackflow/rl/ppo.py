@@ -24,8 +24,10 @@ One PPO step (the paper's fgrlhf/ppo.py `train`):
    are kept exactly; its prompts are short, so that forward is cheap). Seq2seq: every encoder (policy in generate(),
    value, reference) runs once per prompt, not per sample, and its output is repeated to the prompt's samples
    (`encoder_hidden_once`; bit-identical on the tiny T5).
-3. rewards: every reward function is called once with (prompts, decoded responses, token ids); the per-token rewards
-   are summed; then r_t - kl_coef * (log pi - log pi_ref) on each sampled token (`ppo_losses.kl_penalised_rewards`).
+3. rewards: every reward function is called once with (prompts, decoded responses, token ids); the responses are
+   decoded without special tokens and, with `clean_up_tokenization_spaces` (default, the original's policy.py), with
+   the spaces before punctuation removed (`text.tokens.decode_tokens`); the per-token rewards are summed; then
+   r_t - kl_coef * (log pi - log pi_ref) on each sampled token (`ppo_losses.kl_penalised_rewards`).
 4. rewards whitened without shifting the mean when `whiten_rewards` (statistics over every process), GAE(gamma, lam)
    with V = 0 past the end, advantages whitened (mean shifted), all in `ppo_losses`.
 5. `ppo_epochs` epochs; each walks the rollout in minibatches of `minibatch_size` samples in order (the paper does
@@ -37,14 +39,16 @@ One PPO step (the paper's fgrlhf/ppo.py `train`):
    the epochs (dropout on, as in the paper) and in eval mode for the rollout. Seq2seq: a minibatch's encoder pass
    is shared by the samples of one prompt (gradients summed over them) only when the encoder draws no dropout;
    with dropout (t5's 0.1) each sample keeps its own pass and its own dropout mask, as in the paper's code.
-6. the KL controller is updated with the step's mean per-response KL; training stops early once that KL has
+6. the step's KL is the mean over the minibatches of step 5 (every process's) of their mean per-response KL, as the
+   original logs it and stops on (`ppo_losses.mean_of_minibatch_means`; the mean over samples when the minibatches
+   are all the same size). It is logged as `kl`, updates the KL controller, and training stops early once it has
    exceeded `kl_threshold` on `kl_patience` steps (the paper's count, not reset in between; `ppo_losses.KLEarlyStop`).
 
 Schedule: total steps = ceil(total_episodes / (prompts_per_step * samples_per_prompt)); linear schedule with
 `warmup_steps` PPO steps of warm-up, i.e. warmup_steps * ppo_epochs optimiser steps, decaying to 0 at the last
 optimiser step. (The paper passes 100 * epochs * processes warm-up and total * epochs * processes steps to a scheduler
 that accelerate steps `processes` times per optimiser step: the same schedule.) Gradient clipping, off in the paper
-(clip_grad False), clips the policy's and the value model's gradients separately when `max_grad_norm` > 0.
+(clip_grad False), clips the norm of the policy's and the value model's gradients together when `max_grad_norm` > 0.
 
 Checkpoints go to `--work-dir` every `save_every` steps (`feedbackflow.core.checkpoints`): models, optimiser, scheduler
 and every process's RNG states, so a rerun resumes and matches an uninterrupted run; the KL coefficient and the
@@ -131,6 +135,7 @@ from feedbackflow.losses.ppo import (
     gae_advantages,
     kl_penalised_rewards,
     masked_whiten,
+    mean_of_minibatch_means,
     mean_response_length,
     minibatch_length_weight,
     ppo_loss,
@@ -142,7 +147,7 @@ from feedbackflow.rl.rewards import (
     check_reward_result,
     load_reward_spec,
 )
-from feedbackflow.text.tokens import encode_prompts, pad_id_of, pad_left, pad_right
+from feedbackflow.text.tokens import decode_tokens, encode_prompts, pad_id_of, pad_left, pad_right
 
 log = logging.getLogger("feedbackflow.rl.ppo")
 
@@ -178,6 +183,11 @@ class PPOConfig(OptimiserConfig):
     max_new_tokens: int = 200
     max_input_length: int = 1024
     # rewards and advantages
+    clean_up_tokenization_spaces: bool = field(
+        default=True,
+        metadata={"help": "decode responses for the reward functions with the space clean-up before punctuation "
+                          "(text.tokens.decode_tokens; the original's fgrlhf/policy.py); false: the tokenizer's own"},
+    )  # fmt: skip
     kl_coef: float = 0.3
     kl_controller: str = field(default="fixed", metadata={"help": "fixed (the paper) or adaptive (Ziegler 2019)"})
     kl_target: float = field(default=6.0, metadata={"help": "adaptive KL: target mean per-response KL"})
@@ -375,12 +385,6 @@ class PolicyAndValue(nn.Module):
             policy_hidden = encoder_hidden_once(self.policy, prompt_ids, prompt_mask, prompt_index)
             value_hidden = encoder_hidden_once(self.value_backbone, prompt_ids, prompt_mask, prompt_index)
         return self.logprobs(*args, policy_hidden), self.values(*args, value_hidden)
-
-    def policy_parameters(self):
-        return self.policy.parameters()
-
-    def value_parameters(self):
-        return chain(self.value_backbone.parameters(), self.value_head.parameters())
 
 
 def dropout_active(module: nn.Module) -> bool:
@@ -673,7 +677,8 @@ class PPOEngine:
         """((B, R) summed per-token rewards, per-function (B,) reward sums, per-statistic (B,) values)."""
         lengths = response_mask.sum(dim=1).tolist()
         token_ids = [row[:n] for row, n in zip(response_ids.tolist(), lengths, strict=True)]
-        responses = self.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
+        clean_up = self.config.clean_up_tokenization_spaces
+        responses = [decode_tokens(self.tokenizer, ids, clean_up) for ids in token_ids]
         total = torch.zeros(response_ids.shape, dtype=torch.float32, device=response_ids.device)
         per_function, statistics = {}, {}
         for function in self.reward_functions:
@@ -714,7 +719,8 @@ class PPOEngine:
         advantages = masked_whiten(advantages, response_mask, shift_mean=True, reduce=reduce)
         rollout = Rollout(prompt_ids, prompt_mask, response_ids, response_mask, old_logprobs, old_values,
                           ref_logprobs, advantages, returns, prompt_index)  # fmt: skip
-        # global means over samples of per-response sums (the paper's logged rewards/raw and rewards/kl)
+        # global means over samples of per-response sums (the paper's logged rewards/raw); the KL is averaged as the
+        # original averages it for its log and its early stop: the mean of the minibatches' means
         lengths = response_mask.sum(dim=1)
         columns = {
             "reward": sequence_sums(raw, response_mask),
@@ -724,7 +730,9 @@ class PPOEngine:
             **{f"reward:{k}": v for k, v in per_function.items()},
             **{f"stat:{k}": v for k, v in statistics.items()},
         }
-        return rollout, self.global_means(columns)
+        means = self.global_means(columns)
+        means["kl"] = mean_of_minibatch_means(columns["kl"], config.minibatch_size, reduce)
+        return rollout, means
 
     def global_means(self, columns: dict[str, torch.Tensor]) -> dict[str, float]:
         """Mean over every process's samples of each (B,) column, with one all-reduce (same order everywhere)."""
@@ -771,13 +779,16 @@ class PPOEngine:
             totals += torch.stack([policy_loss.detach() * weight, value_loss.detach() * weight, clip_fraction]).double()
         return dict(zip(("policy_loss", "value_loss", "clip_fraction"), totals.tolist(), strict=True))
 
-    def optimisation_step(self) -> None:
-        """Clip (policy and value separately, as the paper does), one optimiser step, one scheduler step."""
+    def clip_gradients(self) -> None:
+        """With `max_grad_norm` > 0, clip the norm of the gradient of every trained parameter, policy and value
+        together, as the original's current fgrlhf/ppo.py does (its first release clipped the two separately)."""
         if self.config.max_grad_norm > 0:
             self.accelerator.unscale_gradients()
-            unwrapped = self.unwrapped
-            torch.nn.utils.clip_grad_norm_(list(unwrapped.policy_parameters()), self.config.max_grad_norm)
-            torch.nn.utils.clip_grad_norm_(list(unwrapped.value_parameters()), self.config.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(list(self.unwrapped.parameters()), self.config.max_grad_norm)
+
+    def optimisation_step(self) -> None:
+        """`clip_gradients`, one optimiser step, one scheduler step."""
+        self.clip_gradients()
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -830,7 +841,8 @@ def named_values(values: dict[str, float]) -> list[dict]:
 
 
 def log_row(step: int, config: PPOConfig, means: dict, losses: dict, kl_coef: float, learning_rate: float) -> dict:
-    """One PPO_LOG row: global means over the step's samples; losses are the last epoch's minibatch means."""
+    """One PPO_LOG row: global means over the step's samples (the KL: over its minibatches, see the module doc);
+    losses are the last epoch's minibatch means."""
     return {
         "step": step,
         "episodes": step * config.episodes_per_step,

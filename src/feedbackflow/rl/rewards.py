@@ -5,7 +5,8 @@ A reward function is called once per rollout with every sample of this process:
     result = reward_fn(prompts, responses, token_ids)
 
 - `prompts`: list[str], the prompt of each sample (a prompt sampled k times appears k times, consecutively);
-- `responses`: list[str], the decoded responses (special tokens skipped);
+- `responses`: list[str], the decoded responses (special tokens skipped; with PPO's `clean_up_tokenization_spaces`,
+  the spaces before punctuation removed as the original's fgrlhf/policy.py does: `text.tokens.decode_tokens`);
 - `token_ids`: list[list[int]], the generated policy token ids of each response, padding excluded (the final eos is
   included when the policy generated one: it is a response token that receives reward and KL like any other).
 
@@ -190,9 +191,14 @@ def segment_end_token_indices(
     return [min(max(len(policy_tokenizer.tokenize(text[:end])) - 1, 0), n_tokens - 1) for end in ends]
 
 
-def place_rewards(n_tokens: int, positions: list[int], values: list[float]) -> list[float]:
-    """A reward list of `n_tokens` zeros with `values` added at `positions` (two segments may end on one token)."""
+def place_rewards(n_tokens: int, positions: list[int], values: list[float], overwrite: bool = False) -> list[float]:
+    """A reward list of `n_tokens` zeros with `values` placed at `positions`, in order.
+
+    Two segments may end on one token (a generation cut short clips every later end to its last token). By default
+    their values add up (detox: the toxicity drops then still sum to -tox(y)); with `overwrite` the later segment's
+    value replaces the earlier one, as the original's qa rewards assign `reward[end_idx] = value`
+    (tasks/qa_feedback/training/reward.py; docs/methods/fine_grained_rlhf.md)."""
     rewards = [0.0] * n_tokens
     for position, value in zip(positions, values, strict=True):
-        rewards[position] += value
+        rewards[position] = value if overwrite else rewards[position] + value
     return rewards

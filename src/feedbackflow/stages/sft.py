@@ -292,11 +292,13 @@ def greedy_generate(
     max_new_tokens: int,
     batch_size: int,
     synced_gpus: bool = False,
+    clean_up_spaces: bool = False,
 ) -> tuple[list[str], list[int]]:
     """(texts, generated token counts with eos) of greedy decoding with the KV cache, in batches of similar length.
 
     Seq2seq inputs are right-padded (the encoder masks them), causal ones left-padded. A text is the ids up to the
-    first eos, decoded without special tokens and stripped (the paper's `batch_decode(skip_special_tokens=True)`)."""
+    first eos, decoded without special tokens and stripped (the paper's `batch_decode(skip_special_tokens=True)`);
+    with `clean_up_spaces`, the spaces before punctuation are removed (`text.tokens.decode_tokens`)."""
     device = next(model.parameters()).device
     pad_id = pad_id_of(tokenizer)
     eos_ids = eos_ids_of(model, tokenizer)
@@ -324,7 +326,7 @@ def greedy_generate(
         # seq2seq output starts with the decoder start token; causal output starts with the (padded) input
         new = sequences[:, 1:] if is_seq2seq else sequences[:, input_ids.shape[1] :]
         for i, ids in zip(chunk, new.tolist(), strict=True):
-            texts[i] = decode_response(tokenizer, ids, eos_ids, ())
+            texts[i] = decode_response(tokenizer, ids, eos_ids, (), clean_up_spaces)
             ends = [position for position, token in enumerate(ids) if token in eos_ids]
             counts[i] = ends[0] + 1 if ends else len(ids)
     return texts, counts

@@ -2,6 +2,10 @@
 
 Shared by every stage that batches token ids (sampling, SFT, RRHF, PPO, the reward models). Prompts are bos + ids,
 left-truncated so the end of a dialogue, next to the response, is kept (RRHF's sampling rule).
+
+Decoding skips special tokens. With `clean_up_spaces` it also removes the space before punctuation and English
+contractions (`clean_up_tokenization_spaces`), as Fine-Grained RLHF's original code decodes policy samples
+(allenai/FineGrainedRLHF fgrlhf/policy.py: `clean_up_tokenization_spaces=True`; docs/methods/fine_grained_rlhf.md).
 """
 
 from __future__ import annotations
@@ -60,11 +64,38 @@ def cut_at_stop_strings(text: str, stop_strings: list[str] | tuple[str, ...]) ->
     return text[:cut]
 
 
-def decode_response(tokenizer, ids: list[int], eos_ids: set[int], stop_strings) -> str:
-    """The generated ids up to the first eos, decoded, cut at the stop strings, stripped."""
+# transformers' `clean_up_tokenization`: the same ten replacements in 4.23.1 (the original's requirements.txt) and 5.x
+CLEAN_UP_REPLACEMENTS = (
+    (" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+    (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"),
+)  # fmt: skip
+
+
+def clean_up_tokenization_spaces(text: str) -> str:
+    """`text` with each of `CLEAN_UP_REPLACEMENTS` applied in turn: "He said , yes ." -> "He said, yes."."""
+    for old, new in CLEAN_UP_REPLACEMENTS:
+        text = text.replace(old, new)
+    return text
+
+
+def decode_tokens(tokenizer, ids: list[int], clean_up_spaces: bool = False) -> str:
+    """`ids` decoded without special tokens; with `clean_up_spaces`, then `clean_up_tokenization_spaces`.
+
+    Without it the tokenizer's own setting applies, as before. The clean-up is applied here, not by
+    `decode(clean_up_tokenization_spaces=True)`: transformers 5 ignores that flag for BPE tokenizers (the tiny
+    models' byte-level BPE), while the original's transformers applied it to every tokenizer."""
+    if not clean_up_spaces:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+    return clean_up_tokenization_spaces(
+        tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    )
+
+
+def decode_response(tokenizer, ids: list[int], eos_ids: set[int], stop_strings, clean_up_spaces: bool = False) -> str:
+    """The generated ids up to the first eos, decoded (`decode_tokens`), cut at the stop strings, stripped."""
     for position, token in enumerate(ids):
         if token in eos_ids:
             ids = ids[:position]
             break
-    text = tokenizer.decode(ids, skip_special_tokens=True)
+    text = decode_tokens(tokenizer, ids, clean_up_spaces)
     return cut_at_stop_strings(text, stop_strings).strip()

@@ -1,6 +1,7 @@
 """qa-feedback evaluation of a policy (Wu et al. 2023, "Evaluation"), and the table over policies.
 
-`evaluate-qa`: greedy responses to the test prompts (batched, KV cache), then per response
+`evaluate-qa`: greedy responses to the test prompts (batched, KV cache), decoded as the original decodes policy
+samples (special tokens skipped, spaces before punctuation removed: `text.tokens.decode_tokens`), then per response
 - rougeLsum (F x 100, stemming, the best over the references; `text_metrics.rouge_lsum`),
 - the R1 judgement of every sub-sentence (relevance) and the R2 judgement of every sentence (factuality),
 - R3's normalised completeness score (score - mean) / std (unscaled, as the paper's eval_metrics),
@@ -133,7 +134,9 @@ def evaluate_qa(
     table = read_table(prompts_path, QA_PROMPTS).to_pylist()[:max_examples]
     model, tokenizer, is_seq2seq = load_policy(policy_path, dtype)
     inputs, _ = encode_inputs(tokenizer, [r["prompt"] for r in table], max_input_length, "right", is_seq2seq)
-    responses, lengths = greedy_generate(model, tokenizer, inputs, is_seq2seq, max_new_tokens, batch_size)
+    responses, lengths = greedy_generate(
+        model, tokenizer, inputs, is_seq2seq, max_new_tokens, batch_size, clean_up_spaces=True
+    )
     prompts = [r["prompt"] for r in table]
 
     r1 = SegmentErrorReward(

@@ -3,17 +3,19 @@
 Two kinds, both plain Hugging Face models (Longformer at paper scale, a tiny Longformer at tiny scale):
 - `token`: R1 (NF-ERR, sub-sentences) and R2 (F-ERR, sentences) are token classifiers
   (`AutoModelForTokenClassification`, 2 labels: 0 = "O", 1 = error). Their input is the prefix followed by every
-  segment with the separator token (`</s>`) before it; the label of a segment sits on its separator. The paper's
-  model has three labels (error, ignore, O) and takes the argmax over the two that matter; two labels are the same
-  decision.
+  segment with the separator token (`</s>`) before it; the label of a segment sits on its separator. The original's
+  model has three labels (error, ignore, O) and takes the argmax over [error, O] (tasks/qa_feedback/training/
+  reward.py), so a tie is an error; two labels are the same decision, and a tie is an error here too.
 - `sequence`: R3 (completeness) and the holistic preference RM are `AutoModelForSequenceClassification` with one
   output, trained with the pairwise loss on `prompt + " " + response`.
 
 Token inputs are built from token ids, not from a re-tokenised string: ids = [bos] + prefix + for each segment
 ([sep] + ids(" " + segment)) + [eos], so a separator can never merge with a neighbour and its position is known.
 When the input is longer than `max_length`, the prefix is cut from its end first (the question at its start is
-kept; passages lose their tail), then trailing segments are dropped: a dropped segment has no prediction (the
-paper's code truncates on the right as well).
+kept; passages lose their tail), then trailing segments are dropped: a dropped segment has no prediction, so it
+gets no reward while the segments before it keep theirs. The original truncates the word list on the right, reads
+the logits at the separators left (the question's own `</s>` included, so from then on those of a neighbour) and
+fails on the first segment past them; docs/methods/fine_grained_rlhf.md.
 
 Attention is Longformer's local window only, as in the paper's RMs. Global attention on the separators (so that R2
 could see passages outside a small window) was tried at tiny scale: the tiny RM then learned markedly worse in the
@@ -141,14 +143,15 @@ def load_fg_reward_model_for_inference(
 
 @torch.inference_mode()
 def segment_error_predictions(model, tokenizer, inputs: list[SegmentInput], batch_size: int = 16) -> list[list[int]]:
-    """Per input, the argmax label (1 = error, 0 = O) at each kept separator."""
+    """Per input, the label (1 = error, 0 = O) at each kept separator: 1 when the error logit is at least the O
+    logit, the original's argmax over [error, O], which picks the error on a tie (its reward.py)."""
     device = next(model.parameters()).device
     out: list[list[int]] = []
     for start in range(0, len(inputs), batch_size):
         chunk = inputs[start : start + batch_size]
         input_ids, attention_mask = pad_right([c.input_ids for c in chunk], pad_id_of(tokenizer))
         logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-        labels = logits.argmax(-1).cpu()
+        labels = (logits[..., 1] >= logits[..., 0]).long().cpu()
         out.extend(labels[row, c.separator_positions].tolist() for row, c in enumerate(chunk))
     return out
 

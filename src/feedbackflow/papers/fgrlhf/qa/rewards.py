@@ -10,10 +10,17 @@ Each is a `ppo_rewards.RewardFunction` (prompts, responses, generated token ids 
 - `qa_completeness` (R3) and `preference` (holistic): a sequence RM scores "<prompt> answer: <response>";
   ((score - mean) / std) * scale + bias on the last token (mean/std from `reward-mean-std`, or given).
 
-Placement (the paper's rule): the reward of a segment ending at character e goes to token index
-len(policy_tokenizer.tokenize(response[:e])) - 1, clipped to the last generated token. A segment that does not fit
-the RM's `max_length` gets no prediction and no reward. Statistics per sample: the number of segments and of those
-judged without error (relevance / factuality ratio = their quotient), and the raw and normalised sequence scores.
+Placement (the original's rule, tasks/qa_feedback/training/reward.py): the reward of a segment ending at character e
+goes to token index len(policy_tokenizer.tokenize(response[:e])) - 1, clipped to the last generated token; when two
+segments of one RM land on the same token, the later one's reward replaces the earlier one's (the original assigns,
+it does not add). The responses are the decoded samples with the spaces before punctuation removed, as the original
+decodes them (`rl.ppo`'s `clean_up_tokenization_spaces`; `evaluation` decodes so too).
+
+A segment that does not fit the RM's `max_length` gets no prediction and no reward, and counts in neither statistic;
+the others keep theirs (`reward_models.encode_segments`; the original reads a wrong separator's logits there and
+then fails). Statistics per sample: the number of judged segments and of those judged without error (relevance /
+factuality ratio = their quotient), and the raw and normalised sequence scores. docs/methods/fine_grained_rlhf.md
+has the whole method and every difference from the original code.
 """
 
 from __future__ import annotations
@@ -94,7 +101,7 @@ class SegmentErrorReward:
             kept = s[: len(predicted)]
             positions = segment_end_token_indices(self.policy_tokenizer, response, [b for _, b in kept], len(ids))
             values = [self.negative if label else self.positive for label in predicted]
-            rewards.append(place_rewards(len(ids), positions, values) if ids else [])
+            rewards.append(place_rewards(len(ids), positions, values, overwrite=True) if ids else [])
             n_segments.append(float(len(predicted)))
             n_correct.append(float(sum(1 for label in predicted if not label)))
         return RewardResult(rewards, {"n_segments": n_segments, "n_correct": n_correct})
