@@ -27,9 +27,9 @@ One PPO step (the paper's fgrlhf/ppo.py `train`):
 3. rewards: every reward function is called once with (prompts, decoded responses, token ids); the responses are
    decoded without special tokens and, with `clean_up_tokenization_spaces` (default, the original's policy.py), with
    the spaces before punctuation removed (`text.tokens.decode_tokens`); the per-token rewards are summed; then
-   r_t - kl_coef * (log pi - log pi_ref) on each sampled token (`ppo_losses.kl_penalised_rewards`).
+   r_t - kl_coef * (log pi - log pi_ref) on each sampled token (`losses.ppo.kl_penalised_rewards`).
 4. rewards whitened without shifting the mean when `whiten_rewards` (statistics over every process), GAE(gamma, lam)
-   with V = 0 past the end, advantages whitened (mean shifted), all in `ppo_losses`.
+   with V = 0 past the end, advantages whitened (mean shifted), all in `losses.ppo`.
 5. `ppo_epochs` epochs; each walks the rollout in minibatches of `minibatch_size` samples in order (the paper does
    not shuffle; with one optimiser step per epoch the order does not matter), backpropagates
    weight * (pg_coef * clipped policy loss + vf_coef * clipped value loss) of every minibatch, where weight = the
@@ -40,9 +40,9 @@ One PPO step (the paper's fgrlhf/ppo.py `train`):
    is shared by the samples of one prompt (gradients summed over them) only when the encoder draws no dropout;
    with dropout (t5's 0.1) each sample keeps its own pass and its own dropout mask, as in the paper's code.
 6. the step's KL is the mean over the minibatches of step 5 (every process's) of their mean per-response KL, as the
-   original logs it and stops on (`ppo_losses.mean_of_minibatch_means`; the mean over samples when the minibatches
+   original logs it and stops on (`losses.ppo.mean_of_minibatch_means`; the mean over samples when the minibatches
    are all the same size). It is logged as `kl`, updates the KL controller, and training stops early once it has
-   exceeded `kl_threshold` on `kl_patience` steps (the paper's count, not reset in between; `ppo_losses.KLEarlyStop`).
+   exceeded `kl_threshold` on `kl_patience` steps (the paper's count, not reset in between; `losses.ppo.KLEarlyStop`).
 
 Schedule: total steps = ceil(total_episodes / (prompts_per_step * samples_per_prompt)); linear schedule with
 `warmup_steps` PPO steps of warm-up, i.e. warmup_steps * ppo_epochs optimiser steps, decaying to 0 at the last
@@ -57,9 +57,10 @@ early-stop count are rebuilt from the saved history. SIGTERM saves at the curren
 and at the end (logged as eval_reward / eval_rewards).
 
 Differences from the paper's code, on purpose: whitening divides by the standard deviation and ends each response at
-its eos (see `ppo_losses.masked_whiten` for the paper's two slips); the early stop is decided on the global KL on
+its eos (see `losses.ppo.masked_whiten` for the paper's two slips); the early stop is decided on the global KL on
 every process (the paper's flag is set on the main process only, when wandb logging is on); the run has
-`total_steps` steps (the paper's loop runs one more); the value clamp and losses are otherwise the paper's.
+`total_steps` steps (the paper's loop runs one more); the value clamp and losses are otherwise the paper's. Every
+difference, with the reason: docs/methods/fine_grained_rlhf.md, "Differences from the original code".
 
 Precision (`mixed_precision`, as every trainer's: "no", "fp16" or "bf16"; the paper's train_*.sh: bf16). The
 trained policy and value keep float32 master weights and compute under accelerate's autocast (the training forward,

@@ -15,7 +15,7 @@ reward placed on that token; 0.0 where there is none), and `stats` maps names to
 their mean (e.g. {"n_errors": [...]}). The trainer sums the rewards of all functions token by token.
 
 A reward function that scores with torch models may expose them as `frozen_models() -> list[nn.Module]`: PPO puts
-them in its mixed-precision dtype (bf16 under `mixed_precision: bf16`, on every device; `ppo_training`).
+them in its mixed-precision dtype (bf16 under `mixed_precision: bf16`, on every device; `rl.ppo`).
 
 Reward functions are built from a JSON spec, a list of objects with a "type", an optional "name" (default: the type;
 names must be unique, they label the logged rewards) and the type's own keys:

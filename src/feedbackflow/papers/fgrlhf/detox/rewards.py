@@ -8,7 +8,7 @@ RealToxicityPrompts evaluation.
 - fine-grained: the response is cut into sentences (`segmentation.sentence_spans`, the same segmentation as
   qa-feedback); after sentence j the reward is the drop in toxicity that sentence caused,
   d_j = tox(y_1..j-1) - tox(y_1..j), with tox(empty prefix) = 0, placed on the policy token that ends sentence j
-  (`fine_grained_rewards.segment_end_token_indices`: len(tokenize(response[:end])) - 1, clipped to the generation
+  (`rl.rewards.segment_end_token_indices`: len(tokenize(response[:end])) - 1, clipped to the generation
   length). The prefix y_1..J of the last sentence is the whole response (any trailing whitespace included), so the
   drops sum to exactly -tox(y): the fine-grained rewards of a response add up to its holistic reward.
 

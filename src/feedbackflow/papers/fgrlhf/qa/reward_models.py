@@ -20,7 +20,7 @@ fails on the first segment past them; docs/methods/fine_grained_rlhf.md.
 Attention is Longformer's local window only, as in the paper's RMs. Global attention on the separators (so that R2
 could see passages outside a small window) was tried at tiny scale: the tiny RM then learned markedly worse in the
 same number of steps (its global projections start untrained), so it is not used. Training freezes those unused
-global projections (`fg_reward_training.freeze_global_attention`), so DDP does not wait for their gradients.
+global projections (`reward_training.freeze_global_attention`), so DDP does not wait for their gradients.
 """
 
 from __future__ import annotations

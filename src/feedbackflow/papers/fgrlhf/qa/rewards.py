@@ -1,6 +1,6 @@
 """The qa-feedback rewards of Fine-Grained RLHF for PPO (Wu et al. 2023, "Reward assignment during PPO").
 
-Each is a `ppo_rewards.RewardFunction` (prompts, responses, generated token ids -> one reward per token):
+Each is a `rl.rewards.RewardFunction` (prompts, responses, generated token ids -> one reward per token):
 
 - `qa_relevance` (R1): the response is cut into sub-sentences; the token classifier reads
   "question: <q> answer: </s> seg1 </s> seg2 ..." and labels each separator O or NF-ERR; +positive (0.3) or
@@ -91,7 +91,7 @@ class SegmentErrorReward:
         return spans, segment_error_predictions(self.model, self.tokenizer, inputs, self.batch_size)
 
     def frozen_models(self) -> list:
-        """The RM, for PPO to put in its mixed-precision dtype (`ppo_rewards` interface)."""
+        """The RM, for PPO to put in its mixed-precision dtype (`rl.rewards` interface)."""
         return [self.model]
 
     def __call__(self, prompts: list[str], responses: list[str], token_ids: list[list[int]]) -> RewardResult:
@@ -136,7 +136,7 @@ class SequenceReward:
         return raw, [(score - self.mean) / self.std for score in raw]
 
     def frozen_models(self) -> list:
-        """The RM, for PPO to put in its mixed-precision dtype (`ppo_rewards` interface)."""
+        """The RM, for PPO to put in its mixed-precision dtype (`rl.rewards` interface)."""
         return [self.model]
 
     def __call__(self, prompts: list[str], responses: list[str], token_ids: list[list[int]]) -> RewardResult:
