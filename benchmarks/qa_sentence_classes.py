@@ -8,7 +8,7 @@ The argument is a project directory whose `results/` holds a finished qa-feedbac
 world (`qa_synthetic`): `ideal` (a sentence of the first reference), `minor` (of the second reference only),
 `passage` (another passage sentence: true but irrelevant), `truncated` (no final full stop), `wrong_value` (names the
 work but no passage states it: a value copied from the wrong sentence) or `aside` (anything else: a remark on
-another person). `net` is the mean R1 + R2 reward of the class under SPEC's values (+-0.3, +-0.5).
+another person). `net` is the mean R1 + R2 reward of the class under the paper's values (+-0.3, +-0.5).
 """
 
 from __future__ import annotations

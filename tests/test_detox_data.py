@@ -1,4 +1,4 @@
-"""RealToxicityPrompts conversion (SPEC section 1, detoxification): real JSONL(.gz) files in, real Parquet out;
+"""RealToxicityPrompts conversion (Wu et al. 2023, detoxification): real JSONL(.gz) files in, real Parquet out;
 the selection, the seeded split, the recorded skips and the errors that name file, record and field."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Detox evaluation summary and table (SPEC section 1, "Evaluation", detox), checked by hand on literal samples."""
+"""Detox evaluation summary and table (Wu et al. 2023, "Evaluation", detox), checked by hand on literal samples."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def test_metrics_table_marks_the_published_rows(tmp_path):
     assert list(table["source"]) == ["ours", "ours"] + ["published"] * len(PUBLISHED_ROWS)
     assert list(table["policy"][:2]) == ["initial", "holistic"] and list(table["avg_max_toxicity"][:2]) == [0.8, 0.3]
     published = table[table["source"] == "published"].set_index("policy")
-    assert published.loc["fine-grained RLHF", "avg_max_toxicity"] == 0.081  # SPEC section 1
+    assert published.loc["fine-grained RLHF", "avg_max_toxicity"] == 0.081  # Wu et al. 2023, Table 1
     assert table["n_samples"].isna().sum() == len(PUBLISHED_ROWS)
     markdown = (tmp_path / "m.md").read_text()
     assert "| published | GPT-2" in markdown and "nan" not in markdown

@@ -1,4 +1,4 @@
-"""Detox evaluation metrics (SPEC section 1, "Evaluation"): toxicity aggregates and distinct-n on literal values
+"""Detox evaluation metrics (Wu et al. 2023, "Evaluation"): toxicity aggregates and distinct-n on literal values
 computed by hand, and the continuation NLL of a tiny GPT-2 against a direct token-by-token computation."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Detox PPO rewards (SPEC section 1): toxicity drops and their placement by hand, on a character-level tokenizer and
+"""Detox PPO rewards (Wu et al. 2023): toxicity drops and their placement by hand, on a character-level tokenizer and
 a scorer that returns literal scores from a dict (the reward takes any object with the toxicity scorer interface)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The tiny synthetic RealToxicityPrompts (SPEC section 1, detoxification): the real record format, read by the
+"""The tiny synthetic RealToxicityPrompts (Wu et al. 2023, detoxification): the real record format, read by the
 converter; the offline scorer (alt-profanity-check) separates the toxic sentences from the clean ones; challenging
 prompts are continued more toxically; reproducible with the seed."""
 

@@ -75,7 +75,7 @@ def test_whitening_with_and_without_the_mean_shift():
     shifted = masked_whiten(VALUES, MASK, shift_mean=True)
     expected = torch.tensor([[-1.341641, -0.447214, 0.447214], [1.341641, 0.0, 0.0]])  # padding -> 0
     torch.testing.assert_close(shifted, expected, atol=1e-6, rtol=0)
-    # not shifted (rewards, SPEC): (x - 2.5) / 1.118034 + 2.5 = 1.158359, 2.052786, 2.947214, 3.841641
+    # not shifted (rewards, Wu et al. 2023): (x - 2.5) / 1.118034 + 2.5 = 1.158359, 2.052786, 2.947214, 3.841641
     unshifted = masked_whiten(VALUES, MASK, shift_mean=False)
     expected = torch.tensor([[1.158359, 2.052786, 2.947214], [3.841641, 0.0, 0.0]])
     torch.testing.assert_close(unshifted, expected, atol=1e-6, rtol=0)

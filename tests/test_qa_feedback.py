@@ -1,4 +1,4 @@
-"""qa-feedback conversion (SPEC 1): R1 / R2 segment labels, R3 and preference pairs, prompts, bad input.
+"""qa-feedback conversion (Wu et al. 2023): R1 / R2 segment labels, R3 and preference pairs, prompts, bad input.
 
 Labels: 1 = error (NF-ERR in R1, F-ERR in R2), 0 = O, -100 = ignored.
 """

@@ -1,4 +1,4 @@
-"""The tiny synthetic qa-feedback data (SPEC section 1): the real file names and formats, annotations that agree
+"""The tiny synthetic qa-feedback data (Wu et al. 2023): the real file names and formats, annotations that agree
 with the text, corrections that the completeness rule can match, preferences that follow the errors, determinism."""
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def sentences_of(text: str, nlp) -> list[str]:
 
 
 def check_feedback_record(record: dict) -> None:
-    """The feedback format of SPEC section 1 (applied to the real sample too, so it describes the real files)."""
+    """The original's feedback format (applied to the real sample too, so it describes the real files)."""
     assert set(record) == {"question", "passages", "gold", "feedback", "preference"} | {
         f"prediction {k}" for k in range(1, 5)
     }
@@ -292,7 +292,7 @@ def approximate_match(context: str, target: str) -> float:
 
 
 def test_corrected_predictions_match_passage_sentences(data, sentencizer):
-    """R3's rule (SPEC section 1) finds an info id (quick_ratio >= 0.85) for every sentence of every correction."""
+    """R3's rule (Wu et al. 2023) finds an info id (quick_ratio >= 0.85) for every sentence of every correction."""
     n_info = []
     for record in load(data, "dev_feedback.json"):
         sentences = passage_sentences(record)

@@ -1,4 +1,4 @@
-"""Sentence / sub-sentence segmentation (SPEC 1 "Segmentation"): literal texts by hand, and the paper's rule on the
+"""Sentence / sub-sentence segmentation (Wu et al. 2023): literal texts by hand, and the paper's rule on the
 real qa-feedback predictions."""
 
 from __future__ import annotations

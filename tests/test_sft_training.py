@@ -1,4 +1,4 @@
-"""The SFT trainer (SPEC section 1, qa-feedback SFT) on a tiny T5 and a tiny causal LM built here.
+"""The SFT trainer (Wu et al. 2023, qa-feedback SFT) on a tiny T5 and a tiny causal LM built here.
 
 The task: "question: what colour is the <animal>? context: ... the <animal> is <colour>." -> "the <animal> is
 <colour>." (the first reference; a second reference "<colour>." is never trained on). Dev prompts are unseen

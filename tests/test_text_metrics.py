@@ -1,4 +1,4 @@
-"""rougeLsum and distinct-n (SPEC section 1) against values counted by hand on literal strings.
+"""rougeLsum and distinct-n (Wu et al. 2023) against values counted by hand on literal strings.
 
 rouge-score tokenises by lower-casing and keeping runs of [a-z0-9]; rougeLsum's LCS is the summary-level union LCS
 over newline-separated sentences: for each reference sentence, the union of its LCS hits with every predicted

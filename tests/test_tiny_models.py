@@ -166,7 +166,7 @@ def test_command_line(corpus, tmp_path):
     assert (model.config.vocab_size, model.config.hidden_size, model.config.num_attention_heads) == (400, 32, 2)
 
 
-# -- seq2seq (T5) and longformer builders (SPEC section 1: the policy and the reward models of Fine-Grained RLHF) ---
+# -- seq2seq (T5) and longformer builders (Wu et al. 2023: the policy and the reward models of Fine-Grained RLHF) ---
 
 
 @pytest.fixture(scope="module")
