@@ -23,8 +23,10 @@ from feedbackflow.losses.ppo import (
     mean_of_minibatch_means,
     mean_response_length,
     minibatch_length_weight,
+    minibatch_token_weights,
     ppo_loss,
     sequence_sums,
+    weighted_ppo_losses,
 )
 
 NAN, INF = float("nan"), float("inf")
@@ -191,6 +193,7 @@ def test_minibatch_length_weighting():
     # minibatches of 2: lengths (4, 2) -> mean 3 -> weight 3 / 2 = 1.5; lengths (1, 1) -> mean 1 -> weight 0.5
     assert minibatch_length_weight(mask[:2], 2.0) == 1.5
     assert minibatch_length_weight(mask[2:], 2.0) == 0.5
+
     # over 2 processes the mean covers both: the other process has responses of 6 and 4 tokens
     # (8 + 10) tokens / 6 responses = 3
     def other(sums):
@@ -249,3 +252,50 @@ def test_the_kl_of_a_step_is_the_mean_of_its_minibatch_means_like_the_original()
     # it is what the early stop reads: threshold 8 is exceeded by 8.75, not by the sample mean 6.667
     assert KLEarlyStop(threshold=8.0, patience=1).update(mean_of_minibatch_means(kl, 4)) is True
     assert KLEarlyStop(threshold=8.0, patience=1).update(kl.mean().item()) is False
+
+
+def test_minibatch_token_weights_by_hand():
+    # lengths 4, 2 | 1, 1 in minibatches of 2; global mean length 2
+    # minibatch 0: mean length 3 -> weight 3 / 2 = 1.5, 6 tokens -> share 1/6; minibatch 1: mean 1 -> 0.5, 2 tokens
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    weight, share = minibatch_token_weights(mask, 2, 2.0)
+    assert weight.tolist() == [1.5, 1.5, 0.5, 0.5]
+    assert share.tolist() == pytest.approx([1 / 6, 1 / 6, 0.5, 0.5])
+
+
+def test_weighted_ppo_losses_by_hand():
+    # one sample, 2 tokens, ratio 1: policy terms -A = [-1, 2]; value terms 0.5 * (V - R)^2 = [0.5, 0] (no clip:
+    # V = V_old); weight 1.5 x share 1/6 = 0.25 per token: policy 0.25 * (-1 + 2) = 0.25, value 0.25 * 0.5 = 0.125;
+    # nothing clipped; loss = 2 * 0.25 + 0.5 * 0.125 = 0.5625 with pg_coef 2, vf_coef 0.5
+    zero = torch.zeros(1, 2)
+    loss, policy, value, clip = weighted_ppo_losses(
+        zero, torch.tensor([[1.0, 0.0]]), zero, torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, -2.0]]), zero,
+        torch.ones(1, 2, dtype=torch.bool), torch.tensor([1.5]), torch.tensor([1 / 6]), pg_coef=2.0, vf_coef=0.5,
+    )  # fmt: skip
+    assert (float(policy), float(value), float(clip)) == pytest.approx((0.25, 0.125, 0.0))
+    assert float(loss) == pytest.approx(0.5625)
+
+
+def test_weighted_ppo_losses_of_any_passes_sum_to_the_minibatch_losses():
+    """Sum over minibatches of w_m * (policy + value loss), clip fractions summed: the same from passes that cut
+    across the minibatches (rows 0, 3 | 1, 2, 4 against minibatches 0-1 | 2-3 | 4)."""
+    torch.manual_seed(0)
+    shape = (5, 6)
+    logprobs, old_logprobs = torch.randn(shape) * 0.3, torch.randn(shape) * 0.3
+    values, old_values, returns, advantages = (torch.randn(shape) for _ in range(4))
+    mask = torch.arange(6).expand(5, 6) < torch.tensor([[6], [2], [4], [1], [5]])
+    global_mean = float(mask.sum(dim=1, dtype=torch.float64).mean())
+    expected = torch.zeros(3, dtype=torch.float64)
+    for rows in (slice(0, 2), slice(2, 4), slice(4, 5)):
+        w = minibatch_length_weight(mask[rows], global_mean)
+        pg, clipped = clipped_policy_loss(logprobs[rows], old_logprobs[rows], advantages[rows], mask[rows], 0.2)
+        vf = clipped_value_loss(values[rows], old_values[rows], returns[rows], mask[rows], 0.2)
+        expected += torch.tensor([w * float(pg), w * float(vf), float(clipped)], dtype=torch.float64)
+    weight, share = minibatch_token_weights(mask, 2, global_mean)
+    got = torch.zeros(3, dtype=torch.float64)
+    for rows in (torch.tensor([0, 3]), torch.tensor([1, 2, 4])):
+        pick = [t[rows] for t in (logprobs, values, old_logprobs, old_values, advantages, returns, mask, weight, share)]
+        _, policy, value, clip = weighted_ppo_losses(*pick)
+        got += torch.tensor([float(policy), float(value), float(clip)], dtype=torch.float64)
+    assert got.tolist() == pytest.approx(expected.tolist(), rel=1e-6, abs=1e-7)
+    assert float(expected[2]) > 0  # some tokens were clipped

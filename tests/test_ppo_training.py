@@ -48,10 +48,13 @@ from feedbackflow.rl.ppo import (
     PPOConfig,
     PPOEngine,
     encode_policy_prompts,
+    fused_activation_overrides,
     is_encoder_decoder,
+    length_grouped_passes,
     load_frozen_models,
     load_policy_model,
     load_value_model,
+    ppo_optimizer,
     response_mask_from_ids,
     train_ppo,
 )
@@ -270,42 +273,67 @@ def test_rollout_logprobs_are_those_of_the_sampling_distribution(tiny, family):
     assert (old_values[~response_mask] == 0).all() and (old_values[response_mask] != 0).all()
 
 
+def batch_rows(rollout, batch) -> list[int]:
+    """The rollout rows of a training pass (matched on response ids and old values, unique per sample here)."""
+    rows = []
+    for ids, values in zip(batch.response_ids, batch.old_values, strict=True):
+        width = len(ids)
+        match = [i for i in range(len(rollout)) if torch.equal(rollout.response_ids[i, :width], ids)
+                 and torch.equal(rollout.old_values[i, :width], values)]  # fmt: skip
+        rows.append(match[0])
+    return rows
+
+
 def test_minibatches_are_weighted_by_length_and_accumulate_into_one_step_per_epoch(tiny):
     engine, token_ids, prompts = build_engine(tiny["causal"], samples_per_prompt=2, minibatch_size=2, ppo_epochs=3)
     torch.manual_seed(0)
     rollout, _ = engine.rollout(token_ids, prompts, kl_coef=0.3)
     lengths = rollout.response_mask.sum(dim=1).tolist()
-    minibatches = engine.minibatches(rollout)
+    minibatches = [rollout.select(start, start + 2, trim=True, left_padded_prompts=True) for start in range(0, 8, 2)]
     # weight of minibatch k = mean length of its 2 responses / mean length of all 8
     global_mean = sum(lengths) / len(lengths)
     expected = [(lengths[i] + lengths[i + 1]) / 2 / global_mean for i in range(0, 8, 2)]
-    assert [w for _, w in minibatches] == pytest.approx(expected)
+    passes = engine.training_passes(rollout)
+    weights = {int(row): float(w) for batch in passes for row, w in zip(batch_rows(rollout, batch), batch.length_weight,
+                                                                           strict=True)}  # fmt: skip
+    assert [weights[i] for i in range(0, 8, 2)] == pytest.approx(expected)
     assert max(expected) - min(expected) > 0.2  # the weights really differ
-    assert all(batch.response_ids.shape[1] == max(lengths[2 * k : 2 * k + 2]) for k, (batch, _) in
-               enumerate(minibatches))  # fmt: skip
+    assert all(batch.response_ids.shape[1] == int(batch.response_mask.sum(dim=1).max()) for batch in passes)
 
-    # accumulated gradient = gradient of sum_k w_k * (policy loss_k + value loss_k), each loss a token mean in k
+    # accumulated gradient = gradient of sum_k w_k * (policy loss_k + value loss_k), each loss a token mean in k,
+    # whatever the passes: one per minibatch (the default), or the whole rollout in one pass
     model, params = engine.model, list(engine.model.parameters())
     model.train()
-    engine.optimizer.zero_grad()
-    engine.accumulate_epoch_gradients(minibatches)
-    accumulated = [p.grad.clone() for p in params]
-    grads_of = {}
+    accumulated, logged = {}, {}
+    for size in (None, 8):
+        engine.config.forward_batch_size = size
+        engine.optimizer.zero_grad()
+        logged[size] = engine.accumulate_epoch_gradients(engine.training_passes(rollout))
+        accumulated[size] = [p.grad.clone() for p in params]
+    engine.config.forward_batch_size = None
+    assert len(engine.training_passes(rollout)) == 4
+    grads_of, sums = {}, {}
     for weighted in (True, False):
         engine.optimizer.zero_grad()
-        total = 0.0
-        for batch, weight in minibatches:
+        total, sums = 0.0, {"policy_loss": 0.0, "value_loss": 0.0, "clip_fraction": 0.0}
+        for batch, weight in zip(minibatches, expected, strict=True):
             logprobs, values = engine.unwrapped(batch.prompt_ids, batch.prompt_mask, batch.response_ids,
                                                 batch.response_mask)  # fmt: skip
-            pg, _ = clipped_policy_loss(logprobs, batch.old_logprobs, batch.advantages, batch.response_mask, 0.2)
+            pg, clipped = clipped_policy_loss(logprobs, batch.old_logprobs, batch.advantages, batch.response_mask, 0.2)
             vf = clipped_value_loss(values, batch.old_values, batch.returns, batch.response_mask, 0.2)
             total = total + (weight if weighted else 1.0) * (pg + vf)
+            for name, value in (("policy_loss", weight * pg), ("value_loss", weight * vf), ("clip_fraction", clipped)):
+                sums[name] += float(value.detach())
         total.backward()
         grads_of[weighted] = [p.grad.clone() for p in params]
-    for got, want in zip(accumulated, grads_of[True], strict=True):
-        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+        if weighted:
+            expected_sums = dict(sums)
+    for size in (None, 8):
+        for got, want in zip(accumulated[size], grads_of[True], strict=True):
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+        assert logged[size] == pytest.approx(expected_sums, rel=1e-5, abs=1e-6)
     assert any(not torch.allclose(got, plain, atol=1e-6, rtol=1e-4)
-               for got, plain in zip(accumulated, grads_of[False], strict=True))  # fmt: skip
+               for got, plain in zip(accumulated[None], grads_of[False], strict=True))  # fmt: skip
 
     # ppo_epochs: 4 minibatches per epoch, ONE optimiser step (and one scheduler step) per epoch
     before = [p.detach().clone() for p in params]
@@ -532,7 +560,7 @@ def test_t5_training_pass_shares_the_encoder_only_where_no_dropout_is_drawn(tiny
     engine, token_ids, prompts = build_engine(tiny["t5"], samples_per_prompt=4, minibatch_size=6)
     torch.manual_seed(0)
     rollout, _ = engine.rollout(token_ids, prompts, kl_coef=0.3)
-    batch, _ = engine.minibatches(rollout)[1]  # rows 6-11: 2 samples of prompt 1, 4 of prompt 2
+    batch = rollout.select(6, 12, trim=True, left_padded_prompts=False)  # 2 samples of prompt 1, 4 of prompt 2
     assert batch.prompt_index.tolist() == [1, 1, 2, 2, 2, 2]
     model = engine.unwrapped
     model.train()
@@ -566,12 +594,14 @@ def test_t5_training_pass_shares_the_encoder_only_where_no_dropout_is_drawn(tiny
         torch.testing.assert_close(shared[2][name], want, atol=1e-5, rtol=1e-5, msg=name)  # grads up to ~7
 
 
-def test_t5_old_logprobs_come_from_generation_and_equal_the_forward(tiny):
-    """Seq2seq: the old log-probs are read off generate()'s raw logits (the untempered distribution, as the forward
-    pass gives them); on CPU float32 they agree with the teacher-forced forward to 1.5e-6. Causal policies keep the
-    forward (see the module doc)."""
-    engine, token_ids, _ = build_engine(tiny["t5"], temperature=0.7, top_k=5)
-    assert engine.logprobs_from_generation and not build_engine(tiny["causal"])[0].logprobs_from_generation
+@pytest.mark.parametrize("family", ["t5", "causal"])
+def test_old_logprobs_come_from_generation_and_equal_the_forward(tiny, family):
+    """The old log-probs are read off generate()'s raw logits (the untempered distribution, as the forward pass gives
+    them); on CPU float32 they agree with the teacher-forced forward (left-padded prompts of several lengths for the
+    causal policy) to 1.5e-6 (T5) and 5e-7 (causal)."""
+    engine, token_ids, _ = build_engine(tiny[family], temperature=0.7, top_k=5)
+    assert engine.logprobs_from_generation
+    assert len({len(ids) for ids in token_ids}) > 1  # causal prompts are left-padded to the longest
     prompt_ids, prompt_mask = engine.pad_prompts(token_ids)
     torch.manual_seed(3)
     response_ids, response_mask, generated = engine.generate_with_logprobs(prompt_ids, prompt_mask, True, 3, True)
@@ -654,3 +684,40 @@ def test_bf16_puts_the_frozen_models_in_bf16_and_a_step_runs(tiny, tmp_path, sig
             assert json.loads((root / "policy" / META_FILE).read_text())["training"]["mixed_precision"] == precision
     finally:
         del REWARD_TYPES["rm_probe"]
+
+
+def test_length_grouped_passes_by_hand():
+    # prompts 0, 1, 2 with two samples each; longest response per prompt 5, 2, 7 -> prompt 2, 0, 1; passes of 4 rows
+    groups, lengths = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([3, 5, 2, 2, 7, 1])
+    assert [p.tolist() for p in length_grouped_passes(groups, lengths, 4)] == [[4, 5, 0, 1], [2, 3]]
+    # a prompt with more samples than a pass: cut into pieces of the pass size
+    assert [p.tolist() for p in length_grouped_passes(torch.zeros(3), torch.tensor([1, 1, 1]), 2)] == [[0, 1], [2]]
+    # one sample per group, equal lengths: rollout order
+    assert [p.tolist() for p in length_grouped_passes(torch.arange(4), torch.ones(4), 2)] == [[0, 1], [2, 3]]
+
+
+def test_gpt2_loads_with_the_fused_tanh_gelu_and_computes_the_same(tmp_path):
+    """GPT-2's "gelu_new" (transformers' Python tanh-GELU) is loaded as "gelu_pytorch_tanh", the fused kernel of the
+    same formula: the logits agree to float rounding. A LLaMA (silu) has no override."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=32, n_layer=2, n_head=2)).save_pretrained(tmp_path)
+    assert fused_activation_overrides(str(tmp_path)) == {"activation_function": "gelu_pytorch_tanh"}
+    fused = load_policy_model(str(tmp_path), encoder_decoder=False).eval()
+    plain = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    assert fused.config.activation_function == "gelu_pytorch_tanh" and plain.config.activation_function == "gelu_new"
+    ids = torch.randint(0, 50, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(ids).logits, plain(ids).logits, atol=1e-5, rtol=0)
+    backbone, _ = load_value_model(str(tmp_path))
+    assert backbone.config.activation_function == "gelu_pytorch_tanh"
+
+
+def test_ppo_optimizer_is_fused_adam_with_the_papers_eps(tiny):
+    engine, _, _ = build_engine(tiny["causal"])
+    optimizer = ppo_optimizer(engine.unwrapped, engine.config)
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["fused"]
+    assert optimizer.defaults["eps"] == 1e-5 and len(optimizer.param_groups[0]["params"]) == len(
+        list(engine.unwrapped.parameters())
+    )

@@ -153,6 +153,28 @@ def gae_advantages(
     return advantages.to(rewards.dtype), returns.to(rewards.dtype)
 
 
+def clipped_policy_terms(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token: (max(-A * ratio, -A * clamp(ratio, 1 - c, 1 + c)), whether the clipped term won), ratio =
+    exp(logp - old_logp); ratio 1 past each response's end. The paper's `loss` before its masked mean."""
+    keep = mask.bool()
+    log_ratio = torch.where(keep, logprobs - old_logprobs, torch.zeros_like(logprobs))
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    return torch.max(unclipped, clipped), clipped > unclipped
+
+
+def clipped_value_terms(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, cliprange_value: float
+) -> torch.Tensor:
+    """Per token: 0.5 * max((V - R)^2, (V_clip - R)^2), V_clip = clamp(V, V_old -+ c). The paper's `loss` (value
+    part) before its masked mean."""
+    clipped_values = torch.max(torch.min(values, old_values + cliprange_value), old_values - cliprange_value)
+    return 0.5 * torch.max(torch.square(values - returns), torch.square(clipped_values - returns))
+
+
 def clipped_policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -165,13 +187,8 @@ def clipped_policy_loss(
     The paper's `loss`: ratio = exp(logp - old_logp); mean of max(-A * ratio, -A * clamp(ratio, 1 - c, 1 + c)).
     """
     keep = mask.bool()
-    log_ratio = torch.where(keep, logprobs - old_logprobs, torch.zeros_like(logprobs))
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.max(unclipped, clipped), keep)
-    clip_fraction = masked_mean((clipped > unclipped).to(logprobs.dtype), keep)
-    return loss, clip_fraction
+    terms, clipped = clipped_policy_terms(logprobs, old_logprobs, advantages, keep, cliprange)
+    return masked_mean(terms, keep), masked_mean(clipped.to(logprobs.dtype), keep)
 
 
 def clipped_value_loss(
@@ -185,9 +202,59 @@ def clipped_value_loss(
 
     The paper's `loss` (value part), clip 0.2.
     """
-    clipped_values = torch.max(torch.min(values, old_values + cliprange_value), old_values - cliprange_value)
-    losses = torch.max(torch.square(values - returns), torch.square(clipped_values - returns))
-    return 0.5 * masked_mean(losses, mask)
+    return masked_mean(clipped_value_terms(values, old_values, returns, cliprange_value), mask)
+
+
+def minibatch_token_weights(
+    mask: torch.Tensor, minibatch_size: int, global_mean_length: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample (B,): (its minibatch's length weight, 1 / its minibatch's token count), the minibatches being rows
+    [0, size), [size, 2 size), ... (the PPO epochs' split; the last possibly shorter).
+
+    The epoch's loss is sum over minibatches m of w_m * masked_mean_m(x) = sum over samples s and their tokens t of
+    w_s * share_s * x_st (`minibatch_length_weight`, masked mean over m's tokens): a sum of per-sample terms, so any
+    grouping of the samples into forward/backward passes accumulates the same gradient as one pass per minibatch.
+    """
+    weights, shares = [], []
+    for rows in mask.split(minibatch_size):
+        count = rows.sum(dtype=torch.float64).clamp(min=1.0)
+        weights.append(torch.full((len(rows),), minibatch_length_weight(rows, global_mean_length), dtype=torch.float64))
+        shares.append(torch.full((len(rows),), 1.0 / count.item(), dtype=torch.float64))
+    return torch.cat(weights).to(mask.device), torch.cat(shares).to(mask.device)
+
+
+def weighted_ppo_losses(
+    logprobs: torch.Tensor,
+    values: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    old_values: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    length_weight: torch.Tensor,
+    token_share: torch.Tensor,
+    cliprange: float = 0.2,
+    cliprange_value: float = 0.2,
+    pg_coef: float = 1.0,
+    vf_coef: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, policy part, value part, clip part) of any group of samples (B,), with each sample's minibatch weights
+    from `minibatch_token_weights`:
+    - policy part = sum of w_s * share_s * policy term over the masked tokens (summed over every pass of an epoch:
+      sum over minibatches of w_m * `clipped_policy_loss`);
+    - value part likewise with the value term (sum of w_m * `clipped_value_loss`);
+    - clip part = sum of share_s * clipped (sum over minibatches of their clip fractions);
+    - loss = pg_coef * policy part + vf_coef * value part (sum over minibatches of `ppo_loss`).
+    """
+    keep = mask.bool()
+    scale = (length_weight * token_share).to(logprobs.dtype).unsqueeze(1)
+    policy_terms, clipped = clipped_policy_terms(logprobs, old_logprobs, advantages, keep, cliprange)
+    value_terms = clipped_value_terms(values, old_values, returns, cliprange_value)
+    zero = torch.zeros_like(policy_terms)
+    policy_part = torch.where(keep, scale * policy_terms, zero).sum()
+    value_part = torch.where(keep, scale * value_terms.to(policy_terms.dtype), zero).sum()
+    clip_part = (token_share.unsqueeze(1) * (clipped & keep)).sum()
+    return pg_coef * policy_part + vf_coef * value_part, policy_part, value_part, clip_part
 
 
 def mean_response_length(mask: torch.Tensor, reduce: Reduce | None = None) -> float:

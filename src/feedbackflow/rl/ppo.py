@@ -15,15 +15,14 @@ One PPO step (the paper's fgrlhf/ppo.py `train`):
    prompt, left-truncated to `max_input_length` and left-padded; seq2seq prompts are encoded as the tokenizer does
    (T5 appends eos), right-truncated as the paper's collate does, and right-padded. A response runs up to and
    including its first eos, which is a response token.
-2. ONE no-grad forward each of the value model (old values) and the reference, and for a causal policy of the
-   policy (old log-probs), over the generate() output (`rollout_forward_batch_size` may split it into chunks for
-   memory). Log-probs are those of the untempered logits, as in the paper's `forward_pass`; sampling uses the
-   temperature. A seq2seq policy's old log-probs are read off generate()'s raw logits (`output_logits`: the same
-   untempered distribution; on CPU float32 they agree with the forward to 1.5e-6), which saves the policy's
-   forward; a causal policy keeps the forward (agreement 5e-7, but not bit for bit, and the tiny detox run's numbers
-   are kept exactly; its prompts are short, so that forward is cheap). Seq2seq: every encoder (policy in generate(),
-   value, reference) runs once per prompt, not per sample, and its output is repeated to the prompt's samples
-   (`encoder_hidden_once`; bit-identical on the tiny T5).
+2. ONE no-grad forward each of the value model (old values) and the reference over the generate() output
+   (`rollout_forward_batch_size` may split it into chunks for memory). Log-probs are those of the untempered logits,
+   as in the paper's `forward_pass`; sampling uses the temperature. The policy's old log-probs are read off
+   generate()'s raw logits (`output_logits`: the same untempered distribution), which saves the policy's forward;
+   on CPU float32 they agree with a teacher-forced forward to 1.5e-6 (T5) and 5e-7 (causal, left-padded prompts:
+   generate() numbers positions as `causal_inputs` does), not bit for bit. Seq2seq: every encoder (policy in
+   generate(), value, reference) runs once per prompt, not per sample, and its output is repeated to the prompt's
+   samples (`encoder_hidden_once`; bit-identical on the tiny T5).
 3. rewards: every reward function is called once with (prompts, decoded responses, token ids); the responses are
    decoded without special tokens and, with `clean_up_tokenization_spaces` (default, the original's policy.py), with
    the spaces before punctuation removed (`text.tokens.decode_tokens`); the per-token rewards are summed; then
@@ -39,6 +38,10 @@ One PPO step (the paper's fgrlhf/ppo.py `train`):
    the epochs (dropout on, as in the paper) and in eval mode for the rollout. Seq2seq: a minibatch's encoder pass
    is shared by the samples of one prompt (gradients summed over them) only when the encoder draws no dropout;
    with dropout (t5's 0.1) each sample keeps its own pass and its own dropout mask, as in the paper's code.
+   The forward/backward passes need not be the minibatches: the epoch's loss is a sum of per-token terms, each
+   weighted by its minibatch's length weight / token count (`losses.ppo.minibatch_token_weights`), so passes of
+   `forward_batch_size` samples (default: one minibatch each, the original's memory), grouped by length to pad
+   little, give the same gradients (to float rounding) in fewer, larger passes.
 6. the step's KL is the mean over the minibatches of step 5 (every process's) of their mean per-response KL, as the
    original logs it and stops on (`losses.ppo.mean_of_minibatch_means`; the mean over samples when the minibatches
    are all the same size). It is logged as `kl`, updates the KL controller, and training stops early once it has
@@ -131,16 +134,14 @@ from feedbackflow.losses.ppo import (
     AdaptiveKLController,
     FixedKLController,
     KLEarlyStop,
-    clipped_policy_loss,
-    clipped_value_loss,
     gae_advantages,
     kl_penalised_rewards,
     masked_whiten,
     mean_of_minibatch_means,
     mean_response_length,
-    minibatch_length_weight,
-    ppo_loss,
+    minibatch_token_weights,
     sequence_sums,
+    weighted_ppo_losses,
 )
 from feedbackflow.rl.rewards import (
     RewardFunction,
@@ -176,6 +177,13 @@ class PPOConfig(OptimiserConfig):
     ppo_epochs: int = 4
     rollout_forward_batch_size: int | None = field(
         default=None, metadata={"help": "samples per no-grad rollout forward (None: the whole rollout at once)"}
+    )
+    forward_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "samples per training forward/backward pass (None: minibatch_size, the original's memory); "
+            "larger passes give the same gradients in fewer passes (losses.ppo.minibatch_token_weights)"
+        },
     )
     # generation
     top_k: int = 20
@@ -231,8 +239,9 @@ class PPOConfig(OptimiserConfig):
             raise ConfigError(f"kl_controller must be fixed or adaptive, got {self.kl_controller!r}")
         if self.kl_controller == "adaptive" and (self.kl_target <= 0 or self.kl_horizon <= 0):
             raise ConfigError("adaptive KL needs kl_target > 0 and kl_horizon > 0")
-        if self.rollout_forward_batch_size is not None and self.rollout_forward_batch_size < 1:
-            raise ConfigError("rollout_forward_batch_size must be at least 1 (or null)")
+        for name in ("rollout_forward_batch_size", "forward_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1 (or null)")
         if self.warmup_steps < 0 or self.max_grad_norm < 0 or self.learning_rate <= 0:
             raise ConfigError("warmup_steps and max_grad_norm must be >= 0, learning_rate > 0")
         if self.max_steps is not None and self.max_steps < 1:
@@ -438,14 +447,28 @@ def is_encoder_decoder(name_or_path: str) -> bool:
     return bool(getattr(AutoConfig.from_pretrained(name_or_path), "is_encoder_decoder", False))
 
 
+# transformers' Python tanh-GELU (GPT-2's and T5 v1.1's "gelu_new") -> PyTorch's fused kernel of the same formula,
+# 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))); transformers names it "gelu_pytorch_tanh" ("a faster gelu_new")
+FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
+
+
+def fused_activation_overrides(name_or_path: str) -> dict[str, str]:
+    """Config overrides that load a model with the fused kernel of its activation (GPT-2's `activation_function`,
+    T5's `dense_act_fn`): the same function (agreement to about 1e-7 in float32), a few element-wise ops fewer in
+    every forward and backward; {} when the model's activation has no fused twin."""
+    config = AutoConfig.from_pretrained(name_or_path)
+    return {key: FUSED_ACTIVATIONS[value] for key in ("activation_function", "dense_act_fn")
+            if (value := getattr(config, key, None)) in FUSED_ACTIVATIONS}  # fmt: skip
+
+
 def load_policy_model(name_or_path: str, encoder_decoder: bool) -> nn.Module:
     model_class = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
-    return model_class.from_pretrained(name_or_path, dtype=torch.float32)
+    return model_class.from_pretrained(name_or_path, dtype=torch.float32, **fused_activation_overrides(name_or_path))
 
 
 def load_value_model(name_or_path: str, seed: int = 42) -> tuple[nn.Module, ValueHead]:
     """(backbone, head) from a value-model directory this stage wrote, or a fresh head (seeded) on any model."""
-    backbone = AutoModel.from_pretrained(name_or_path, dtype=torch.float32)
+    backbone = AutoModel.from_pretrained(name_or_path, dtype=torch.float32, **fused_activation_overrides(name_or_path))
     hidden_size = backbone.config.get_text_config().hidden_size
     with torch.random.fork_rng(devices=[]):  # a seeded head that leaves the global RNG alone
         torch.manual_seed(seed)
@@ -506,6 +529,24 @@ def step_prompt_indices(step: int, n_prompts: int, prompts_per_step: int, seed: 
 # --- rollout ----------------------------------------------------------------------------------------------------
 
 
+def length_grouped_passes(groups: torch.Tensor, lengths: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Row indices of the training passes: runs of equal consecutive `groups` values (a prompt's samples) stay
+    together, longest run first (by its longest `lengths`; ties in rollout order), packed into passes of at most
+    `size` rows; a run longer than `size` is cut into pieces of `size`. Passes of similar lengths pad little."""
+    counts = torch.unique_consecutive(groups, return_counts=True)[1].tolist()
+    runs = [piece for run in torch.arange(len(groups)).split(counts) for piece in run.split(size)]
+    runs.sort(key=lambda run: -int(lengths[run].max()))
+    passes, current = [], []
+    for run in runs:
+        if current and sum(map(len, current)) + len(run) > size:
+            passes.append(torch.cat(current))
+            current = []
+        current.append(run)
+    if current:
+        passes.append(torch.cat(current))
+    return passes
+
+
 @dataclass
 class Rollout:
     """One process's samples of a PPO step; every (B, R) tensor is 0 past each response's end."""
@@ -520,14 +561,22 @@ class Rollout:
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
     prompt_index: torch.Tensor | None = None  # (B,) the prompt of each sample (its samples are consecutive rows)
+    length_weight: torch.Tensor | None = None  # (B,) its minibatch's length weight (`minibatch_token_weights`)
+    token_share: torch.Tensor | None = None  # (B,) 1 / its minibatch's token count
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
 
     def select(self, start: int, stop: int, trim: bool, left_padded_prompts: bool) -> Rollout:
         """Rows start:stop; with `trim`, the padding columns that no selected row needs are cut off."""
+        return self.take(torch.arange(start, min(stop, len(self))), trim, left_padded_prompts)
+
+    def take(self, indices: torch.Tensor, trim: bool, left_padded_prompts: bool) -> Rollout:
+        """The rows `indices` in that order; with `trim`, the padding columns that no selected row needs are cut
+        off."""
         rows = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        rows = {k: (v[start:stop] if v is not None else None) for k, v in rows.items()}
+        indices = indices.to(self.response_ids.device)
+        rows = {k: (v.index_select(0, indices) if v is not None else None) for k, v in rows.items()}
         if trim:
             length = int(rows["response_mask"].sum(dim=1).max())
             for name in ("response_ids", "response_mask", "old_logprobs", "old_values", "ref_logprobs",
@@ -574,8 +623,8 @@ class PPOEngine:
         if not eos:
             raise ConfigError(f"neither the policy nor tokenizer {tokenizer.name_or_path!r} defines an eos token")
         self.eos_ids = torch.tensor(sorted(eos), device=accelerator.device)
-        # old log-probs from generate()'s logits instead of a policy forward: seq2seq only (see the module doc)
-        self.logprobs_from_generation = encoder_decoder
+        # old log-probs from generate()'s logits instead of a policy forward (see the module doc)
+        self.logprobs_from_generation = True
 
     @property
     def unwrapped(self) -> PolicyAndValue:
@@ -745,39 +794,45 @@ class PPOEngine:
 
     # optimisation -----------------------------------------------------------------------------------------------
 
-    def minibatches(self, rollout: Rollout) -> list[tuple[Rollout, float]]:
-        """The rollout's minibatches in order (padding trimmed), each with its length weight (the same every epoch):
-        its mean response length / the mean over the whole rollout of every process."""
+    def training_passes(self, rollout: Rollout) -> list[Rollout]:
+        """The rollout as the epochs' forward/backward passes (padding trimmed; the same every epoch): each sample
+        carries its minibatch's weights (`minibatch_token_weights`: minibatches of `minibatch_size` rows in order,
+        length weight = mean response length / the mean over the whole rollout of every process), and the passes
+        hold up to `forward_batch_size` samples, whole prompts grouped by response length (`length_grouped_passes`)."""
         global_mean_length = mean_response_length(rollout.response_mask, self.reduce_sum)
-        size = self.config.minibatch_size
-        batches = [
-            rollout.select(start, start + size, trim=True, left_padded_prompts=not self.encoder_decoder)
-            for start in range(0, len(rollout), size)
+        weight, share = minibatch_token_weights(rollout.response_mask, self.config.minibatch_size, global_mean_length)
+        rollout = dataclasses.replace(rollout, length_weight=weight, token_share=share)
+        size = self.config.forward_batch_size or self.config.minibatch_size
+        lengths = rollout.response_mask.sum(dim=1)
+        groups = rollout.prompt_index if rollout.prompt_index is not None else torch.arange(len(rollout))
+        return [
+            rollout.take(rows, trim=True, left_padded_prompts=not self.encoder_decoder)
+            for rows in length_grouped_passes(groups.cpu(), lengths.cpu(), size)
         ]
-        return [(batch, minibatch_length_weight(batch.response_mask, global_mean_length)) for batch in batches]
 
-    def accumulate_epoch_gradients(self, minibatches: list[tuple[Rollout, float]]) -> dict[str, float]:
-        """Backward of every minibatch's weighted PPO loss; gradients add up (DDP syncs on the last minibatch only).
+    def accumulate_epoch_gradients(self, passes: list[Rollout]) -> dict[str, float]:
+        """Backward of every pass's share of the epoch's weighted PPO loss (`losses.ppo.weighted_ppo_losses`);
+        gradients add up to those of one backward per minibatch (DDP syncs on the last pass only).
 
         Returns the sums over minibatches of the weighted policy and value losses and of the clip fraction.
         """
         config = self.config
         totals = torch.zeros(3, dtype=torch.float64, device=self.accelerator.device)
-        for index, (batch, weight) in enumerate(minibatches):
-            last = index == len(minibatches) - 1
+        for index, batch in enumerate(passes):
+            last = index == len(passes) - 1
             sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
             with sync:
                 mask = batch.response_mask
                 logprobs, values = self.model(
                     batch.prompt_ids, batch.prompt_mask, batch.response_ids, mask, batch.prompt_index
                 )
-                policy_loss, clip_fraction = clipped_policy_loss(
-                    logprobs, batch.old_logprobs, batch.advantages, mask, config.cliprange
-                )
-                value_loss = clipped_value_loss(values, batch.old_values, batch.returns, mask, config.cliprange_value)
-                loss = ppo_loss(policy_loss, value_loss, weight, config.pg_coef, config.vf_coef)
+                loss, policy_part, value_part, clip_part = weighted_ppo_losses(
+                    logprobs, values, batch.old_logprobs, batch.old_values, batch.advantages, batch.returns, mask,
+                    batch.length_weight, batch.token_share, config.cliprange, config.cliprange_value,
+                    config.pg_coef, config.vf_coef,
+                )  # fmt: skip
                 self.accelerator.backward(loss)
-            totals += torch.stack([policy_loss.detach() * weight, value_loss.detach() * weight, clip_fraction]).double()
+            totals += torch.stack([policy_part.detach(), value_part.detach(), clip_part.detach()]).double()
         return dict(zip(("policy_loss", "value_loss", "clip_fraction"), totals.tolist(), strict=True))
 
     def clip_gradients(self) -> None:
@@ -796,15 +851,16 @@ class PPOEngine:
 
     def ppo_epochs(self, rollout: Rollout) -> dict[str, float]:
         """`ppo_epochs` passes over the rollout, one optimiser step each; losses of the last epoch (global means)."""
-        minibatches = self.minibatches(rollout)
+        passes = self.training_passes(rollout)
+        n_minibatches = math.ceil(len(rollout) / self.config.minibatch_size)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         totals = {}
         for _ in range(self.config.ppo_epochs):
-            totals = self.accumulate_epoch_gradients(minibatches)
+            totals = self.accumulate_epoch_gradients(passes)
             self.optimisation_step()
         names = sorted(totals)
-        sums = torch.tensor([totals[k] for k in names] + [float(len(minibatches))], dtype=torch.float64)
+        sums = torch.tensor([totals[k] for k in names] + [float(n_minibatches)], dtype=torch.float64)
         reduced = self.reduce_sum(sums.to(self.accelerator.device)).tolist()
         return {name: value / reduced[-1] for name, value in zip(names, reduced[:-1], strict=True)}
 
@@ -912,6 +968,15 @@ def load_frozen_models(
     return reference
 
 
+def ppo_optimizer(model: nn.Module, config: PPOConfig) -> torch.optim.Optimizer:
+    """Adam (eps `adam_eps`, the paper's) over every trained parameter of policy, value body and value head; PyTorch's
+    fused implementation (one kernel over all parameters: the same update rule) where it applies, i.e. float32
+    parameters on the CPU or a CUDA device (the master weights under any `mixed_precision`)."""
+    parameters = list(model.parameters())
+    fused = all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in parameters)
+    return torch.optim.Adam(parameters, lr=config.learning_rate, eps=config.adam_eps, fused=fused)
+
+
 def train_ppo(
     prompts_path: str,
     policy_path: str,
@@ -958,7 +1023,7 @@ def train_ppo(
     train_tokens = encode_policy_prompts(tokenizer, prompts, encoder_decoder, config.max_input_length)
     eval_tokens = encode_policy_prompts(tokenizer, eval_prompts, encoder_decoder, config.max_input_length)
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=config.adam_eps)
+    optimizer = ppo_optimizer(model, config)
     total_steps = config.total_steps
     model, optimizer, scheduler = prepare_with_schedule(
         accelerator, model, optimizer, "linear", config.warmup_steps * config.ppo_epochs,
