@@ -190,7 +190,8 @@ def test_finegrained_detox_config_is_the_papers_setup(tmp_path):
 
 
 def test_ilf_config_is_the_papers_setup(tmp_path):
-    """SPEC section 3: SLF5K from the hub, 5 refinements per feedback cut at the first newline, the four selection
+    """ILF (docs/methods/ilf.md): SLF5K from
+    the hub, 5 refinements per feedback cut at the first newline, the four selection
     scorers with ILF trained on InstructRM's choice, three fine-tuning runs on 2 GPU processes, OPT-RM from OPT-1.3B,
     best-of-64, the pairwise judge; the refinement LM, InstructRM and the judge an open instruction model on one GPU
     inside each job."""

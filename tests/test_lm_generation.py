@@ -1,4 +1,5 @@
-"""Stage `generate-texts` (SPEC section 3: initial summaries, refinements, test summaries, best-of-n candidates) with
+"""Stage `generate-texts` (ILF, docs/methods/ilf.md: initial summaries, refinements, test summaries, best-of-n
+candidates) with
 real components: the official openai client against the scripted OpenAI-compatible server on loopback, and a tiny
 local transformers causal LM run through `python -m feedbackflow generate-texts` (feedbackflow.cli.main).
 

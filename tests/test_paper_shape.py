@@ -1,4 +1,4 @@
-"""Paper-shape scenarios (DESIGN.md, "Scales"; issue 19): each paper config of config/experiments/ runs through
+"""Paper-shape scenarios (issue 19): each paper config of config/experiments/ runs through
 Snakemake on the CPU, up to its metrics table, with an overlay (tests/paper_shape/<paper>.yaml, a second
 --configfile merged over the paper file) that changes sizes only: toy models of the paper's architecture classes,
 slices of the real data files of ../shared/data (or files in the paper's format at real lengths), a few steps,

@@ -1,4 +1,5 @@
-"""The toy models and data files of the paper-shape scenarios (DESIGN.md, "Scales"; tests/test_paper_shape.py).
+"""The toy models and data files of the paper-shape scenarios (tests/test_paper_shape.py): toy models of the real
+architectures at the papers' shapes.
 
 Each paper config in config/experiments/ names hub models and data files that are not here. Its overlay
 (tests/paper_shape/<paper>.yaml) points them at `paper_shape/models/<name>` and `paper_shape/data/...`, relative to
