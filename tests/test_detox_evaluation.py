@@ -9,12 +9,8 @@ import pandas as pd
 import pytest
 
 from feedbackflow.core.formats import write_json
-from feedbackflow.papers.fgrlhf.detox.evaluation import (
-    PUBLISHED_ROWS,
-    configure_metrics,
-    main_metrics,
-    summarise_detox,
-)
+from feedbackflow.papers.fgrlhf.detox.evaluation import summarise_detox
+from feedbackflow.papers.fgrlhf.detox.table import PUBLISHED_ROWS, configure_metrics, main_metrics
 
 
 def scored_samples() -> pd.DataFrame:

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from feedbackflow.papers.fgrlhf.qa.evaluation import collect_qa_metrics, fine_grained_total, summarise
+from feedbackflow.papers.fgrlhf.qa.evaluation import fine_grained_total, summarise
+from feedbackflow.papers.fgrlhf.qa.table import collect_qa_metrics
 
 
 def row(rouge, sub, rel, sent, fact, comp, length, fine=0.0, preference=None):

@@ -28,8 +28,10 @@ from __future__ import annotations
 import functools
 import importlib.util
 import re
+from typing import TYPE_CHECKING
 
-import spacy
+if TYPE_CHECKING:
+    import spacy
 
 # The paper's MIN_SUBSENT_WORDS.
 MIN_SUB_SENTENCE_WORDS = 5
@@ -51,7 +53,10 @@ def sentence_pipeline_name() -> str:
 
 @functools.cache
 def sentence_pipeline() -> spacy.Language:
-    """The spaCy pipeline that finds sentence boundaries, built once per process."""
+    """The spaCy pipeline that finds sentence boundaries, built once per process. spaCy is imported here, on first
+    use: through thinc it imports torch (seconds), which a stage that never splits text should not pay."""
+    import spacy
+
     if sentence_pipeline_name() == SPACY_MODEL:
         # Named-entity recognition and lemmas play no part in sentence boundaries (the parser sets them).
         return spacy.load(SPACY_MODEL, exclude=["ner", "lemmatizer"])

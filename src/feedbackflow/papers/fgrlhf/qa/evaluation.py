@@ -22,21 +22,17 @@ import argparse
 import json
 import logging
 import math
-from pathlib import Path
 
-import pandas as pd
 import pyarrow as pa
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from feedbackflow.core.formats import QA_PROMPTS, read_table, write_json, write_rows
 from feedbackflow.core.inference import INFERENCE_DTYPES, load_for_inference
-from feedbackflow.core.report import add_policy_table_arguments, write_policy_table
 from feedbackflow.errors import ConfigError
 from feedbackflow.papers.fgrlhf.qa.data import grounded_prefix, relevance_prefix
 from feedbackflow.papers.fgrlhf.qa.reward_models import read_mean_std
 from feedbackflow.papers.fgrlhf.qa.rewards import SegmentErrorReward, SequenceReward, question_of_prompt
-from feedbackflow.rl.curves import add_ppo_curve_arguments, write_ppo_curves
 from feedbackflow.stages.sft import encode_inputs, greedy_generate
 from feedbackflow.text.metrics import rouge_lsum
 from feedbackflow.text.segmentation import sentence_spans, sub_sentence_spans
@@ -59,16 +55,6 @@ QA_EVAL_RESPONSES = pa.schema(
     ]
 )
 
-METRIC_COLUMNS = [
-    "rouge_lsum",
-    "relevance_ratio",
-    "factuality_ratio",
-    "completeness",
-    "fine_grained_reward",
-    "preference",
-    "mean_length",
-    "n_responses",
-]
 # Wu et al. 2023, "Reward assignment during PPO": R1 +-0.3 per sub-sentence, R2 +-0.5 per sentence, R3 0.3 x z.
 RELEVANCE_REWARDS, FACTUALITY_REWARDS, COMPLETENESS_SCALE = (0.3, -0.3), (0.5, -0.5), 0.3
 
@@ -248,28 +234,3 @@ def main(args: argparse.Namespace) -> None:
     log.info("%s: %s", args.name, json.dumps(summary))
 
 
-def collect_qa_metrics(summary_paths: list[str]) -> pd.DataFrame:
-    """One row per policy summary, in the given order."""
-    rows = [json.loads(Path(p).read_text()) for p in summary_paths]
-    return pd.DataFrame(rows)[["policy", *METRIC_COLUMNS]]
-
-
-def configure_metrics(parser: argparse.ArgumentParser) -> None:
-    add_policy_table_arguments(parser, "evaluate-qa summary JSONs")
-    add_ppo_curve_arguments(parser)
-
-
-def main_metrics(args: argparse.Namespace) -> None:
-    frame = collect_qa_metrics(args.summaries)
-    write_policy_table(
-        frame,
-        args.output,
-        args.markdown,
-        "# qa-feedback: policies on the test prompts (greedy)\n\n"
-        + frame.to_markdown(index=False, floatfmt=".3f")
-        + "\n\nrelevance / factuality ratio: sub-sentences / sentences that R1 / R2 label without error; "
-        "completeness: R3 (score - mean) / std; fine_grained_reward: R1 + R2 + R3 as PPO pays them (sum per "
-        "response); preference: the holistic preference RM's (score - mean) / std (the holistic PPO's reward).\n",
-    )
-    write_ppo_curves(args.ppo_runs, args.curves, args.plot)
-    log.info("wrote %s and %s", args.output, args.markdown)
