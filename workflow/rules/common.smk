@@ -5,6 +5,12 @@ import json
 import os
 
 RESULTS = "results"
+
+# The longest chain of the default run (qa-feedback's SFT and four RMs, then PPO, then evaluation): its jobs go first
+# when jobs wait for cores (Snakemake `priority`; the tiny builders of its data and models too), so it does not
+# start last.
+QA_CHAIN_PRIORITY = 10
+
 TINY_RAW = f"{RESULTS}/tiny/raw"
 TINY_MODELS = f"{RESULTS}/tiny/models"
 # Defaults of the config's `resources` section: what one job of each family asks for.

@@ -29,6 +29,7 @@ rule convert_qa_prompts:
         lambda wildcards: config["qa_feedback"]["files"][wildcards.qa_split],
     output:
         f"{QA}/data/{{qa_split}}.prompts.parquet",
+    priority: QA_CHAIN_PRIORITY
     threads: job_threads("cpu")
     resources:
         **job_resources("cpu"),
@@ -52,6 +53,7 @@ rule convert_qa_feedback:
         completeness=f"{QA}/data/{{qa_feedback_split}}.completeness.parquet",
         preference=f"{QA}/data/{{qa_feedback_split}}.preference.parquet",
         feedback=f"{QA}/data/{{qa_feedback_split}}.feedback.parquet",
+    priority: QA_CHAIN_PRIORITY
     threads: job_threads("cpu")
     resources:
         **job_resources("cpu"),
@@ -80,6 +82,7 @@ rule train_qa_sft:
         hparams=seeded_hparams(config["qa_feedback"]["sft"]),
         work_dir=f"{RESULTS}/work/qa_feedback/sft",
         accelerate_config=config.get("accelerate_config"),
+    priority: QA_CHAIN_PRIORITY
     threads: job_threads("training")
     resources:
         **job_resources("training"),
@@ -105,6 +108,7 @@ rule train_qa_reward_model:
         hparams=lambda wildcards: seeded_hparams(config["qa_feedback"]["reward_models"][wildcards.qa_rm]),
         work_dir=lambda wildcards: f"{RESULTS}/work/qa_feedback/{wildcards.qa_rm}",
         accelerate_config=config.get("accelerate_config"),
+    priority: QA_CHAIN_PRIORITY
     threads: job_threads("training")
     resources:
         **job_resources("training"),
@@ -133,6 +137,7 @@ rule qa_reward_mean_std:
         ),
         seed=config["seed"],
         dtype=inference_dtype_flag(),
+    priority: QA_CHAIN_PRIORITY
     threads: job_threads("evaluation")
     resources:
         **job_resources("evaluation"),
@@ -163,6 +168,7 @@ rule train_qa_ppo:
         hparams=lambda wildcards: ppo_hparams(config["qa_feedback"], wildcards.qa_variant),
         work_dir=lambda wildcards: f"{RESULTS}/work/qa_feedback/{wildcards.qa_variant}",
         accelerate_config=config.get("accelerate_config"),
+    priority: QA_CHAIN_PRIORITY
     threads: job_threads("training")
     resources:
         **job_resources("training"),
@@ -195,6 +201,7 @@ rule evaluate_qa_policy:
         ),
         rm_max_length=config["qa_feedback"]["rewards"].get("max_length", 2048),
         dtype=inference_dtype_flag(),
+    priority: QA_CHAIN_PRIORITY
     threads: job_threads("evaluation")
     resources:
         **job_resources("evaluation"),

@@ -77,6 +77,7 @@ rule make_synthetic_qa_feedback:
     params:
         hparams=hparams({"seed": config["seed"], **config.get("tiny", {}).get("qa_feedback", {})}),
         output_dir=lambda wildcards, output: os.path.dirname(output.corpus),
+    priority: QA_CHAIN_PRIORITY
     threads: job_threads("cpu")
     resources:
         **job_resources("cpu"),
@@ -103,6 +104,7 @@ rule build_tiny_qa_model:
     params:
         architecture=lambda wildcards: {"t5": "seq2seq", "longformer": "longformer"}[wildcards.architecture],
         hparams=hparams({"seed": config["seed"], **config.get("tiny", {}).get("qa_model", {})}),
+    priority: QA_CHAIN_PRIORITY
     threads: job_threads("cpu")
     resources:
         **job_resources("cpu"),
