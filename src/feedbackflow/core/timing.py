@@ -2,7 +2,9 @@
 `results/benchmarks/<rule>/<experiment>/<job>.tsv`) gathered into a table of time per stage (README, "Time per stage").
 
 Snakemake's benchmark TSV has a header and one row per repeat: `s` (wall seconds), `max_rss` (MB), `cpu_time`
-(seconds) among others, with "-" where a value was not measured. Only the stdlib, pandas and pyarrow are imported:
+(seconds) among others, with "-" where a value was not measured. The wall time is exact; CPU time and memory are
+Snakemake's samples of the job's processes (every 0.5 s for 30 s, then every 30 s), so up to the last 30 s of a
+long job may be missing from its CPU time. Only the stdlib, pandas and pyarrow are imported:
 this stage runs at the end of every run and must start fast.
 """
 
@@ -85,7 +87,8 @@ def timing_markdown(stages: pd.DataFrame, jobs: pd.DataFrame) -> str:
     return (
         "# Time per stage\n\n"
         f"{len(jobs)} jobs, {jobs['seconds'].sum() / 60:.1f} min of job time in all (jobs that ran at once each "
-        "count in full; a job that was not rerun keeps its last time).\n\n"
+        "count in full; a job that was not rerun keeps its last time). CPU seconds are Snakemake's samples (every "
+        "30 s after a job's first 30 s), so they can miss a job's last seconds.\n\n"
         "## Stages, longest total first\n\n"
         + stages.to_markdown(index=False, floatfmt=".1f")
         + "\n\n## Per experiment\n\n"
