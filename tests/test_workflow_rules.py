@@ -42,7 +42,7 @@ def test_every_rule_writes_a_benchmark_file_named_by_the_rule():
     for path in sorted(RULES.glob("*.smk")):
         text = path.read_text()
         starts = list(header.finditer(text))
-        for match, following in zip(starts, [*starts[1:], None], strict=True):
+        for match, following in zip(starts, [*starts[1:], None][: len(starts)], strict=True):
             rule = match.group(1) or match.group(2)
             block = text[match.start() : following.start() if following else len(text)]
             benchmark = re.search(r"benchmark:\s*\(?\s*f\"\{RESULTS\}/benchmarks/(\w+)/", block)
