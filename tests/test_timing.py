@@ -58,6 +58,7 @@ def test_stage_writes_parquet_and_markdown(benchmarks, tmp_path):
     assert table["rule"].tolist() == ["train_crft", "train_qa_sft", "dsp_metrics"]
     text = (tmp_path / "timing.md").read_text()
     assert "4 jobs, 1.1 min of job time" in text  # (30 + 25 + 10 + 2) s = 67 s
+    assert "| dsp          |      3 |      42.0 |" in text  # per experiment: 3 jobs, 30 + 10 + 2 s
 
 
 def test_bad_benchmark_file_is_named(tmp_path):

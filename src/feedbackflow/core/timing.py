@@ -92,7 +92,7 @@ def timing_markdown(stages: pd.DataFrame, jobs: pd.DataFrame) -> str:
         "## Stages, longest total first\n\n"
         + stages.to_markdown(index=False, floatfmt=".1f")
         + "\n\n## Per experiment\n\n"
-        + per_experiment.to_markdown(floatfmt=".1f")
+        + per_experiment.to_markdown(floatfmt=("", ".0f", ".1f"))
         + "\n\n## Jobs, longest first\n\n"
         + jobs.to_markdown(index=False, floatfmt=".1f")
         + "\n"
