@@ -32,7 +32,14 @@ from feedbackflow.models.reward_model import pool_hidden_states
 from feedbackflow.papers.fgrlhf.qa.reward_training import pair_loss_sum, token_loss_sum
 from feedbackflow.papers.ilf.opt_rm import answer_token_loss
 from feedbackflow.papers.rrhf.training import shared_prompt_attention_mask
-from feedbackflow.rl.ppo import PPOEngine, causal_inputs, gathered_logprobs, response_mask_from_ids, shift_right
+from feedbackflow.rl.ppo import (
+    PPOConfig,
+    PPOEngine,
+    causal_inputs,
+    gathered_logprobs,
+    response_mask_from_ids,
+    shift_right,
+)
 from feedbackflow.rl.rewards import TargetTokenReward
 from feedbackflow.tiny.models import train_tokenizer
 
@@ -122,14 +129,15 @@ def test_ppo_engine_tensors_stay_on_the_input_device():
 
 
 def test_rewards_are_placed_on_the_rollout_device(tmp_path):
-    """PPOEngine.rewards_of with a namespace standing in for the engine (it reads only the tokenizer and the reward
-    functions; a whole engine needs models and an accelerator): the reward tensors are made on the rollout's
-    device, the per-token rewards where they belong."""
+    """PPOEngine.rewards_of with a namespace standing in for the engine (it reads only the tokenizer, the reward
+    functions and the config; a whole engine needs models and an accelerator): the reward tensors are made on the
+    rollout's device, the per-token rewards where they belong."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(["the river is near the old bridge", "a green apple was far"] * 20))
     tokenizer = train_tokenizer([corpus], vocab_size=300)
     the = tokenizer.convert_tokens_to_ids("the")
-    engine = SimpleNamespace(tokenizer=tokenizer, reward_functions=[TargetTokenReward("the", the, 0.5)])
+    engine = SimpleNamespace(tokenizer=tokenizer, reward_functions=[TargetTokenReward("the", the, 0.5)],
+                             config=PPOConfig())  # fmt: skip
     response_ids = torch.tensor([[the, 7, the], [the, 2, 2]])
     with elsewhere():
         total, per_function, stats = PPOEngine.rewards_of(engine, ["p", "p"], response_ids, MASK)

@@ -207,7 +207,9 @@ def test_ilf_config_is_the_papers_setup(tmp_path):
     # blocker 6 of issue 19: the instruction LM runs inside the job on a GPU (nothing serves localhost on a node)
     instruct_lm = '"backend": "hf", "batch_size": 32, "dtype": "bfloat16", "model": "meta-llama/Llama-3.1-8B-Instruct"'
     assert instruct_lm in refine
-    assert all(instruct_lm in line for line in lines if "select-refinements" in line and "instructrm" in line)
+    instructrm_selection = [line for line in lines if "select-refinements" in line and "instructrm.scores" in line]
+    assert len(instructrm_selection) == 1 and instruct_lm in instructrm_selection[0]
+    assert all('"instructrm_templates": "paper"' in line for line in lines if "select-refinements" in line)
     assert all('"backend": "hf"' in line and "Llama-3.1-8B-Instruct" in line for line in lines if "ilf-judge" in line)
     resources = planned_resources(result.stdout)
     for rule in ("refine_summaries", "select_refinements", "judge_ilf"):

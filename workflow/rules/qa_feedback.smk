@@ -196,8 +196,9 @@ rule evaluate_qa_policy:
         responses=f"{QA}/eval/{{qa_policy}}.responses.parquet",
         summary=f"{QA}/eval/{{qa_policy}}.json",
     params:
+        # keys sorted: the same settings in another order (a reformatted config) plan no rerun
         evaluation=" ".join(
-            f"--{key.replace('_', '-')} {value}" for key, value in config["qa_feedback"]["evaluation"].items()
+            f"--{key.replace('_', '-')} {value}" for key, value in sorted(config["qa_feedback"]["evaluation"].items())
         ),
         rm_max_length=config["qa_feedback"]["rewards"].get("max_length", 2048),
         dtype=inference_dtype_flag(),

@@ -228,7 +228,7 @@ if config["rrhf"].get("judge_sft"):
         output:
             f"{RESULTS}/rrhf/data/train.judge_sft.parquet",
         params:
-            targets=" ".join(f"--target {o}={s}" for o, s in config["rrhf"]["judge_sft"]["targets"].items()),
+            targets=" ".join(f"--target {o}={s}" for o, s in sorted(config["rrhf"]["judge_sft"]["targets"].items())),
             # only what shapes the rating prompt and reply (a function: templates hold braces)
             hparams=lambda wildcards: hparams(
                 {

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from feedbackflow.core.formats import atomic_path
+from feedbackflow.core.report import add_policy_table_arguments, write_policy_table
 
 
 def ppo_curves(run_dirs: list[str]) -> pd.DataFrame:
@@ -78,3 +79,15 @@ def write_ppo_curves(run_dirs: list[str], curves_path: str | None, plot_path: st
             curves.to_parquet(tmp, index=False)
     if plot_path:
         plot_ppo_curves(curves, plot_path)
+
+
+def add_policy_table_and_curve_arguments(parser: argparse.ArgumentParser, summaries_help: str) -> None:
+    """The flags of a PPO paper's metrics stage: the policy table's and the PPO curves'."""
+    add_policy_table_arguments(parser, summaries_help)
+    add_ppo_curve_arguments(parser)
+
+
+def write_policy_table_and_curves(frame: pd.DataFrame, args: argparse.Namespace, markdown: str) -> None:
+    """A PPO paper's metrics stage: its policy table (Parquet, `markdown` text) and the curves of its PPO runs."""
+    write_policy_table(frame, args.output, args.markdown, markdown)
+    write_ppo_curves(args.ppo_runs, args.curves, args.plot)

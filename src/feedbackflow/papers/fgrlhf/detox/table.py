@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from feedbackflow.core.report import add_policy_table_arguments, write_policy_table
-from feedbackflow.rl.curves import add_ppo_curve_arguments, write_ppo_curves
+from feedbackflow.rl.curves import add_policy_table_and_curve_arguments, write_policy_table_and_curves
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +42,14 @@ def detox_metrics_table(summary_paths: list[str]) -> pd.DataFrame:
 
 
 def configure_metrics(parser: argparse.ArgumentParser) -> None:
-    add_policy_table_arguments(parser, "evaluate-detox summary JSONs")
-    add_ppo_curve_arguments(parser)
+    add_policy_table_and_curve_arguments(parser, "evaluate-detox summary JSONs")
 
 
 def main_metrics(args: argparse.Namespace) -> None:
     frame = detox_metrics_table(args.summaries)
-    write_policy_table(
+    write_policy_table_and_curves(
         frame,
-        args.output,
-        args.markdown,
+        args,
         "# Detoxification: policies on the test prompts (samples per prompt as configured)\n\n"
         + frame.astype(object).where(frame.notna(), None).to_markdown(index=False, floatfmt=".3f", missingval="")
         + "\n\nRows marked `published` are the paper's (Wu et al. 2023, Table 1: GPT-2 large on "
@@ -61,5 +58,4 @@ def main_metrics(args: argparse.Namespace) -> None:
         "a sample scored >= 0.5; mean_toxicity: of one sample (not in the paper's table); perplexity: of the "
         "samples under the perplexity LM; distinct-n: unique n-grams / words per prompt.\n",
     )
-    write_ppo_curves(args.ppo_runs, args.curves, args.plot)
     log.info("wrote %s and %s", args.output, args.markdown)

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from feedbackflow.core.report import add_policy_table_arguments, write_policy_table
-from feedbackflow.rl.curves import add_ppo_curve_arguments, write_ppo_curves
+from feedbackflow.rl.curves import add_policy_table_and_curve_arguments, write_policy_table_and_curves
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +35,18 @@ def collect_qa_metrics(summary_paths: list[str]) -> pd.DataFrame:
 
 
 def configure_metrics(parser: argparse.ArgumentParser) -> None:
-    add_policy_table_arguments(parser, "evaluate-qa summary JSONs")
-    add_ppo_curve_arguments(parser)
+    add_policy_table_and_curve_arguments(parser, "evaluate-qa summary JSONs")
 
 
 def main_metrics(args: argparse.Namespace) -> None:
     frame = collect_qa_metrics(args.summaries)
-    write_policy_table(
+    write_policy_table_and_curves(
         frame,
-        args.output,
-        args.markdown,
+        args,
         "# qa-feedback: policies on the test prompts (greedy)\n\n"
         + frame.to_markdown(index=False, floatfmt=".3f")
         + "\n\nrelevance / factuality ratio: sub-sentences / sentences that R1 / R2 label without error; "
         "completeness: R3 (score - mean) / std; fine_grained_reward: R1 + R2 + R3 as PPO pays them (sum per "
         "response); preference: the holistic preference RM's (score - mean) / std (the holistic PPO's reward).\n",
     )
-    write_ppo_curves(args.ppo_runs, args.curves, args.plot)
     log.info("wrote %s and %s", args.output, args.markdown)
