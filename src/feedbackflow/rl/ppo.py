@@ -536,12 +536,13 @@ def length_grouped_passes(groups: torch.Tensor, lengths: torch.Tensor, size: int
     counts = torch.unique_consecutive(groups, return_counts=True)[1].tolist()
     runs = [piece for run in torch.arange(len(groups)).split(counts) for piece in run.split(size)]
     runs.sort(key=lambda run: -int(lengths[run].max()))
-    passes, current = [], []
+    passes, current, rows = [], [], 0
     for run in runs:
-        if current and sum(map(len, current)) + len(run) > size:
+        if current and rows + len(run) > size:
             passes.append(torch.cat(current))
-            current = []
+            current, rows = [], 0
         current.append(run)
+        rows += len(run)
     if current:
         passes.append(torch.cat(current))
     return passes
