@@ -110,6 +110,32 @@ def test_a_tie_between_the_error_and_o_logits_is_an_error(tokenizer):
     assert segment_error_predictions(LiteralLogits(logits), tokenizer, inputs) == [[1, 0, 1]]
 
 
+class ErrorWhereTheTokenIsHigh(torch.nn.Module):
+    """Stands in for a token RM whose error logit is the token id and whose O logit is 5: a separator is an error
+    when its token id is at least 5 (the labels follow each input's own ids, whatever batch it lands in)."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask):
+        return SimpleNamespace(logits=torch.stack([torch.full(input_ids.shape, 5.0), input_ids.float()], dim=-1))
+
+
+def test_predictions_come_back_in_input_order_from_length_sorted_batches(tokenizer):
+    # Batches of 2 by length: [input 1 (2 ids), input 2 (3 ids)], then [input 0 (5 ids)]. By hand, per input: the ids
+    # at its separators against 5: input 0 ids [1, 9, 2, 6, 3] at 1, 3 -> 9, 6 -> [1, 1]; input 1 [1, 4] at 1 -> [0];
+    # input 2 [1, 7, 2] at 1, 2 -> 7, 2 -> [1, 0].
+    inputs = [
+        SegmentInput(input_ids=[1, 9, 2, 6, 3], separator_positions=[1, 3], prefix_truncated=False),
+        SegmentInput(input_ids=[1, 4], separator_positions=[1], prefix_truncated=False),
+        SegmentInput(input_ids=[1, 7, 2], separator_positions=[1, 2], prefix_truncated=False),
+    ]
+    expected = [[1, 1], [0], [1, 0]]
+    assert segment_error_predictions(ErrorWhereTheTokenIsHigh(), tokenizer, inputs, batch_size=2) == expected
+    assert segment_error_predictions(ErrorWhereTheTokenIsHigh(), tokenizer, inputs, batch_size=1) == expected
+
+
 def longformer_config(tokenizer, **extra):
     return LongformerConfig(
         vocab_size=len(tokenizer),

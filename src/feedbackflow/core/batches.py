@@ -1,11 +1,23 @@
-"""Preference lists in global batches: the seeded per-epoch order and the padded score matrix that the DSP and RRHF
-trainers share (Cheng et al. 2023; Yuan et al. 2023)."""
+"""Batches shared by several stages: inference batches of similar length (`length_sorted_batches`), and preference
+lists in global batches, the seeded per-epoch order and the padded score matrix that the DSP and RRHF trainers share
+(Cheng et al. 2023; Yuan et al. 2023)."""
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import dataclass
 
 import torch
+
+
+def length_sorted_batches(items: list[Sized], batch_size: int) -> list[list[int]]:
+    """The indices of `items` in inference batches: sorted by length (ties in input order), in consecutive chunks of
+    `batch_size`, so that each batch pads little (real data's long tail otherwise pads a whole batch to its longest
+    text). Callers put each result back at its index, so the output order is the input order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    order = sorted(range(len(items)), key=lambda i: len(items[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 @dataclass

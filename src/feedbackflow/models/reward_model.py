@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from feedbackflow.core.batches import length_sorted_batches
 from feedbackflow.core.inference import to_model_device
 from feedbackflow.errors import ConfigError
 from feedbackflow.text.tokens import pad_right
@@ -178,10 +179,8 @@ def save_reward_model(
 def score_sequences(model: RewardModel, sequences: list[list[int]], pad_id: int, batch_size: int) -> list[float]:
     """Reward of each token sequence, batched by similar length, on the model's device; returned in input order."""
     model.eval()
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     rewards = [0.0] * len(sequences)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    for chunk in length_sorted_batches(sequences, batch_size):
         input_ids, attention_mask = pad_right([sequences[i] for i in chunk], pad_id)
         output = model(*to_model_device(model, input_ids, attention_mask))
         for i, value in zip(chunk, output.rewards.float().cpu().tolist(), strict=True):

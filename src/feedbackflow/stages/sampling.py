@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
+from feedbackflow.core.batches import length_sorted_batches
 from feedbackflow.core.formats import (
     PROMPTS,
     SAMPLES,
@@ -365,9 +366,8 @@ def load_policy(name_or_path: str, dtype: str | None = None):
 
 def batch_plan(encoded: list[list[int]], batch_size: int) -> list[list[int]]:
     """The prompt indices of each generation batch: prompts sorted by encoded length (ties in file order), in
-    consecutive chunks of `batch_size` (so each batch pads little)."""
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    consecutive chunks of `batch_size` (so each batch pads little; `core.batches.length_sorted_batches`)."""
+    return length_sorted_batches(encoded, batch_size)
 
 
 def shard_batches(n_batches: int, shard: int, shards: int) -> range:

@@ -64,6 +64,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from feedbackflow.core.batches import length_sorted_batches
 from feedbackflow.core.checkpoints import StopSignal
 from feedbackflow.core.formats import QA_PROMPTS, SFT_TRAINING_LOG, atomic_directory, read_table, write_json, write_rows
 from feedbackflow.core.optim import EpochTrainingConfig, prepare_adamw
@@ -304,9 +305,7 @@ def greedy_generate(
     eos_ids = eos_ids_of(model, tokenizer)
     texts: list[str] = [""] * len(inputs)
     counts: list[int] = [0] * len(inputs)
-    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    for chunk in length_sorted_batches(inputs, batch_size):
         pad = pad_right if is_seq2seq else pad_left
         input_ids, attention_mask = pad([inputs[i] for i in chunk], pad_id)
         sequences = model.generate(

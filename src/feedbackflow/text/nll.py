@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from feedbackflow.core.batches import length_sorted_batches
+
 
 @torch.inference_mode()
 def sequence_nll(model, encoded: list[tuple[list[int], int]], batch_size: int, pad_id: int) -> list[tuple[float, int]]:
@@ -16,9 +18,7 @@ def sequence_nll(model, encoded: list[tuple[list[int], int]], batch_size: int, p
     model.eval()
     device = next(model.parameters()).device
     results: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    for chunk in length_sorted_batches([sequence for sequence, _ in encoded], batch_size):
         width = max(len(encoded[i][0]) for i in chunk)
         if width < 2:
             continue  # nothing can be predicted: every sequence of the batch keeps (0.0, 0)

@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel, gather_object
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from feedbackflow.core.batches import length_sorted_batches
 from feedbackflow.core.checkpoints import StopSignal
 from feedbackflow.core.formats import (
     SAMPLES,
@@ -384,9 +385,7 @@ def answer_log_probabilities(
     model.eval()
     device = next(extract_model_from_parallel(model).parameters()).device
     out = torch.zeros((len(sequences), 2), dtype=torch.float64)
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    for chunk in length_sorted_batches(sequences, batch_size):
         logp = torch.log_softmax(answer_logits(model, [sequences[i] for i in chunk], pad_id, device).float(), dim=-1)
         out[chunk] = logp[:, [yes_id, no_id]].double().cpu()
     model.train(was_training)

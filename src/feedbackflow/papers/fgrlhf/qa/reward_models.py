@@ -38,6 +38,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from feedbackflow.core.batches import length_sorted_batches
 from feedbackflow.core.inference import load_for_inference
 from feedbackflow.errors import ConfigError
 from feedbackflow.text.tokens import pad_id_of, pad_right
@@ -143,29 +144,31 @@ def load_fg_reward_model_for_inference(
 
 @torch.inference_mode()
 def segment_error_predictions(model, tokenizer, inputs: list[SegmentInput], batch_size: int = 16) -> list[list[int]]:
-    """Per input, the label (1 = error, 0 = O) at each kept separator: 1 when the error logit is at least the O
-    logit, the original's argmax over [error, O], which picks the error on a tie (its reward.py)."""
+    """Per input (in input order, batched by similar length), the label (1 = error, 0 = O) at each kept separator:
+    1 when the error logit is at least the O logit, the original's argmax over [error, O], which picks the error on
+    a tie (its reward.py)."""
     device = next(model.parameters()).device
-    out: list[list[int]] = []
-    for start in range(0, len(inputs), batch_size):
-        chunk = inputs[start : start + batch_size]
-        input_ids, attention_mask = pad_right([c.input_ids for c in chunk], pad_id_of(tokenizer))
+    out: list[list[int]] = [[] for _ in inputs]
+    for chunk in length_sorted_batches([c.input_ids for c in inputs], batch_size):
+        input_ids, attention_mask = pad_right([inputs[i].input_ids for i in chunk], pad_id_of(tokenizer))
         logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
         labels = (logits[..., 1] >= logits[..., 0]).long().cpu()
-        out.extend(labels[row, c.separator_positions].tolist() for row, c in enumerate(chunk))
+        for row, i in enumerate(chunk):
+            out[i] = labels[row, inputs[i].separator_positions].tolist()
     return out
 
 
 @torch.inference_mode()
 def sequence_scores(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 16) -> list[float]:
-    """The sequence RM's score of each text."""
+    """The sequence RM's score of each text, in input order (batched by similar length)."""
     device = next(model.parameters()).device
-    scores: list[float] = []
-    for start in range(0, len(texts), batch_size):
-        ids = [encode_pair_text(tokenizer, t, max_length) for t in texts[start : start + batch_size]]
-        input_ids, attention_mask = pad_right(ids, pad_id_of(tokenizer))
+    encoded = [encode_pair_text(tokenizer, t, max_length) for t in texts]
+    scores: list[float] = [0.0] * len(texts)
+    for chunk in length_sorted_batches(encoded, batch_size):
+        input_ids, attention_mask = pad_right([encoded[i] for i in chunk], pad_id_of(tokenizer))
         logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-        scores.extend(logits[:, 0].float().cpu().tolist())
+        for i, score in zip(chunk, logits[:, 0].float().cpu().tolist(), strict=True):
+            scores[i] = score
     return scores
 
 
