@@ -126,10 +126,24 @@ def check_stage_arguments(argv: list[str], processes: int) -> None:
         config.validate(**({"world": processes} if "world" in inspect.signature(config.validate).parameters else {}))
 
 
+@pytest.fixture(scope="module")
+def paper_plan(tmp_path_factory):
+    """`paper_plan(name)`: the placeholder dry run of config/experiments/<name>, planned once per module in its own
+    scratch project (the dry runs are most of these tests' time; several tests read the same plan)."""
+    plans: dict = {}
+
+    def plan(config_name: str):
+        if config_name not in plans:
+            workdir = copy_project(REPO_ROOT, tmp_path_factory.mktemp(config_name.removesuffix(".yaml")))
+            plans[config_name] = plan_with_placeholder_inputs(workdir, f"config/experiments/{config_name}")
+        return plans[config_name]
+
+    return plan
+
+
 @pytest.mark.parametrize("config_name", CONFIGS)
-def test_paper_config_plans_and_its_hyperparameters_are_accepted(config_name, tmp_path):
-    workdir = copy_project(REPO_ROOT, tmp_path)
-    result = plan_with_placeholder_inputs(workdir, f"config/experiments/{config_name}")
+def test_paper_config_plans_and_its_hyperparameters_are_accepted(config_name, paper_plan):
+    result = paper_plan(config_name)
     jobs = planned_jobs(result.stdout)
     assert jobs, result.stdout[-2000:]
     commands = stage_commands(result.stdout)
@@ -141,11 +155,10 @@ def test_paper_config_plans_and_its_hyperparameters_are_accepted(config_name, tm
     assert training and all(job["nodes"] == "1" for jobs in training.values() for job in jobs), training
 
 
-def test_finegrained_qa_config_is_the_papers_setup(tmp_path):
+def test_finegrained_qa_config_is_the_papers_setup(paper_plan):
     """Wu et al. 2023 (docs/methods/fine_grained_rlhf.md): both PPO variants with their KL / lambda, on 2 GPU
     processes, and the four RMs."""
-    workdir = copy_project(REPO_ROOT, tmp_path)
-    result = plan_with_placeholder_inputs(workdir, "config/experiments/finegrained_qa.yaml")
+    result = paper_plan("finegrained_qa.yaml")
     assert planned_jobs(result.stdout)["train_qa_ppo"] == 2
     assert planned_jobs(result.stdout)["train_qa_reward_model"] == 4
     ppo = [line for line in result.stdout.splitlines() if "-- train-ppo " in line]
@@ -167,11 +180,10 @@ def test_finegrained_qa_config_is_the_papers_setup(tmp_path):
     assert all('"mixed_precision": "bf16"' in line and '"gradient_checkpointing": false' in line for line in ppo)
 
 
-def test_finegrained_detox_config_is_the_papers_setup(tmp_path):
+def test_finegrained_detox_config_is_the_papers_setup(paper_plan):
     """Wu et al. 2023, detoxification: GPT-2 large as it is (no SFT), Perspective API rewards for both PPO variants,
     25 nucleus samples per test prompt, perplexity under GPT-2 XL."""
-    workdir = copy_project(REPO_ROOT, tmp_path)
-    result = plan_with_placeholder_inputs(workdir, "config/experiments/finegrained_detox.yaml")
+    result = paper_plan("finegrained_detox.yaml")
     jobs = planned_jobs(result.stdout)
     assert jobs["train_detox_ppo"] == 2 and jobs["sample_detox"] == 3 and "train_detox_lm" not in jobs
     ppo = {re.search(r"--output (\S+)", line).group(1): line for line in result.stdout.splitlines()
@@ -189,14 +201,13 @@ def test_finegrained_detox_config_is_the_papers_setup(tmp_path):
     assert all('"dtype": "bfloat16"' in line for line in evaluation)  # issue 19, blocker 4: GPT-2 XL in bf16
 
 
-def test_ilf_config_is_the_papers_setup(tmp_path):
+def test_ilf_config_is_the_papers_setup(paper_plan):
     """ILF (docs/methods/ilf.md): SLF5K from
     the hub, 5 refinements per feedback cut at the first newline, the four selection
     scorers with ILF trained on InstructRM's choice, three fine-tuning runs on 2 GPU processes, OPT-RM from OPT-1.3B,
     best-of-64, the pairwise judge; the refinement LM, InstructRM and the judge an open instruction model on one GPU
     inside each job."""
-    workdir = copy_project(REPO_ROOT, tmp_path)
-    result = plan_with_placeholder_inputs(workdir, "config/experiments/ilf_slf5k.yaml")
+    result = paper_plan("ilf_slf5k.yaml")
     jobs = planned_jobs(result.stdout)
     assert jobs["train_ilf_policy"] == 3 and jobs["select_refinements"] == 4 and "train_ilf_lm" not in jobs
     assert jobs["judge_ilf"] == 5 and jobs["sample_ilf_test"] == 4
