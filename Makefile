@@ -22,7 +22,7 @@ run: $(STAMP)
 	$(VENV)/bin/snakemake --profile profiles/default --cores $(CORES) --report results/report.html
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -n 2 --dist loadfile
+	$(VENV)/bin/python -m pytest
 
 claims: $(STAMP)
 	$(VENV)/bin/python benchmarks/claims.py $(CLAIMS_ARGS)

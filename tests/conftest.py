@@ -1,5 +1,4 @@
-"""Shared fixtures: the repository root and the real public data samples in ../shared/data; the units of work of
-`make test`'s two pytest workers."""
+"""Shared fixtures: the repository root and the real public data samples in ../shared/data."""
 
 from __future__ import annotations
 
@@ -10,46 +9,6 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-# `make test` runs two pytest workers (`-n 2 --dist loadfile`), each test file a unit of work given to whichever worker
-# is free, with these files grouped into one unit: the default run (`finished_run`, both cores for about 16 minutes)
-# and the SLURM tests (one test cluster at a time) on one worker, the paper-shape scenarios (`paper_shape_assets`) on
-# one. A session fixture is built per worker, so a test that uses one of these fixtures must be in its group, or a
-# second worker would build it again. (pytest-xdist's own `loadgroup` marks do not reach its scheduler under pytest
-# 9, whose node ids are no longer rewritable: `pytest_xdist_make_scheduler` below groups by file name instead.)
-XDIST_GROUPS = {
-    "test_workflow.py": "default_run_and_slurm",
-    "test_slurm.py": "default_run_and_slurm",
-    "test_slurm_cluster.py": "default_run_and_slurm",
-    "test_paper_shape.py": "paper_shape",
-}
-SESSION_FIXTURE_GROUPS = {"finished_run": "default_run_and_slurm", "paper_shape_assets": "paper_shape"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        group = XDIST_GROUPS.get(item.path.name)
-        for fixture, needed in SESSION_FIXTURE_GROUPS.items():
-            if fixture in getattr(item, "fixturenames", ()) and group != needed:
-                raise pytest.UsageError(f"{item.nodeid} uses {fixture}: add its file to XDIST_GROUPS as {needed!r}")
-
-
-def xdist_unit(nodeid: str) -> str:
-    """The unit of work of a test under `--dist loadfile`: its file, or its file's group in XDIST_GROUPS."""
-    file = nodeid.split("::", 1)[0]
-    return XDIST_GROUPS.get(Path(file).name, file)
-
-
-@pytest.hookimpl(tryfirst=True, optionalhook=True)
-def pytest_xdist_make_scheduler(config, log):
-    if config.getvalue("dist") != "loadfile":
-        return None
-    from xdist.scheduler import LoadScopeScheduling
-
-    class FileGroupScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return xdist_unit(nodeid)
-
-    return FileGroupScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
