@@ -766,7 +766,8 @@ def generate_reference(model_dir: str, prompts: list[str], values: dict) -> floa
     search, the reference is generate's beam search with as many beams and returned sequences and no groups:
     group beam search is no longer in transformers' own generate (v5 moved it to a hub custom_generate), and the
     project runs its own (sampling.diverse_beam_search)."""
-    from feedbackflow.stages.sampling import SamplingConfig, batch_plan, load_policy
+    from feedbackflow.core.batches import length_sorted_batches
+    from feedbackflow.stages.sampling import SamplingConfig, load_policy
     from feedbackflow.text.tokens import encode_prompts, pad_id_of, pad_left
 
     config = SamplingConfig(**values)
@@ -779,7 +780,7 @@ def generate_reference(model_dir: str, prompts: list[str], values: dict) -> floa
               "pad_token_id": pad_id, "temperature": None, "top_k": None, "top_p": None}  # fmt: skip
     seconds = 0.0
     with torch.inference_mode():
-        for chunk in batch_plan(encoded, config.batch_size):
+        for chunk in length_sorted_batches(encoded, config.batch_size):
             input_ids, attention_mask = pad_left([encoded[i] for i in chunk], pad_id)
             synchronize()
             start = time.perf_counter()

@@ -16,6 +16,7 @@ from diverse_beam_reference import reference_diverse_beam_search
 from test_experiment_configs import check_stage_arguments, stage_commands
 from workflow_runs import copy_project, planned_jobs, snakemake
 
+from feedbackflow.core.batches import length_sorted_batches
 from feedbackflow.core.formats import PROMPTS, RANKED_RESPONSES, SAMPLES, SCORED_SAMPLES, read_table, write_rows
 from feedbackflow.errors import ConfigError, DataError
 from feedbackflow.stages.sample_tables import (
@@ -29,7 +30,6 @@ from feedbackflow.stages.sample_tables import (
 from feedbackflow.stages.sampling import (
     BatchCheckpoints,
     SamplingConfig,
-    batch_plan,
     configure,
     diverse_beam_search,
     generate_responses,
@@ -351,7 +351,7 @@ def test_ranked_responses(tmp_path):
 def test_shard_batches_split_consecutive_batches():
     assert [shard_batches(5, k, 2) for k in range(2)] == [range(0, 2), range(2, 5)]
     assert [list(shard_batches(2, k, 3)) for k in range(3)] == [[], [0], [1]]  # more shards than batches
-    assert batch_plan([[1, 2, 3], [1], [1, 2], [1]], 2) == [[1, 3], [2, 0]]  # by length, ties in file order
+    assert length_sorted_batches([[1, 2, 3], [1], [1, 2], [1]], 2) == [[1, 3], [2, 0]]  # by length, ties in file order
     with pytest.raises(ConfigError, match="shard"):
         shard_batches(5, 2, 2)
 
@@ -408,7 +408,7 @@ def test_a_stopped_sampling_job_resumes_after_its_last_finished_batch(model, tok
     work = tmp_path / "work"
     full = generate_shard(model, tokenizer, PROMPTS_TEXT, config, checkpoints=BatchCheckpoints(work, fingerprint))
     assert full == dict(enumerate(generate_responses(model, tokenizer, PROMPTS_TEXT, config)))
-    plan = batch_plan(encode_prompts(tokenizer, PROMPTS_TEXT, config.max_prompt_tokens), 1)
+    plan = length_sorted_batches(encode_prompts(tokenizer, PROMPTS_TEXT, config.max_prompt_tokens), 1)
     for batch in (2, 3):
         (work / f"batch-{batch:06d}.parquet").unlink()
     first = work / "batch-000000.parquet"

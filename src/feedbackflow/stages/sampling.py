@@ -364,15 +364,10 @@ def load_policy(name_or_path: str, dtype: str | None = None):
     return load_for_inference(AutoModelForCausalLM, name_or_path, dtype=dtype), tokenizer
 
 
-def batch_plan(encoded: list[list[int]], batch_size: int) -> list[list[int]]:
-    """The prompt indices of each generation batch: prompts sorted by encoded length (ties in file order), in
-    consecutive chunks of `batch_size` (so each batch pads little; `core.batches.length_sorted_batches`)."""
-    return length_sorted_batches(encoded, batch_size)
-
-
 def shard_batches(n_batches: int, shard: int, shards: int) -> range:
-    """The batches of shard `shard` (0-based) of `shards`: consecutive batches of `batch_plan`, shard sizes
-    differing by at most one batch. Batches are the same whatever the shard count, so deterministic decoding
+    """The batches of shard `shard` (0-based) of `shards`: consecutive batches of the prompts' length-sorted plan
+    (`core.batches.length_sorted_batches`: by encoded length, ties in file order), shard sizes differing by at most one
+    batch. Batches are the same whatever the shard count, so deterministic decoding
     (greedy, beam search) gives every prompt the same responses however the prompts are sharded."""
     if not 0 <= shard < shards:
         raise ConfigError(f"shard must be in [0, {shards}), got {shard}")
@@ -463,7 +458,7 @@ def generate_shard(
     pad_id = pad_id_of(tokenizer)
     eos_ids = _eos_ids(model, tokenizer)
     encoded = encode_prompts(tokenizer, prompts, config.max_prompt_tokens)
-    plan = batch_plan(encoded, config.batch_size)
+    plan = length_sorted_batches(encoded, config.batch_size)
     batches = shard_batches(len(plan), shard, shards)
     results: dict[int, list[str]] = {}
     done = 0
@@ -604,7 +599,6 @@ def main(args: argparse.Namespace) -> None:
 __all__ = [
     "BatchCheckpoints",
     "SamplingConfig",
-    "batch_plan",
     "cut_at_stop_strings",
     "decode_response",
     "diverse_beam_search",
