@@ -5,20 +5,26 @@ slices of the real data files of ../shared/data (or files in the paper's format 
 2 CPU processes under the paper's accelerate config. They catch what the tiny world cannot: real data lengths at
 the paper's max lengths, DDP / DeepSpeed ZeRO behaviour of the real architectures, batch arithmetic.
 
-Each scenario runs in a scratch copy of the project; its wall time is recorded as the test's `seconds` property
-(`pytest --junitxml` keeps it). A scenario that hits a known, open blocker of issue 19 is xfail(strict=True) naming
-it, so the blocker's fix turns it into an unexpected pass that must drop the mark.
+Each scenario runs in a scratch copy of the project. The selected scenarios run two at a time, longest first
+(`scenario_runs`): a scenario alone leaves about a fifth of the two cores idle (its DAG is mostly a chain of
+multi-process jobs), and two at once fill it. Each test waits for its own scenario; its wall time, shared with
+the other scenario running then, is recorded as the test's `seconds` property (`pytest --junitxml` keeps it).
+A scenario that hits a known, open blocker of issue 19 is xfail(strict=True) naming it, so the blocker's fix turns
+it into an unexpected pass that must drop the mark.
 """
 
 from __future__ import annotations
 
 import contextlib
 import shutil
+import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 from openai_stub_server import Action, StubOpenAIServer
 from perspective_stub_server import StubPerspectiveServer
@@ -93,22 +99,55 @@ def _merge(base: dict, overlay: dict) -> None:
             base[key] = value
 
 
-def run_scenario(scenario: Scenario, assets, tmp_path: Path, record_property) -> tuple[Path, pd.DataFrame]:
-    """Run the paper file + its overlay to the end in a scratch project; return the workdir and metrics table."""
+@dataclass
+class ScenarioRun:
+    workdir: Path
+    table: pd.DataFrame  # results/<experiment>/metrics.parquet
+    seconds: float  # wall time of the Snakemake run
+
+
+def run_scenario(scenario: Scenario, assets, tmp_path: Path) -> ScenarioRun:
+    """Run the paper file + its overlay to the end in a scratch project."""
     (tmp_path / "project").mkdir()
     workdir = copy_project(REPO_ROOT, tmp_path / "project")
     assets.install(workdir, scenario.assets)
     shutil.copy(OVERLAYS / f"{scenario.paper}.yaml", workdir / "paper_shape" / "overlay.yaml")
     configs = [f"config/experiments/{scenario.paper}.yaml", "paper_shape/overlay.yaml"]
     start = time.monotonic()
-    try:
-        with stubbed_services(workdir, configs) as (services, env):
-            snakemake(workdir, "--cores", "2", "--configfile", *configs, *services, env=env)
-    finally:
-        record_property("seconds", round(time.monotonic() - start, 1))
+    with stubbed_services(workdir, configs) as (services, env):
+        snakemake(workdir, "--cores", "2", "--configfile", *configs, *services, env=env)
+    seconds = round(time.monotonic() - start, 1)
     table = workdir / "results" / scenario.experiment / "metrics.parquet"
     assert (workdir / "results" / scenario.experiment / "metrics.md").is_file()
-    return workdir, pd.read_parquet(table)
+    return ScenarioRun(workdir, pd.read_parquet(table), seconds)
+
+
+# longest first (seconds alone on 2 quiet cores: qa 150, ILF 120, DSP 85, detox 47, rrhf_hh 45, wombat 37)
+LONGEST_FIRST = ("finegrained_qa", "ilf_slf5k", "dsp", "finegrained_detox", "rrhf_hh", "wombat")
+SCENARIOS_AT_ONCE = 2
+
+
+@pytest.fixture(scope="module")
+def scenario_runs(request, paper_shape_assets, tmp_path_factory):
+    """{paper: Future of its ScenarioRun} for the scenarios whose tests were selected (test_<paper>), run
+    SCENARIOS_AT_ONCE at a time in threads, longest first; a test's `.result()` waits for its own (and re-raises its
+    failure). Teardown waits for every run."""
+    module = sys.modules[__name__]
+    selected = {item.name.removeprefix("test_") for item in request.session.items if item.module is module}
+    with ThreadPoolExecutor(max_workers=SCENARIOS_AT_ONCE, thread_name_prefix="scenario") as pool:
+        futures: dict[str, Future] = {
+            paper: pool.submit(run_scenario, SCENARIOS[paper], paper_shape_assets, tmp_path_factory.mktemp(paper))
+            for paper in LONGEST_FIRST
+            if paper in selected
+        }
+        yield futures
+
+
+def finished_scenario(scenario_runs, paper: str, record_property) -> ScenarioRun:
+    """Wait for `paper`'s scenario; record its wall time as the test's `seconds` property."""
+    run = scenario_runs[paper].result()
+    record_property("seconds", run.seconds)
+    return run
 
 
 def test_overlays_change_sizes_only():
@@ -143,10 +182,11 @@ def _keys(tree, prefix=""):
             yield from _keys(value, f"{prefix}{key}.")
 
 
-def test_dsp(paper_shape_assets, tmp_path, record_property):
+def test_dsp(scenario_runs, record_property):
     """GRFT then CRFT (with and without the LM loss) of a toy LLaMA under ZeRO-3 (no offload) on 2 processes, at
     max length 512 on real HH dialogues and DSP responses; every model evaluated on every set."""
-    workdir, table = run_scenario(SCENARIOS["dsp"], paper_shape_assets, tmp_path, record_property)
+    run = finished_scenario(scenario_runs, "dsp", record_property)
+    workdir, table = run.workdir, run.table
     assert set(table["model"]) >= {"base", "grft", "crft-academy", "crft_imitation-academy"}
     # ZeRO-3 saved the gathered weights (a partitioned save leaves empty tensors): the base model's shapes
     base = load_file(workdir / "paper_shape" / "models" / "llama" / "model.safetensors")
@@ -154,35 +194,30 @@ def test_dsp(paper_shape_assets, tmp_path, record_property):
     assert {k: v.shape for k, v in grft.items()} == {k: v.shape for k, v in base.items()}
 
 
-def test_finegrained_qa(paper_shape_assets, tmp_path, record_property):
+def test_finegrained_qa(scenario_runs, record_property):
     """SFT of a toy T5, R1/R2 (Longformer token RMs) and R3/preference (sequence RMs) at 2,048 tokens on the real
     qa-feedback dev feedback, the RM mean/std, one step of each PPO variant, greedy evaluation: DDP on 2 processes."""
-    _, table = run_scenario(SCENARIOS["finegrained_qa"], paper_shape_assets, tmp_path, record_property)
-    assert len(table) > 0
+    assert len(finished_scenario(scenario_runs, "finegrained_qa", record_property).table) > 0
 
 
-def test_finegrained_detox(paper_shape_assets, tmp_path, record_property):
+def test_finegrained_detox(scenario_runs, record_property):
     """One PPO step of a toy GPT-2 per variant (holistic, fine-grained) against the Perspective stub, 25 samples per
     test prompt, perplexity: DDP on 2 processes."""
-    _, table = run_scenario(SCENARIOS["finegrained_detox"], paper_shape_assets, tmp_path, record_property)
-    assert len(table) > 0
+    assert len(finished_scenario(scenario_runs, "finegrained_detox", record_property).table) > 0
 
 
-def test_ilf_slf5k(paper_shape_assets, tmp_path, record_property):
+def test_ilf_slf5k(scenario_runs, record_property):
     """Initial summaries of a toy OPT, refinements / InstructRM / judge by a toy LLaMA in the jobs (hf), best-of-64
     with OPT-RM, fine-tuning under ZeRO-2 on 2 processes."""
-    _, table = run_scenario(SCENARIOS["ilf_slf5k"], paper_shape_assets, tmp_path, record_property)
-    assert len(table) > 0
+    assert len(finished_scenario(scenario_runs, "ilf_slf5k", record_property).table) > 0
 
 
-def test_rrhf_hh(paper_shape_assets, tmp_path, record_property):
+def test_rrhf_hh(scenario_runs, record_property):
     """Diverse beam search of a toy LLaMA on real HH prompts, scoring by the imported GPT-J-layout RM at 1,024
     tokens, RRHF training at 192 tokens under ZeRO-3 on 2 processes, evaluation with GPT-2 perplexity."""
-    _, table = run_scenario(SCENARIOS["rrhf_hh"], paper_shape_assets, tmp_path, record_property)
-    assert len(table) > 0
+    assert len(finished_scenario(scenario_runs, "rrhf_hh", record_property).table) > 0
 
 
-def test_wombat(paper_shape_assets, tmp_path, record_property):
+def test_wombat(scenario_runs, record_property):
     """As rrhf_hh with the responses rated by an OpenAI-compatible judge (a loopback stub), training at 512 tokens."""
-    _, table = run_scenario(SCENARIOS["wombat"], paper_shape_assets, tmp_path, record_property)
-    assert len(table) > 0
+    assert len(finished_scenario(scenario_runs, "wombat", record_property).table) > 0

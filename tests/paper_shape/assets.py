@@ -19,6 +19,7 @@ import gzip
 import itertools
 import json
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,11 +67,13 @@ def take(records: list, first: int, longest: int, size: Callable) -> list:
 
 
 class PaperShapeAssets:
-    """Models and data files built on demand into `root` (once per session), linked into scenario workdirs."""
+    """Models and data files built on demand into `root` (once per session), linked into scenario workdirs. Thread
+    safe: scenarios running at once build each asset once."""
 
     def __init__(self, root: Path, shared_data: Path):
         self.root = root
         self.shared = shared_data
+        self._building = threading.RLock()  # one build at a time; a builder may ask for another asset
         self.builders: dict[str, Callable[[Path], None]] = {
             "models/llama": lambda out: self._causal(out, "llama"),
             "models/gpt2": lambda out: self._causal(out, "gpt2"),
@@ -97,11 +100,12 @@ class PaperShapeAssets:
     def path(self, name: str) -> Path:
         """The built asset `name` (a key of `builders`), built now if it is not yet."""
         target = self.root / name
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".tmp")
-            self.builders[name](tmp)
-            os.replace(tmp, target)
+        with self._building:
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(target.name + ".tmp")
+                self.builders[name](tmp)
+                os.replace(tmp, target)
         return target
 
     def install(self, workdir: Path, names: list[str]) -> None:
