@@ -1,8 +1,17 @@
-"""Shared fixtures: the repository root and the real public data samples in ../shared/data."""
+"""Shared fixtures: the repository root, the real public data samples in ../shared/data, and the default run.
+
+The default run (`finished_run`) is the suite's longest part (about 14 of its minutes on 2 cores). It starts in the
+background when the session's first test starts (`default_run_in_background`), when any selected test needs it,
+and runs while the tests that do not need it run: those leave most of a core idle (they are mostly one process,
+or wait on their subprocesses). The paper-shape scenarios, which fill both cores themselves, are moved to the end
+of the session (`pytest_collection_modifyitems`), so they do not run at the same time.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -42,20 +51,51 @@ def merged(base: dict, overlay: dict) -> dict:
     return out
 
 
-@pytest.fixture(scope="session")
-def finished_run(tmp_path_factory) -> Path:
-    """The default workflow (tiny scale), run to the end with the local profile in a scratch copy of the project,
-    with the qa-feedback policy budget of SUITE_QA_BUDGET (written into the copy's config, so later runs in the
-    copy plan with it too)."""
+LAST_MODULES = ("test_paper_shape.py",)  # they fill both cores: not while the default run is in the background
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """LAST_MODULES' tests after every other test (each module's order kept)."""
+    items.sort(key=lambda item: item.path.name in LAST_MODULES)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def default_run_in_background(request, tmp_path_factory):
+    """The default workflow (tiny scale) started in a scratch copy of the project when the session starts, if a
+    selected test needs `finished_run`: (workdir, process, log path), or None. The copy's config has the qa-feedback
+    policy budget of SUITE_QA_BUDGET (so later runs in the copy plan with it too). Teardown stops a run still going
+    (an interrupted session)."""
+    if not any("finished_run" in item.fixturenames for item in request.session.items):
+        yield None
+        return
     import yaml
-    from workflow_runs import copy_project, snakemake
+    from workflow_runs import copy_project, snakemake_command
 
     workdir = copy_project(REPO_ROOT, tmp_path_factory.mktemp("workflow"))
     config_file = workdir / "config" / "config.yaml"
     config = yaml.safe_load(config_file.read_text())
     config["qa_feedback"] = merged(config["qa_feedback"], SUITE_QA_BUDGET)
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    snakemake(workdir, "--cores", "2")
+    log = tmp_path_factory.getbasetemp() / "default_run.log"
+    command, env = snakemake_command("--cores", "2")
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
+    try:
+        yield workdir, process, log
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def finished_run(default_run_in_background) -> Path:
+    """The default workflow (tiny scale, SUITE_QA_BUDGET), run to the end with the local profile in a scratch copy
+    of the project: waits for `default_run_in_background`."""
+    workdir, process, log = default_run_in_background
+    if process.wait() != 0:
+        raise AssertionError(f"the default run failed (exit {process.returncode}):\n{log.read_text()[-8000:]}")
     return workdir
 
 

@@ -46,6 +46,7 @@ class Scenario:
     paper: str  # config/experiments/<paper>.yaml and tests/paper_shape/<paper>.yaml
     experiment: str  # results/<experiment>/metrics.parquet
     assets: list[str]  # PaperShapeAssets names the overlay refers to
+    seconds_alone: int  # its wall time alone on 2 quiet cores (about): `scenario_runs` starts the longest first
 
 
 RRHF_ASSETS = ["models/llama", "models/gptj_rm", "models/gpt2", "data/rm-static/hh.parquet"]
@@ -53,17 +54,17 @@ SCENARIOS = {
     "dsp": Scenario(
         "dsp", "dsp",
         ["models/llama", "data/hh/harmless-base-test.jsonl.gz", "data/dsp/domain_specific_preference.test.json",
-         "data/text_score/hh_pairs.json"],
+         "data/text_score/hh_pairs.json"], 85,
     ),
     "finegrained_qa": Scenario(
         "finegrained_qa", "qa_feedback",
         ["models/t5", "models/longformer", "data/qa_feedback/dev_feedback.json", "data/qa_feedback/prompts.json",
-         "data/qa_feedback/dev_feedback.eval.json", "data/qa_feedback/prompts.eval.json"],
+         "data/qa_feedback/dev_feedback.eval.json", "data/qa_feedback/prompts.eval.json"], 150,
     ),
-    "finegrained_detox": Scenario("finegrained_detox", "detox", ["models/gpt2", "data/rtp/prompts.jsonl"]),
-    "ilf_slf5k": Scenario("ilf_slf5k", "ilf", ["models/opt", "models/llama", "data/slf5k"]),
-    "rrhf_hh": Scenario("rrhf_hh", "rrhf", RRHF_ASSETS),
-    "wombat": Scenario("wombat", "rrhf", RRHF_ASSETS),
+    "finegrained_detox": Scenario("finegrained_detox", "detox", ["models/gpt2", "data/rtp/prompts.jsonl"], 47),
+    "ilf_slf5k": Scenario("ilf_slf5k", "ilf", ["models/opt", "models/llama", "data/slf5k"], 120),
+    "rrhf_hh": Scenario("rrhf_hh", "rrhf", RRHF_ASSETS, 45),
+    "wombat": Scenario("wombat", "rrhf", RRHF_ASSETS, 37),
 }  # fmt: skip
 
 
@@ -122,8 +123,6 @@ def run_scenario(scenario: Scenario, assets, tmp_path: Path) -> ScenarioRun:
     return ScenarioRun(workdir, pd.read_parquet(table), seconds)
 
 
-# longest first (seconds alone on 2 quiet cores: qa 150, ILF 120, DSP 85, detox 47, rrhf_hh 45, wombat 37)
-LONGEST_FIRST = ("finegrained_qa", "ilf_slf5k", "dsp", "finegrained_detox", "rrhf_hh", "wombat")
 SCENARIOS_AT_ONCE = 2
 
 
@@ -137,8 +136,7 @@ def scenario_runs(request, paper_shape_assets, tmp_path_factory):
     with ThreadPoolExecutor(max_workers=SCENARIOS_AT_ONCE, thread_name_prefix="scenario") as pool:
         futures: dict[str, Future] = {
             paper: pool.submit(run_scenario, SCENARIOS[paper], paper_shape_assets, tmp_path_factory.mktemp(paper))
-            for paper in LONGEST_FIRST
-            if paper in selected
+            for paper in sorted(selected & set(SCENARIOS), key=lambda p: -SCENARIOS[p].seconds_alone)
         }
         yield futures
 

@@ -25,19 +25,20 @@ def copy_project(repo_root: Path, target: Path) -> Path:
     return target
 
 
+def snakemake_command(*args: str, profile: str = "profiles/default", env: dict | None = None):
+    """(argv, environment) of a snakemake run with this interpreter's environment first on PATH (rules call
+    `python`)."""
+    run_env = dict(os.environ, **(env or {}))
+    run_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{run_env['PATH']}"
+    return [sys.executable, "-m", "snakemake", "--profile", profile, *args], run_env
+
+
 def snakemake(
     workdir: Path, *args: str, profile: str = "profiles/default", env: dict | None = None, check: bool = True
 ) -> subprocess.CompletedProcess:
-    """Run snakemake in `workdir` with this interpreter's environment first on PATH (rules call `python`)."""
-    run_env = dict(os.environ, **(env or {}))
-    run_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{run_env['PATH']}"
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--profile", profile, *args],
-        cwd=workdir,
-        env=run_env,
-        capture_output=True,
-        text=True,
-    )
+    """Run snakemake in `workdir` (`snakemake_command`) to the end."""
+    command, run_env = snakemake_command(*args, profile=profile, env=env)
+    result = subprocess.run(command, cwd=workdir, env=run_env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {args} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
