@@ -46,14 +46,6 @@ def shared_data() -> Path:
 SUITE_QA_BUDGET = {"sft": {"num_epochs": 4}, "ppo": {"common": {"total_episodes": 384, "save_every": 3}}}
 
 
-def merged(base: dict, overlay: dict) -> dict:
-    """`base` with `overlay` merged in (nested dicts merged, everything else replaced), as Snakemake merges configs."""
-    out = dict(base)
-    for key, value in overlay.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 LAST_MODULES = ("test_paper_shape.py",)  # they fill both cores: not while the default run is in the background
 
 
@@ -72,12 +64,12 @@ def default_run_in_background(request, tmp_path_factory):
         yield None
         return
     import yaml
-    from workflow_runs import copy_project, snakemake_command
+    from workflow_runs import copy_project, merged_config, snakemake_command
 
     workdir = copy_project(REPO_ROOT, tmp_path_factory.mktemp("workflow"))
     config_file = workdir / "config" / "config.yaml"
     config = yaml.safe_load(config_file.read_text())
-    config["qa_feedback"] = merged(config["qa_feedback"], SUITE_QA_BUDGET)
+    config["qa_feedback"] = merged_config(config["qa_feedback"], SUITE_QA_BUDGET)
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     log = tmp_path_factory.getbasetemp() / "default_run.log"
     command, env = snakemake_command("--cores", "2")

@@ -29,7 +29,7 @@ import yaml
 from openai_stub_server import Action, StubOpenAIServer
 from perspective_stub_server import StubPerspectiveServer
 from safetensors.torch import load_file
-from workflow_runs import copy_project, snakemake, write_service_overlay
+from workflow_runs import copy_project, merged_config, snakemake, write_service_overlay
 
 from feedbackflow.core.preflight import configured_services
 
@@ -78,10 +78,10 @@ def stubbed_services(workdir: Path, configs: list[str]):
     """Loopback stubs for the remote services the merged config calls (feedbackflow.core.preflight: an OpenAI-compatible
     judge, Perspective), a third configfile naming their URLs, and their key variables. A stub is unavoidable here:
     CI is offline, and the real service cannot run on the machine."""
-    merged: dict = {}
-    for config in configs:
-        _merge(merged, yaml.safe_load((workdir / config).read_text()))
-    services = configured_services(merged)
+    config: dict = {}
+    for name in configs:
+        config = merged_config(config, yaml.safe_load((workdir / name).read_text()))
+    services = configured_services(config)
     if not services:
         yield [], {}
         return
@@ -89,15 +89,6 @@ def stubbed_services(workdir: Path, configs: list[str]):
     with openai_stub, StubPerspectiveServer(max_requests=100_000) as perspective:
         env = write_service_overlay(workdir / "services.yaml", services, openai_stub.base_url, perspective.url)
         yield ["services.yaml"], env
-
-
-def _merge(base: dict, overlay: dict) -> None:
-    """Snakemake's merge of several --configfile: nested dicts merged, everything else replaced."""
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
 
 
 @dataclass
