@@ -6,7 +6,8 @@ and runs while the tests that do not need it run: those use about 1.2 of the 2 c
 waiting on their subprocesses). The paper-shape scenarios, which fill both cores themselves, are moved to the end
 of the session (`pytest_collection_modifyitems`), so they do not run at the same time. Measured on fresh clones
 (2 cores, quiet): `make test` 28:20 against 29:39 with the default run in the foreground; the harvest is smaller
-than the idle share suggests (the two runs together used 2,779 CPU-s of user time against 2,642).
+than the idle share suggests (the two runs together used 2,779 CPU-s of user time against 2,642), and of the order
+of this machine's run-to-run spread (a later run of the same suite: 31:13, 3,034 CPU-s).
 """
 
 from __future__ import annotations
@@ -79,9 +80,13 @@ def default_run_in_background(request, tmp_path_factory):
     try:
         yield workdir, process, log
     finally:
-        if process.poll() is None:
+        if process.poll() is None:  # Snakemake cancels its jobs on SIGTERM; SIGKILL if it has not ended in a minute
             os.killpg(process.pid, signal.SIGTERM)
-            process.wait()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
 
 @pytest.fixture(scope="session")
