@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -122,8 +121,7 @@ def scenario_runs(request, paper_shape_assets, tmp_path_factory):
     """{paper: Future of its ScenarioRun} for the scenarios whose tests were selected (test_<paper>), run
     SCENARIOS_AT_ONCE at a time in threads, longest first; a test's `.result()` waits for its own (and re-raises its
     failure). Teardown waits for every run."""
-    module = sys.modules[__name__]
-    selected = {item.name.removeprefix("test_") for item in request.session.items if item.module is module}
+    selected = {item.name.removeprefix("test_") for item in request.session.items if item.module is request.module}
     with ThreadPoolExecutor(max_workers=SCENARIOS_AT_ONCE, thread_name_prefix="scenario") as pool:
         futures: dict[str, Future] = {
             paper: pool.submit(run_scenario, SCENARIOS[paper], paper_shape_assets, tmp_path_factory.mktemp(paper))
