@@ -95,6 +95,7 @@ class ScenarioRun:
     workdir: Path
     table: pd.DataFrame  # results/<experiment>/metrics.parquet
     seconds: float  # wall time of the Snakemake run
+    ops_built: list[str]  # the torch extensions JIT-built during the run (none: core.training skips DeepSpeed's)
 
 
 def run_scenario(scenario: Scenario, assets, tmp_path: Path) -> ScenarioRun:
@@ -105,12 +106,15 @@ def run_scenario(scenario: Scenario, assets, tmp_path: Path) -> ScenarioRun:
     shutil.copy(OVERLAYS / f"{scenario.paper}.yaml", workdir / "paper_shape" / "overlay.yaml")
     configs = [f"config/experiments/{scenario.paper}.yaml", "paper_shape/overlay.yaml"]
     start = time.monotonic()
+    extensions = tmp_path / "torch_extensions"  # where a JIT build of a torch / DeepSpeed op would go
     with stubbed_services(workdir, configs) as (services, env):
+        env = {**env, "TORCH_EXTENSIONS_DIR": str(extensions)}
         snakemake(workdir, "--cores", "2", "--configfile", *configs, *services, env=env)
     seconds = round(time.monotonic() - start, 1)
     table = workdir / "results" / scenario.experiment / "metrics.parquet"
     assert (workdir / "results" / scenario.experiment / "metrics.md").is_file()
-    return ScenarioRun(workdir, pd.read_parquet(table), seconds)
+    built = sorted(p.name for p in extensions.iterdir()) if extensions.is_dir() else []
+    return ScenarioRun(workdir, pd.read_parquet(table), seconds, built)
 
 
 SCENARIOS_AT_ONCE = 2
@@ -131,9 +135,12 @@ def scenario_runs(request, paper_shape_assets, tmp_path_factory):
 
 
 def finished_scenario(scenario_runs, paper: str, record_property) -> ScenarioRun:
-    """Wait for `paper`'s scenario; record its wall time as the test's `seconds` property."""
+    """Wait for `paper`'s scenario; record its wall time as the test's `seconds` property. No scenario compiles an
+    op: DeepSpeed on the CPU would build its shared-memory all-reduce in each new environment (41 s), which
+    `feedbackflow.core.training.skip_deepspeed_shm_build` skips (the DSP, ILF and RRHF scenarios run DeepSpeed)."""
     run = scenario_runs[paper].result()
     record_property("seconds", run.seconds)
+    assert run.ops_built == [], run.ops_built
     return run
 
 

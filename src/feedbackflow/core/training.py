@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import logging
 import math
 import os
@@ -160,6 +161,19 @@ def build_accelerator(**kwargs) -> Accelerator:
     handlers = list(kwargs.pop("kwargs_handlers", []))
     if distributed and not torch.cuda.is_available():
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
-        if not deepspeed:
+        if deepspeed:
+            skip_deepspeed_shm_build()
+        else:
             kwargs.setdefault("cpu", True)
     return Accelerator(kwargs_handlers=handlers, **kwargs)
+
+
+def skip_deepspeed_shm_build() -> None:
+    """On the CPU, DeepSpeed's communication backend compiles a shared-memory all-reduce kernel when it starts
+    (`deepspeed.comm.torch.build_shm_op`, a JIT build into TORCH_EXTENSIONS_DIR): 41 s and 81 CPU-s on 2 cores in
+    each new environment, and again whenever the venv's path changes. Only DeepSpeed inference's all-reduce uses it;
+    training reduces through torch.distributed (gloo here). So a DeepSpeed launch on the CPU opens its backend without
+    the kernel; on a GPU DeepSpeed builds no such op and nothing changes."""
+    deepspeed_comm_torch = importlib.import_module("deepspeed.comm.torch")  # `from deepspeed.comm import torch`: torch
+    if hasattr(deepspeed_comm_torch, "build_shm_op"):  # a DeepSpeed without it builds nothing to skip
+        deepspeed_comm_torch.build_shm_op = lambda: None
