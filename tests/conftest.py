@@ -7,7 +7,9 @@ waiting on their subprocesses). The paper-shape scenarios, which fill both cores
 of the session (`pytest_collection_modifyitems`), so they do not run at the same time. Measured on fresh clones
 (2 cores, quiet): `make test` 28:20 against 29:39 with the default run in the foreground; the harvest is smaller
 than the idle share suggests (the two runs together used 2,779 CPU-s of user time against 2,642), and of the order
-of this machine's run-to-run spread (a later run of the same suite: 31:13, 3,034 CPU-s).
+of this machine's run-to-run spread (a later run of the same suite: 31:13, 3,034 CPU-s). The suite is bound by its
+CPU work: with one torch thread here (below) and the smaller SUITE_QA_BUDGET, `make test` took 29:13 (3,179 CPU-s)
+against 36:06 (3,998 CPU-s) for cff3d85 run just before it on the same, slower, machine.
 """
 
 from __future__ import annotations
