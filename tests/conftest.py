@@ -86,12 +86,13 @@ def default_run_in_background(request, tmp_path_factory):
         yield None
         return
     import yaml
-    from workflow_runs import copy_project, merged_config, snakemake_command
+    from snakemake.utils import update_config  # Snakemake's own merge of several --configfile
+    from workflow_runs import copy_project, snakemake_command
 
     workdir = copy_project(REPO_ROOT, tmp_path_factory.mktemp("workflow"))
     config_file = workdir / "config" / "config.yaml"
     config = yaml.safe_load(config_file.read_text())
-    config["qa_feedback"] = merged_config(config["qa_feedback"], SUITE_QA_BUDGET)
+    update_config(config["qa_feedback"], SUITE_QA_BUDGET)
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     log = tmp_path_factory.getbasetemp() / "default_run.log"
     command, env = snakemake_command("--cores", "2")

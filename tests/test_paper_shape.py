@@ -28,7 +28,8 @@ import yaml
 from openai_stub_server import Action, StubOpenAIServer
 from perspective_stub_server import StubPerspectiveServer
 from safetensors.torch import load_file
-from workflow_runs import copy_project, merged_config, snakemake, write_service_overlay
+from snakemake.utils import update_config
+from workflow_runs import copy_project, snakemake, write_service_overlay
 
 from feedbackflow.core.preflight import configured_services
 
@@ -78,8 +79,8 @@ def stubbed_services(workdir: Path, configs: list[str]):
     judge, Perspective), a third configfile naming their URLs, and their key variables. A stub is unavoidable here:
     CI is offline, and the real service cannot run on the machine."""
     config: dict = {}
-    for name in configs:
-        config = merged_config(config, yaml.safe_load((workdir / name).read_text()))
+    for name in configs:  # as Snakemake merges several --configfile
+        update_config(config, yaml.safe_load((workdir / name).read_text()))
     services = configured_services(config)
     if not services:
         yield [], {}

@@ -25,16 +25,6 @@ def copy_project(repo_root: Path, target: Path) -> Path:
     return target
 
 
-def merged_config(base: dict, overlay: dict) -> dict:
-    """`base` with `overlay` merged in, as Snakemake merges several --configfile: nested dicts merged, everything
-    else replaced (neither argument is changed)."""
-    out = dict(base)
-    for key, value in overlay.items():
-        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = merged_config(out[key], value) if nested else value
-    return out
-
-
 def snakemake_command(*args: str, profile: str = "profiles/default", env: dict | None = None):
     """(argv, environment) of a snakemake run with this interpreter's environment first on PATH (rules call
     `python`)."""
